@@ -1,0 +1,17 @@
+"""Errors that the CLI turns into one line on stderr and exit code 2."""
+from __future__ import annotations
+
+
+class SynrefError(Exception):
+    """Base class for every error synref raises on purpose."""
+
+
+class InputError(SynrefError, ValueError):
+    """Bad user input: a path, a label file, an option value.
+
+    The message is one line and names the offending file, sample or option.
+    """
+
+
+class MissingDependencyError(SynrefError, ImportError):
+    """An optional extra is needed; the message says which one to install."""
