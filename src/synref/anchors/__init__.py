@@ -1,0 +1,25 @@
+"""Anchor generators: class names in, class-pure synthetic images out.
+
+>>> from synref.anchors import create_generator, match_format, GENERATORS
+>>> 'glyph' in GENERATORS.names()
+True
+>>> anchors = create_generator("glyph", size=32).generate(["0", "1"], per_class=10, seed=0)
+>>> anchors = match_format(anchors, size=(8, 8), channels=1)
+"""
+from __future__ import annotations
+
+from .base import (GENERATORS, AnchorGenerator, convert_channels, create_generator, match_format,
+                   resize_image, validate_class_names)
+from .glyph import DEFAULT_FONTS, GlyphGenerator
+
+__all__ = [
+    "AnchorGenerator",
+    "GENERATORS",
+    "create_generator",
+    "match_format",
+    "resize_image",
+    "convert_channels",
+    "validate_class_names",
+    "GlyphGenerator",
+    "DEFAULT_FONTS",
+]
