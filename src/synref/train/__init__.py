@@ -1,0 +1,34 @@
+"""Training: fit / fine-tune / predict / features / cross-fit (see :mod:`synref.train.loop`)."""
+from __future__ import annotations
+
+from .loop import (
+    CrossFitResult,
+    TrainConfig,
+    TrainResult,
+    augment_batch,
+    channel_stats,
+    cross_fit,
+    evaluate_accuracy,
+    extract_features,
+    fine_tune,
+    fit,
+    lr_at,
+    predict_logits,
+    predict_proba,
+)
+
+__all__ = [
+    "CrossFitResult",
+    "TrainConfig",
+    "TrainResult",
+    "augment_batch",
+    "channel_stats",
+    "cross_fit",
+    "evaluate_accuracy",
+    "extract_features",
+    "fine_tune",
+    "fit",
+    "lr_at",
+    "predict_logits",
+    "predict_proba",
+]

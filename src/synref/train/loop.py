@@ -1,0 +1,552 @@
+"""Training loop: fit / fine-tune / predict / features / k-fold cross-fit, plain torch.
+
+Images at this boundary are numpy uint8 ``(N, H, W, C)`` (``(N, H, W)`` is read as one channel),
+labels int ``(N,)``. Models are :class:`synref.models.ImageClassifier` s: they take ``[0, 1]``
+pixels (or uint8) and normalise internally, so nothing here normalises by hand.
+
+Determinism: every random draw of a fit (data order, crop offsets, flips) comes from
+``torch.Generator`` objects seeded from ``TrainConfig.seed``; initial weights come from
+``create_model(..., seed=...)``. On CPU the same seed gives bit-identical weights.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import check_labels
+from ..errors import InputError
+from ..models import create_model
+from ..progress import progress as progress_bar
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "CrossFitResult",
+    "lr_at",
+    "augment_batch",
+    "channel_stats",
+    "fit",
+    "fine_tune",
+    "predict_logits",
+    "predict_proba",
+    "extract_features",
+    "evaluate_accuracy",
+    "cross_fit",
+]
+
+
+# ----------------------------------------------------------------------------------- config
+@dataclass
+class TrainConfig:
+    """Optimiser, schedule and augmentation of one training run.
+
+    The defaults are the paper's "Standard" recipe (see :meth:`paper_standard`) except that
+    horizontal flips are off (safe for digits); the presets switch them on for CIFAR.
+
+    Attributes:
+        epochs: number of passes over the training set.
+        batch_size: SGD mini-batch size (a trailing batch of 1 is merged into the previous one,
+            BatchNorm cannot train on a single sample).
+        lr, momentum, weight_decay, nesterov: ``torch.optim.SGD`` settings (decay on all weights).
+        milestones: 0-based epochs at which the lr is multiplied by ``gamma`` (MultiStepLR).
+        gamma: lr decay factor at each milestone.
+        warmup_epochs: linear per-step lr warm-up from ``lr/steps`` to ``lr`` over these epochs.
+        augment_pad: random-crop zero padding in pixels; 0 = no crop; ``None`` = ``H // 8``
+            (4 px at 32x32, 1 px at 8x8).
+        hflip: random horizontal flips (p = 0.5); off for digits, on for natural images.
+        seed: seeds data order and augmentation (and the head re-init in :func:`fine_tune`).
+        device: ``"cpu"`` or ``"cuda"`` (``"cuda:1"`` ...).
+        num_workers: kept for compatibility; the loader indexes an in-memory tensor, no workers.
+        amp: bfloat16 autocast on CUDA (ignored on CPU).
+    """
+
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    milestones: List[int] = field(default_factory=lambda: [60, 120, 160])
+    gamma: float = 0.2
+    warmup_epochs: int = 1
+    augment_pad: Optional[int] = None
+    hflip: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    num_workers: int = 0
+    amp: bool = False
+
+    def __post_init__(self) -> None:
+        self.milestones = sorted(int(m) for m in self.milestones)
+        checks = [
+            ("epochs", self.epochs >= 1, "must be >= 1"),
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("lr", self.lr > 0 and math.isfinite(self.lr), "must be > 0"),
+            ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("gamma", self.gamma > 0, "must be > 0"),
+            ("warmup_epochs", self.warmup_epochs >= 0, "must be >= 0"),
+            ("augment_pad", self.augment_pad is None or self.augment_pad >= 0, "must be >= 0"),
+            ("num_workers", self.num_workers >= 0, "must be >= 0"),
+            ("milestones", all(m >= 0 for m in self.milestones), "must be >= 0"),
+            ("nesterov", not self.nesterov or self.momentum > 0, "needs momentum > 0"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise InputError(f"train config: {name}={getattr(self, name)!r} {why}")
+
+    @classmethod
+    def paper_standard(cls, **overrides: Any) -> "TrainConfig":
+        """Noisy-label "Standard" training: SGD lr 0.1, momentum 0.9, wd 5e-4, batch 128,
+        200 epochs, lr x0.2 at [60, 120, 160], 1 warm-up epoch, crop pad 4 (32 px) + flip."""
+        kw: Dict[str, Any] = dict(epochs=200, batch_size=128, lr=0.1, momentum=0.9,
+                                  weight_decay=5e-4, nesterov=False, milestones=[60, 120, 160],
+                                  gamma=0.2, warmup_epochs=1, augment_pad=None, hflip=True)
+        kw.update(overrides)
+        return cls(**kw)
+
+    @classmethod
+    def paper_finetune(cls, **overrides: Any) -> "TrainConfig":
+        """Fine-tuning on refined labels: SGD lr 1e-3, momentum 0.9, wd 1e-4, batch 128,
+        50 epochs, lr x0.1 at [20, 40], no warm-up, crop + flip."""
+        kw: Dict[str, Any] = dict(epochs=50, batch_size=128, lr=1e-3, momentum=0.9,
+                                  weight_decay=1e-4, nesterov=False, milestones=[20, 40],
+                                  gamma=0.1, warmup_epochs=0, augment_pad=None, hflip=True)
+        kw.update(overrides)
+        return cls(**kw)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-able dict; :meth:`from_dict` inverts it."""
+        d = dataclasses.asdict(self)
+        d["milestones"] = [int(m) for m in self.milestones]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(f"train config: unknown option(s) {', '.join(unknown)}")
+        return cls(**d)
+
+    def pad_for(self, height: int) -> int:
+        """Crop padding for images of this height (``augment_pad`` or ``height // 8``)."""
+        return int(self.augment_pad) if self.augment_pad is not None else int(height) // 8
+
+
+def lr_at(config: TrainConfig, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
+    """Learning rate at 0-based ``epoch`` / ``step`` (of ``steps_per_epoch``).
+
+    ``lr * gamma ** #(milestones <= epoch)``, times the linear warm-up factor
+    ``(epoch * steps_per_epoch + step + 1) / (warmup_epochs * steps_per_epoch)`` while
+    ``epoch < warmup_epochs``.
+    """
+    lr = config.lr * config.gamma ** sum(1 for m in config.milestones if m <= epoch)
+    if epoch < config.warmup_epochs:
+        spe = max(int(steps_per_epoch), 1)
+        lr *= (epoch * spe + step + 1) / (config.warmup_epochs * spe)
+    return float(lr)
+
+
+# ------------------------------------------------------------------------------ augmentation
+def augment_batch(x: torch.Tensor, *, pad: int, hflip: bool,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Random crop with zero padding (per-sample offsets) + optional horizontal flip.
+
+    ``x``: ``(B, C, H, W)`` of any dtype / device. Returns the same shape, dtype and device.
+    The random draws are made on the CPU from ``generator`` (so results do not depend on the
+    device). ``pad=0`` and ``hflip=False`` return ``x`` unchanged. A cropped result comes back
+    in channels-last memory layout (what the models run fastest on).
+    """
+    if x.dim() != 4:
+        raise InputError(f"augment_batch expects (B, C, H, W), got {tuple(x.shape)}")
+    b, _, h, w = x.shape
+    if pad > 0:
+        offs = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(x.device)
+        padded = F.pad(x, (pad, pad, pad, pad))                                 # zeros
+        rows = offs[0][:, None] + torch.arange(h, device=x.device)[None, :]   # (B, H)
+        cols = offs[1][:, None] + torch.arange(w, device=x.device)[None, :]   # (B, W)
+        bidx = torch.arange(b, device=x.device)[:, None, None]
+        nhwc = padded.permute(0, 2, 3, 1)                                       # (B, H+2p, W+2p, C)
+        x = nhwc[bidx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # channels_last
+    if hflip:
+        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return x
+
+
+# ----------------------------------------------------------------------------------- helpers
+def _as_images(images: Any, what: str = "images") -> np.ndarray:
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4:
+        raise InputError(f"{what} must be (N, H, W, C) uint8, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise InputError(f"{what} must be uint8 (N, H, W, C), got dtype {arr.dtype}")
+    return arr
+
+
+def _as_labels(labels: Any, n: int, num_classes: int, what: str = "labels") -> np.ndarray:
+    lab = np.asarray(labels)
+    if lab.ndim != 1 or len(lab) != n:
+        raise InputError(f"{what}: expected {n} labels, got shape {lab.shape}")
+    if lab.size and not np.issubdtype(lab.dtype, np.integer):
+        raise InputError(f"{what} must be integers, got dtype {lab.dtype}")
+    lab = lab.astype(np.int64, copy=False)
+    check_labels(lab, num_classes, what=what)
+    return lab
+
+
+def channel_stats(images: np.ndarray, chunk: int = 4096) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of uint8 ``(N, H, W, C)`` images in the ``[0, 1]`` scale.
+
+    Computed in float64 in chunks (no full float copy). A constant channel gets std 1.
+    """
+    images = _as_images(images)
+    c = images.shape[-1]
+    s = np.zeros(c, np.float64)
+    ss = np.zeros(c, np.float64)
+    count = 0
+    for i in range(0, len(images), chunk):
+        block = images[i:i + chunk].reshape(-1, c).astype(np.float64) / 255.0
+        s += block.sum(0)
+        ss += np.square(block).sum(0)
+        count += block.shape[0]
+    if count == 0:
+        raise InputError("images: cannot compute statistics of an empty set")
+    mean = s / count
+    var = np.maximum(ss / count - mean ** 2, 0.0)
+    std = np.sqrt(var)
+    std[std < 1e-6] = 1.0
+    return mean, std
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _sub_seed(seed: int, stream: int) -> int:
+    """An independent 63-bit seed for ``stream`` derived from ``seed``."""
+    return int(np.random.SeedSequence([int(seed) % (2**63), stream]).generate_state(1, np.uint64)[0]
+               % (2**63))
+
+
+def _batches(perm: torch.Tensor, batch_size: int) -> List[torch.Tensor]:
+    chunks = list(torch.split(perm, batch_size))
+    if len(chunks) > 1 and len(chunks[-1]) == 1:   # BatchNorm cannot train on one sample
+        chunks[-2] = torch.cat([chunks[-2], chunks[-1]])
+        chunks.pop()
+    return chunks
+
+
+def _num_steps(n: int, batch_size: int) -> int:
+    steps = max(1, math.ceil(n / batch_size))
+    if steps > 1 and n % batch_size == 1:
+        steps -= 1
+    return steps
+
+
+@torch.no_grad()
+def _infer(model: nn.Module, images: Any, batch_size: int,
+           heads: Callable[[nn.Module, torch.Tensor], Tuple[torch.Tensor, ...]]
+           ) -> Tuple[np.ndarray, ...]:
+    """Eval-mode, no-grad batched inference; ``heads`` maps a uint8 NCHW batch to outputs."""
+    images = _as_images(images)
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    outs: List[List[np.ndarray]] = []
+    try:
+        starts = range(0, len(images), batch_size) if len(images) else [0]
+        for i in starts:
+            xb = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(device)
+            res = heads(model, xb.permute(0, 3, 1, 2))
+            if not outs:
+                outs = [[] for _ in res]
+            for acc, r in zip(outs, res):
+                acc.append(r.float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    return tuple(np.concatenate(acc).astype(np.float32, copy=False) for acc in outs)
+
+
+def predict_logits(model: nn.Module, images: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
+    """Logits ``(N, num_classes)`` float32 (eval mode, no grad, batched)."""
+    return _infer(model, images, batch_size, lambda m, x: (m(x),))[0]
+
+
+def predict_proba(model: nn.Module, images: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
+    """Softmax probabilities ``(N, num_classes)`` float32."""
+    return _infer(model, images, batch_size, lambda m, x: (torch.softmax(m(x).float(), 1),))[0]
+
+
+def extract_features(model: nn.Module, images: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
+    """Global-pooled penultimate features ``(N, feature_dim)`` float32 (``model.features``)."""
+    return _infer(model, images, batch_size, lambda m, x: (m.features(x),))[0]
+
+
+def _proba_and_features(model: nn.Module, images: np.ndarray, batch_size: int = 512
+                        ) -> Tuple[np.ndarray, np.ndarray]:
+    def heads(m: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        f = m.features(x)
+        return torch.softmax(m.classifier(f).float(), 1), f
+    p, f = _infer(model, images, batch_size, heads)
+    return p, f
+
+
+def evaluate_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
+                      batch_size: int = 512) -> float:
+    """Top-1 accuracy in ``[0, 1]`` of ``argmax(logits)`` against ``labels``."""
+    images = _as_images(images)
+    labels = np.asarray(labels).astype(np.int64)
+    if len(labels) != len(images) or len(labels) == 0:
+        raise InputError(f"evaluate_accuracy: {len(images)} images but {len(labels)} labels")
+    logits = predict_logits(model, images, batch_size=batch_size)
+    return float(np.mean(logits.argmax(1) == labels))
+
+
+# -------------------------------------------------------------------------------------- fit
+@dataclass
+class TrainResult:
+    """Outcome of :func:`fit` / :func:`fine_tune`.
+
+    Attributes:
+        model: the trained model, holding the best-validation weights (the last epoch's when
+            no validation set was given), in eval mode, on ``config.device``.
+        best_epoch: 0-based epoch whose weights ``model`` holds.
+        best_val_acc: validation accuracy of that epoch; ``None`` without a validation set.
+        history: one dict per epoch: ``epoch`` (0-based), ``lr`` (at the epoch's last step),
+            ``train_loss``, ``train_acc`` (running, on augmented batches), ``val_acc`` (or None).
+        seconds: wall-clock training time.
+    """
+
+    model: nn.Module
+    best_epoch: int
+    best_val_acc: Optional[float]
+    history: List[Dict[str, Any]]
+    seconds: float = 0.0
+
+
+def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
+        val_images: Optional[np.ndarray] = None, val_labels: Optional[np.ndarray] = None,
+        config: Optional[TrainConfig] = None, progress: bool = True,
+        normalize_from_data: bool = True, desc: str = "train") -> TrainResult:
+    """Train ``model`` in place with SGD + multistep lr + warm-up, keep the best-val weights.
+
+    Args:
+        model: an ``ImageClassifier`` (see :func:`synref.models.create_model`; pass a ``seed``
+            there for reproducible initial weights).
+        images: uint8 ``(N, H, W, C)``; labels: int ``(N,)`` in ``[0, model.num_classes)``.
+        val_images / val_labels: optional validation set; the epoch with the highest
+            validation accuracy wins (earliest on ties).
+        config: :class:`TrainConfig` (default ``TrainConfig()``).
+        progress: show an epoch bar with loss / accuracy.
+        normalize_from_data: set the model's normalisation to the training images' per-channel
+            mean / std first (``fine_tune`` keeps the original model's instead).
+        desc: progress bar label.
+    """
+    config = config if config is not None else TrainConfig()
+    images = _as_images(images)
+    num_classes = int(getattr(model, "num_classes"))
+    labels = _as_labels(labels, len(images), num_classes)
+    if len(images) < 2:
+        raise InputError(f"images: need at least 2 training images, got {len(images)}")
+    has_val = val_images is not None
+    if has_val != (val_labels is not None):
+        raise InputError("val_images and val_labels must be given together")
+    if has_val:
+        val_images = _as_images(val_images, "val_images")
+        val_labels = _as_labels(val_labels, len(val_images), num_classes, "val_labels")
+        if len(val_images) == 0:
+            raise InputError("val_images: empty validation set")
+        if val_images.shape[1:] != images.shape[1:]:
+            raise InputError(f"val_images are {val_images.shape[1:]}, training images "
+                             f"{images.shape[1:]}")
+
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"train config: device={config.device!r} but CUDA is not available")
+    model.to(device=device, memory_format=torch.channels_last)   # ~1.3-2x faster convs on CPU
+    if normalize_from_data:
+        mean, std = channel_stats(images)
+        model.set_normalization(mean, std)
+
+    n, h = len(images), images.shape[1]
+    pad = config.pad_for(h)
+    x_all = torch.from_numpy(np.ascontiguousarray(images)).to(device)   # uint8 NHWC
+    y_all = torch.from_numpy(labels).to(device)
+    g_order = torch.Generator().manual_seed(_sub_seed(config.seed, 0))
+    g_aug = torch.Generator().manual_seed(_sub_seed(config.seed, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=config.nesterov)
+    steps_per_epoch = _num_steps(n, config.batch_size)
+    use_amp = bool(config.amp) and device.type == "cuda"
+
+    history: List[Dict[str, Any]] = []
+    best_epoch, best_acc = -1, -1.0
+    best_state: Optional[Dict[str, torch.Tensor]] = None
+    t0 = time.perf_counter()
+    bar = progress_bar(range(config.epochs), desc=desc, unit="epoch",
+                       enabled=None if progress else False)
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(n, generator=g_order)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        lr = config.lr
+        for step, idx in enumerate(_batches(perm, config.batch_size)):
+            lr = lr_at(config, epoch, step, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            idx = idx.to(device)
+            xb = augment_batch(x_all[idx].permute(0, 3, 1, 2), pad=pad, hflip=config.hflip,
+                               generator=g_aug)
+            yb = y_all[idx]
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach().double() * len(idx)
+            correct += (logits.detach().argmax(1) == yb).sum()
+        train_loss = float(loss_sum) / n
+        train_acc = float(correct) / n
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(
+                f"training diverged at epoch {epoch} (loss {train_loss}); lower the lr")
+        val_acc = evaluate_accuracy(model, val_images, val_labels) if has_val else None
+        history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss,
+                        "train_acc": train_acc, "val_acc": val_acc})
+        if has_val and val_acc is not None and val_acc > best_acc:
+            best_epoch, best_acc = epoch, val_acc
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        postfix = {"loss": f"{train_loss:.3f}", "acc": f"{train_acc:.3f}"}
+        if has_val:
+            postfix["val"] = f"{val_acc:.3f}"
+            postfix["best"] = f"{best_acc:.3f}@{best_epoch}"
+        bar.set_postfix(postfix, refresh=False)
+    bar.close()
+
+    if has_val and best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = config.epochs - 1
+    model.eval()
+    return TrainResult(model=model, best_epoch=best_epoch,
+                       best_val_acc=best_acc if has_val else None, history=history,
+                       seconds=time.perf_counter() - t0)
+
+
+def fine_tune(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
+              val_images: Optional[np.ndarray] = None, val_labels: Optional[np.ndarray] = None,
+              config: Optional[TrainConfig] = None, num_classes: Optional[int] = None,
+              progress: bool = True, desc: str = "fine-tune") -> TrainResult:
+    """Fine-tune a copy of ``model``: re-initialise its final layer (seeded from
+    ``config.seed``; optionally with ``num_classes`` outputs), keep the backbone weights and
+    the original normalisation, then :func:`fit` with ``config`` (default
+    :meth:`TrainConfig.paper_finetune`). ``model`` itself is not modified."""
+    config = config if config is not None else TrainConfig.paper_finetune()
+    tuned = copy.deepcopy(model)
+    tuned.reset_classifier(num_classes,
+                           generator=torch.Generator().manual_seed(_sub_seed(config.seed, 2)))
+    return fit(tuned, images, labels, val_images=val_images, val_labels=val_labels,
+               config=config, progress=progress, normalize_from_data=False, desc=desc)
+
+
+# -------------------------------------------------------------------------------- cross-fit
+@dataclass
+class CrossFitResult:
+    """Out-of-sample outputs of :func:`cross_fit`.
+
+    Attributes:
+        pred_probs: float32 ``(N, num_classes)``; row i from the model not trained on sample i.
+        features: float32 ``(N, feature_dim)`` penultimate features, same rule.
+        fold_of: int64 ``(N,)``: the fold in which sample i was held out.
+        histories: per-fold training histories.
+    """
+
+    pred_probs: np.ndarray
+    features: np.ndarray
+    fold_of: np.ndarray
+    histories: List[List[Dict[str, Any]]] = field(default_factory=list)
+
+
+def _fold_splits(labels: np.ndarray, folds: int, seed: int) -> List[Tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    counts = np.bincount(labels)
+    counts = counts[counts > 0]
+    if counts.size and counts.min() >= folds:
+        splitter: Any = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed % (2**32))
+        return list(splitter.split(np.zeros(len(labels)), labels))
+    splitter = KFold(n_splits=folds, shuffle=True, random_state=seed % (2**32))
+    return list(splitter.split(np.zeros(len(labels))))
+
+
+def cross_fit(images: np.ndarray, labels: np.ndarray, *, model_name: str, num_classes: int,
+              in_channels: Optional[int] = None, config: Optional[TrainConfig] = None,
+              folds: int = 4, seed: int = 0, progress: bool = True,
+              val_images: Optional[np.ndarray] = None, val_labels: Optional[np.ndarray] = None,
+              batch_size: int = 512) -> CrossFitResult:
+    """K-fold out-of-sample softmax and features.
+
+    Splits with ``StratifiedKFold`` (shuffled, ``random_state=seed``) when every present class
+    has at least ``folds`` samples, else ``KFold``. Fold k trains a fresh
+    ``create_model(model_name, seed=config.seed + k)`` with ``config.seed + k`` on the other
+    folds (normalisation from those folds' images), then predicts the held-out fold. An optional
+    validation set (disjoint from ``images``) picks each fold's best epoch.
+    """
+    config = config if config is not None else TrainConfig()
+    images = _as_images(images)
+    labels = _as_labels(labels, len(images), int(num_classes))
+    in_channels = images.shape[-1] if in_channels is None else int(in_channels)
+    if in_channels != images.shape[-1]:
+        raise InputError(f"in_channels={in_channels} but images have {images.shape[-1]} channels")
+    if not 2 <= folds <= len(images) // 2:
+        raise InputError(f"folds must be in [2, {len(images) // 2}] for {len(images)} images, "
+                         f"got {folds}")
+    splits = _fold_splits(labels, folds, seed)
+    pred_probs: Optional[np.ndarray] = None
+    features: Optional[np.ndarray] = None
+    fold_of = np.full(len(images), -1, np.int64)
+    histories: List[List[Dict[str, Any]]] = []
+    bar = progress_bar(range(folds), desc="cross-fit", unit="fold",
+                       enabled=None if progress else False)
+    for k in bar:
+        train_idx, held_idx = splits[k]
+        fold_cfg = dataclasses.replace(config, seed=config.seed + k)
+        model = create_model(model_name, num_classes=num_classes, in_channels=in_channels,
+                             seed=fold_cfg.seed)
+        res = fit(model, images[train_idx], labels[train_idx], val_images=val_images,
+                  val_labels=val_labels, config=fold_cfg, progress=progress,
+                  desc=f"fold {k + 1}/{folds}")
+        p, f = _proba_and_features(res.model, images[held_idx], batch_size)
+        if pred_probs is None or features is None:
+            pred_probs = np.zeros((len(images), p.shape[1]), np.float32)
+            features = np.zeros((len(images), f.shape[1]), np.float32)
+        pred_probs[held_idx] = p
+        features[held_idx] = f
+        fold_of[held_idx] = k
+        histories.append(res.history)
+        del model, res
+    bar.close()
+    assert pred_probs is not None and features is not None and (fold_of >= 0).all()
+    return CrossFitResult(pred_probs=pred_probs, features=features, fold_of=fold_of,
+                          histories=histories)
