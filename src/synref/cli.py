@@ -14,7 +14,10 @@ from .errors import InputError, SynrefError
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 on usage errors already; keep its one-line message style."""
+    """Usage errors: one line ``synref CMD: error: ...`` (no usage dump), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _unit_float(option: str):
@@ -40,6 +43,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                         "'pmd-0.35+u-0.3' (u = uniform, a = asymmetric on top). Default: pmd")
     p.add_argument("--rate", type=_unit_float("--rate"), default=0.7,
                    help="noise rate for a plain --noise kind (default 0.7)")
+    p.add_argument("--noise-file", type=Path, default=None,
+                   help="use these noisy labels for the training split instead (.npy or one per line); "
+                        "its length must equal the training split's")
     p.add_argument("--pmd-type", type=int, choices=(1, 2, 3), default=1, help="PMD type (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, noise and training (default 0)")
     p.add_argument("--preset", choices=("both", "paper", "synref"), default="both",
@@ -54,6 +60,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .pipeline import DemoConfig, format_demo_table, run_demo
 
     config = DemoConfig(noise=args.noise, rate=args.rate, pmd_type=args.pmd_type, seed=args.seed,
+                        noise_file=None if args.noise_file is None else str(args.noise_file),
                         presets=("paper", "synref") if args.preset == "both" else (args.preset,),
                         anchors_per_class=args.anchors_per_class)
     metrics = run_demo(config, out=args.out, progress=not args.quiet)
@@ -64,7 +71,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def _add_noise(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("noise", help="make noisy label files")
-    kinds = p.add_subparsers(dest="noise_command", required=True, metavar="{hybrid,pmd}")
+    kinds = p.add_subparsers(dest="noise_command", required=True, metavar="{hybrid,pmd}", parser_class=_Parser)
 
     h = kinds.add_parser("hybrid", help="apply uniform or asymmetric noise on top of a label file",
                          description="Apply uniform or asymmetric label noise on top of given labels (for example "
@@ -148,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="synref", description="Find and correct wrong labels with synthetic class anchors.")
     parser.add_argument("--version", action="version", version=f"synref {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _add_demo(sub)
     _add_noise(sub)
     return parser
@@ -156,7 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (2) and --help / --version (0)
+        return int(exc.code or 0)
     if getattr(args, "quiet", False):
         os.environ["SYNREF_NO_PROGRESS"] = "1"
     try:
@@ -170,5 +180,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
-if __name__ == "__main__":  # pragma: no cover
+def console_main() -> None:
+    """Entry point of the ``synref`` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    console_main()

@@ -480,12 +480,17 @@ class CrossFitResult:
         features: float32 ``(N, feature_dim)`` penultimate features, same rule.
         fold_of: int64 ``(N,)``: the fold in which sample i was held out.
         histories: per-fold training histories.
+        extra_pred_probs: float32 ``(folds, M, num_classes)``: every fold model's softmax on
+            ``extra_images`` (e.g. anchors, which each fold's feature space must embed too).
+        extra_features: float32 ``(folds, M, feature_dim)``, same rule.
     """
 
     pred_probs: np.ndarray
     features: np.ndarray
     fold_of: np.ndarray
     histories: List[List[Dict[str, Any]]] = field(default_factory=list)
+    extra_pred_probs: Optional[np.ndarray] = None
+    extra_features: Optional[np.ndarray] = None
 
 
 def _fold_splits(labels: np.ndarray, folds: int, seed: int) -> List[Tuple[np.ndarray, np.ndarray]]:
@@ -504,14 +509,15 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, *, model_name: str, num_cl
               in_channels: Optional[int] = None, config: Optional[TrainConfig] = None,
               folds: int = 4, seed: int = 0, progress: bool = True,
               val_images: Optional[np.ndarray] = None, val_labels: Optional[np.ndarray] = None,
-              batch_size: int = 512) -> CrossFitResult:
+              batch_size: int = 512, extra_images: Optional[np.ndarray] = None) -> CrossFitResult:
     """K-fold out-of-sample softmax and features.
 
     Splits with ``StratifiedKFold`` (shuffled, ``random_state=seed``) when every present class
     has at least ``folds`` samples, else ``KFold``. Fold k trains a fresh
     ``create_model(model_name, seed=config.seed + k)`` with ``config.seed + k`` on the other
     folds (normalisation from those folds' images), then predicts the held-out fold. An optional
-    validation set (disjoint from ``images``) picks each fold's best epoch.
+    validation set (disjoint from ``images``) picks each fold's best epoch. ``extra_images``
+    (M, H, W, C) are passed through every fold model (see ``CrossFitResult.extra_*``).
     """
     config = config if config is not None else TrainConfig()
     images = _as_images(images)
@@ -527,6 +533,10 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, *, model_name: str, num_cl
     features: Optional[np.ndarray] = None
     fold_of = np.full(len(images), -1, np.int64)
     histories: List[List[Dict[str, Any]]] = []
+    extra_p: List[np.ndarray] = []
+    extra_f: List[np.ndarray] = []
+    if extra_images is not None:
+        extra_images = _as_images(extra_images, "extra_images")
     bar = progress_bar(range(folds), desc="cross-fit", unit="fold",
                        enabled=None if progress else False)
     for k in bar:
@@ -545,8 +555,14 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, *, model_name: str, num_cl
         features[held_idx] = f
         fold_of[held_idx] = k
         histories.append(res.history)
+        if extra_images is not None:
+            ep, ef = _proba_and_features(res.model, extra_images, batch_size)
+            extra_p.append(ep)
+            extra_f.append(ef)
         del model, res
     bar.close()
     assert pred_probs is not None and features is not None and (fold_of >= 0).all()
     return CrossFitResult(pred_probs=pred_probs, features=features, fold_of=fold_of,
-                          histories=histories)
+                          histories=histories,
+                          extra_pred_probs=np.stack(extra_p) if extra_p else None,
+                          extra_features=np.stack(extra_f) if extra_f else None)
