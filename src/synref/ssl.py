@@ -74,7 +74,7 @@ class SSLConfig:
     epochs: int = 80
     batch_size: int = 256
     lr: float = 2e-3
-    temperature: float = 0.2
+    temperature: float = 1.0
     weight_decay: float = 1e-4
     warmup_epochs: int = 2
     projection_dim: int = 64
