@@ -3,11 +3,17 @@
 - ``paper``: the published method exactly. Features and softmax come from the classifier
   trained on all the noisy labels (it has seen, and partly memorised, every label it judges);
   one prototype per class; ``0.5 * cos + 0.5 * softmax``; threshold 0.6; one pass.
-- ``synref`` (the default): the same score rule, but every sample is judged by models that
-  never trained on it (k-fold cross-fitting, as cleanlab recommends for ``pred_probs``), with
-  prototypes built in each fold model's own feature space; and it iterates: the refined labels
-  train the next round's fold models, whose cleaner features and softmax re-score the *given*
-  labels. Each round is the paper's rule; only the evidence improves.
+- ``synref`` (the default): the same score rule and the same alpha 0.5 / threshold 0.6, with
+  better evidence:
+  1. the feature space is not trained on the noisy labels: a self-supervised (SimCLR-style)
+     encoder trained on the unlabelled real images plus the anchors (``features="ssl"``), or,
+     with ``features="classifier"``, each fold classifier's own penultimate layer;
+  2. prototype similarity is turned into probabilities with a temperature fitted on held-out
+     anchors (they are class-pure), so both terms of the score are probabilities;
+  3. the softmax comes from k-fold cross-fitting: every sample is judged by a model that never
+     trained on it (as cleanlab recommends for ``pred_probs``);
+  4. it iterates: round r's refined labels train round r+1's fold models, whose cleaner softmax
+     re-scores the *given* labels.
 """
 from __future__ import annotations
 
@@ -29,7 +35,11 @@ from .refine import (
     relabel,
     score_matrix,
 )
+from .refine import fit_similarity_temperature, similarity_to_probs
+from .ssl import SSLConfig, train_simclr
 from .train import TrainConfig, cross_fit, extract_features, predict_proba
+
+FEATURE_SPACES = ("ssl", "classifier")
 
 
 @dataclass
@@ -42,6 +52,10 @@ class CrossFitRefineConfig:
         alpha, threshold: the score rule's weight of prototype similarity and relabel threshold.
         model: network trained in each fold (synref.models name).
         train: training recipe of each fold model.
+        features: "ssl" (self-supervised encoder on real images + anchors) or "classifier"
+            (each fold model's penultimate features, prototypes per fold).
+        calibrate: turn similarity into probabilities with a temperature fitted on held-out anchors.
+        ssl: the self-supervised encoder's recipe (``features="ssl"``).
         seed: base seed (fold split and model seeds derive from it).
     """
 
@@ -51,6 +65,9 @@ class CrossFitRefineConfig:
     threshold: float = DEFAULT_THRESHOLD
     model: str = "small_cnn"
     train: TrainConfig = field(default_factory=TrainConfig)
+    features: str = "ssl"
+    calibrate: bool = True
+    ssl: SSLConfig = field(default_factory=SSLConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -62,12 +79,17 @@ class CrossFitRefineConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise InputError(f"{name} must be in [0, 1], got {value}")
+        if self.features not in FEATURE_SPACES:
+            raise InputError(f"unknown features {self.features!r}; choose one of: {', '.join(FEATURE_SPACES)}")
         if isinstance(self.train, dict):
             self.train = TrainConfig.from_dict(self.train)
+        if isinstance(self.ssl, dict):
+            self.ssl = SSLConfig.from_dict(self.ssl)
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["train"] = self.train.to_dict()
+        d["ssl"] = self.ssl.to_dict()
         return d
 
 
@@ -117,6 +139,14 @@ def crossfit_refinement(images: np.ndarray, labels: np.ndarray, anchor_images: n
         c = int(np.flatnonzero(counts == 0)[0])
         name = f"{c} ({class_names[c]!r})" if class_names else str(c)
         raise InputError(f"class {name} has no anchors")
+    info: Dict[str, Any] = {"features": config.features, "calibrate": config.calibrate}
+    fixed_similarity: Optional[np.ndarray] = None
+    if config.features == "ssl":
+        ssl_config = dataclasses.replace(config.ssl, seed=config.seed)
+        encoder = train_simclr(images, config=ssl_config, extra_images=anchor_images, progress=progress,
+                               desc="self-supervised encoder")
+        fixed_similarity = _anchor_similarity(extract_features(encoder, images), extract_features(encoder, anchor_images),
+                                              anchor_labels, num_classes, config, class_names, info)
     current = labels
     rounds: List[Dict[str, Any]] = []
     result: Optional[RefinementResult] = None
@@ -125,12 +155,16 @@ def crossfit_refinement(images: np.ndarray, labels: np.ndarray, anchor_images: n
         train_cfg = dataclasses.replace(config.train, seed=config.train.seed + 1000 * r)
         fitted = cross_fit(images, current, model_name=config.model, num_classes=num_classes,
                            config=train_cfg, folds=config.folds, seed=config.seed + r, progress=progress,
-                           val_images=val_images, val_labels=val_labels, extra_images=anchor_images)
-        similarity = np.zeros((len(labels), num_classes), np.float32)
-        for k in range(config.folds):
-            held = fitted.fold_of == k
-            prototypes = class_prototypes(fitted.extra_features[k], anchor_labels, num_classes, class_names=class_names)
-            similarity[held] = prototype_similarity(fitted.features[held], prototypes)
+                           val_images=val_images, val_labels=val_labels,
+                           extra_images=anchor_images if fixed_similarity is None else None)
+        if fixed_similarity is not None:
+            similarity = fixed_similarity
+        else:  # prototypes in each fold model's own feature space
+            similarity = np.zeros((len(labels), num_classes), np.float32)
+            for k in range(config.folds):
+                held = fitted.fold_of == k
+                similarity[held] = _anchor_similarity(fitted.features[held], fitted.extra_features[k], anchor_labels,
+                                                      num_classes, config, class_names, info)
         scores = score_matrix(fitted.pred_probs, similarity, alpha=config.alpha)
         result = relabel(labels, scores, threshold=config.threshold, alpha=config.alpha)
         stats: Dict[str, Any] = {"round": r, "num_changed": result.num_changed()}
@@ -142,5 +176,19 @@ def crossfit_refinement(images: np.ndarray, labels: np.ndarray, anchor_images: n
         result.info.update(pred_probs=fitted.pred_probs, similarity=similarity)
     bar.close()
     assert result is not None
-    result.info.update(preset="synref", rounds=rounds)
+    result.info.update(preset="synref", rounds=rounds, **info)
     return result
+
+
+def _anchor_similarity(features: np.ndarray, anchor_features: np.ndarray, anchor_labels: np.ndarray,
+                       num_classes: int, config: CrossFitRefineConfig, class_names: Optional[List[str]],
+                       info: Dict[str, Any]) -> np.ndarray:
+    """(N, C) cosine similarity to the anchor prototypes; as probabilities when ``config.calibrate``."""
+    prototypes = class_prototypes(anchor_features, anchor_labels, num_classes, class_names=class_names)
+    similarity = prototype_similarity(features, prototypes)
+    if not config.calibrate:
+        return similarity
+    temperature = fit_similarity_temperature(anchor_features, anchor_labels, num_classes, seed=config.seed,
+                                             class_names=class_names)
+    info.setdefault("temperatures", []).append(temperature)
+    return similarity_to_probs(similarity, temperature)
