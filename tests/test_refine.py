@@ -162,3 +162,29 @@ def test_relabel_on_scores_directly():
     scores = np.array([[0.1, 0.9], [0.55, 0.45], [0.2, 0.3]])
     res = relabel(np.array([0, 1, 0]), scores, threshold=0.5)
     np.testing.assert_array_equal(res.refined_labels, [1, 0, 0])
+
+
+def test_similarity_to_probs_rows_sum_to_one_and_keep_order():
+    from synref.refine import similarity_to_probs
+    sim = np.array([[0.9, 0.8, 0.1], [0.2, 0.3, 0.25]], dtype=np.float32)
+    p = similarity_to_probs(sim, 0.05)
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(p.argmax(1), sim.argmax(1))
+    assert similarity_to_probs(sim, 0.01)[0, 0] > p[0, 0]  # colder = more peaked
+    with pytest.raises(InputError, match="temperature"):
+        similarity_to_probs(sim, 0.0)
+
+
+def test_fitted_temperature_tracks_cluster_spread():
+    from synref.refine import fit_similarity_temperature
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 32))
+    labels = np.repeat(np.arange(4), 30)
+    tight = centers[labels] + 0.1 * rng.normal(size=(120, 32))
+    loose = centers[labels] + 1.5 * rng.normal(size=(120, 32))
+    t_tight = fit_similarity_temperature(tight, labels, 4)
+    t_loose = fit_similarity_temperature(loose, labels, 4)
+    # Well-separated anchors earn a colder (more confident) temperature than overlapping ones.
+    assert 1e-3 <= t_tight < t_loose <= 1.0
+    with pytest.raises(InputError, match=r"class 3 \('d'\) has 1 anchors"):
+        fit_similarity_temperature(tight[:91], labels[:91], 4, class_names=list("abcd"))
