@@ -46,6 +46,20 @@ class AnchorGenerator(ABC):
             uint8 ``(H, W, C)``, C in {1, 3}; identical for identical arguments.
         """
 
+    def generate_batch(self, items: Sequence[Tuple[int, str, int]], seed: int = 0) -> List[np.ndarray]:
+        """Images for several ``(class_index, class_name, k)`` work items at once.
+
+        The default loops over :meth:`generate_one`; batched backends (diffusion models)
+        override it, and must return exactly what ``generate_one`` would for each item (every
+        image has its own seed, so batching never changes an image).
+        """
+        return [self.generate_one(c, name, k, seed) for c, name, k in items]
+
+    def describe(self, class_index: int, class_name: str, k: int, seed: int = 0) -> Dict[str, Any]:
+        """Provenance of one image for an anchor-set manifest (e.g. prompt, per-image seed,
+        model id, steps, guidance, size). The default is the generator's :meth:`config`."""
+        return {"generator": self.name, **self.config()}
+
     def prepare(self, class_names: Sequence[str]) -> None:
         """Check/cache per-class resources before a run (raise InputError early). Optional."""
 
