@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch.nn as nn
 
+from .config import ConfigMixin
 from .errors import InputError
 from .progress import progress as progress_bar
 from .refine import (
@@ -43,7 +44,7 @@ FEATURE_SPACES = ("ssl", "classifier")
 
 
 @dataclass
-class CrossFitRefineConfig:
+class CrossFitRefineConfig(ConfigMixin):
     """Options of synref's default refinement (see module docstring).
 
     Attributes:
@@ -86,11 +87,6 @@ class CrossFitRefineConfig:
         if isinstance(self.ssl, dict):
             self.ssl = SSLConfig.from_dict(self.ssl)
 
-    def to_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["train"] = self.train.to_dict()
-        d["ssl"] = self.ssl.to_dict()
-        return d
 
 
 def paper_refinement(model: nn.Module, images: np.ndarray, labels: np.ndarray,

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import ConfigMixin
 from .errors import InputError
 from .models import ImageClassifier, create_model
 from .progress import progress as progress_bar
@@ -52,7 +53,7 @@ __all__ = [
 
 # ---------------------------------------------------------------------------------- config
 @dataclass
-class SSLConfig:
+class SSLConfig(ConfigMixin):
     """SimCLR hyper-parameters.
 
     Optimisation: Adam(W) with ``lr``, ``weight_decay``, linear warm-up over ``warmup_epochs``
@@ -70,6 +71,8 @@ class SSLConfig:
         blur_prob, blur_sigma: probability of a 3x3 gaussian blur with sigma ``U(blur_sigma)``.
         noise_std: gaussian pixel noise with std ``U(0, noise_std)``.
     """
+
+    config_name = "ssl config"
 
     epochs: int = 80
     batch_size: int = 256
@@ -118,21 +121,6 @@ class SSLConfig:
         for name, ok, why in checks:
             if not ok:
                 raise InputError(f"ssl config: {name}={getattr(self, name)!r} {why}")
-
-    def to_dict(self) -> Dict[str, Any]:
-        """JSON-able dict; :meth:`from_dict` inverts it."""
-        d = dataclasses.asdict(self)
-        d["crop_scale"] = list(self.crop_scale)
-        d["blur_sigma"] = list(self.blur_sigma)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "SSLConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"ssl config: unknown option(s) {', '.join(unknown)}")
-        return cls(**d)
 
 
 # ---------------------------------------------------------------------------- augmentation

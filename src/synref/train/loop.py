@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import check_labels
+from ..config import ConfigMixin
 from ..errors import InputError
 from ..models import create_model
 from ..progress import progress as progress_bar
@@ -46,7 +47,7 @@ __all__ = [
 
 # ----------------------------------------------------------------------------------- config
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigMixin):
     """Optimiser, schedule and augmentation of one training run.
 
     The defaults are the paper's "Standard" recipe (see :meth:`paper_standard`) except that
@@ -68,6 +69,8 @@ class TrainConfig:
         num_workers: kept for compatibility; the loader indexes an in-memory tensor, no workers.
         amp: bfloat16 autocast on CUDA (ignored on CPU).
     """
+
+    config_name = "train config"
 
     epochs: int = 200
     batch_size: int = 128
@@ -123,20 +126,6 @@ class TrainConfig:
                                   gamma=0.1, warmup_epochs=0, augment_pad=None, hflip=True)
         kw.update(overrides)
         return cls(**kw)
-
-    def to_dict(self) -> Dict[str, Any]:
-        """JSON-able dict; :meth:`from_dict` inverts it."""
-        d = dataclasses.asdict(self)
-        d["milestones"] = [int(m) for m in self.milestones]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"train config: unknown option(s) {', '.join(unknown)}")
-        return cls(**d)
 
     def pad_for(self, height: int) -> int:
         """Crop padding for images of this height (``augment_pad`` or ``height // 8``)."""
