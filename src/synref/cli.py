@@ -150,6 +150,142 @@ def _run_noise_pmd(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The generator options each --generator accepts (CLI flag -> constructor option).
+_GENERATOR_FLAGS = {
+    "model": "--model", "templates": "--prompt", "class_prompts_file": "--class-prompts",
+    "steps": "--steps", "guidance": "--guidance", "size": "--size", "batch_size": "--batch-size",
+    "device": "--device", "root": "--root",
+}
+_GENERATOR_OPTIONS = {
+    "glyph": ("size",),
+    "diffusers": ("model", "templates", "class_prompts_file", "steps", "guidance", "size",
+                  "batch_size", "device"),
+    "folder": ("root", "size"),
+}
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate", help="write a synthetic anchor set to a folder (resumable, multi-GPU)",
+        description="Generate --per-class anchors for every class into --out (PNG files, a JSONL "
+                    "manifest with sha256 and provenance, anchorset.json). Re-running the same "
+                    "command finishes only what is missing; a larger --per-class adds images. "
+                    "Under `accelerate launch` the images are split between the processes.")
+    p.add_argument("--generator", required=True, choices=tuple(_GENERATOR_OPTIONS),
+                   help="glyph (rendered class text, offline), diffusers (text-to-image model), "
+                        "folder (import your own images: --root/<class name>/...)")
+    p.add_argument("--classes", required=True,
+                   help="class list: a file (one name per line, # comments), a comma-separated "
+                        "list, or cifar10 / cifar100 / digits")
+    p.add_argument("--per-class", type=int, required=True, help="images per class")
+    p.add_argument("--out", type=Path, required=True, help="output folder (the anchor set)")
+    p.add_argument("--model", default=None, help="diffusers: model id or local folder")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per generator call (default: the generator's own, else 16)")
+    p.add_argument("--steps", type=int, default=None, help="diffusers: inference steps")
+    p.add_argument("--guidance", type=float, default=None, help="diffusers: guidance scale")
+    p.add_argument("--size", type=int, default=None, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--prompt", action="append", default=None, metavar="TEMPLATE",
+                   help="diffusers: prompt template with {category} (repeatable)")
+    p.add_argument("--class-prompts", type=Path, default=None, metavar="FILE",
+                   help="diffusers: per-class prompts file")
+    p.add_argument("--device", default=None,
+                   help="diffusers: torch device (default: the accelerate process's device, else auto)")
+    p.add_argument("--root", type=Path, default=None, help="folder: one sub-folder per class")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_generate)
+
+
+def _distributed_context(device: Optional[str]):
+    """(process_index, num_processes, device, barrier, state) -- accelerate's PartialState when
+    the environment (accelerate launch / torchrun / MPI) says there is more than one process."""
+    world = 1
+    for var in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        try:
+            world = max(world, int(os.environ.get(var, "1") or 1))
+        except ValueError:
+            pass
+    if world <= 1:
+        return 0, 1, device, None, None
+    import torch
+    from accelerate import PartialState
+
+    use_cpu = (os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+               or (device is not None and device.startswith("cpu"))
+               or not torch.cuda.is_available())
+    state = PartialState(cpu=use_cpu)
+    if device is None:
+        device = str(state.device)
+    return state.process_index, state.num_processes, device, state.wait_for_everyone, state
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from .anchors.base import validate_count
+    from .generate import format_summary, generate_anchor_set, parse_class_list
+
+    names = parse_class_list(args.classes)
+    validate_count(args.per_class, "--per-class")
+    validate_count(args.seed, "--seed", minimum=0)
+    for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps),
+                        ("--size", args.size)):
+        if value is not None:
+            validate_count(value, flag)
+    if args.class_prompts is not None and not args.class_prompts.is_file():
+        raise InputError(f"--class-prompts file not found: {args.class_prompts}")
+    given = {"model": args.model, "templates": args.prompt,
+             "class_prompts_file": None if args.class_prompts is None else str(args.class_prompts),
+             "steps": args.steps, "guidance": args.guidance, "size": args.size,
+             "batch_size": args.batch_size, "device": args.device,
+             "root": None if args.root is None else str(args.root)}
+    accepted = _GENERATOR_OPTIONS[args.generator]
+    for option, value in given.items():
+        if value is not None and option not in accepted and option not in ("batch_size", "device"):
+            raise InputError(f"{_GENERATOR_FLAGS[option]} does not apply to "
+                             f"--generator {args.generator}")
+    if args.generator == "diffusers" and args.model is None:
+        raise InputError("--generator diffusers needs --model (a model id or local folder)")
+    if args.generator == "folder" and args.root is None:
+        raise InputError("--generator folder needs --root (one sub-folder per class)")
+
+    from .anchors import create_generator
+
+    if args.generator == "folder":
+        from .anchors import folder  # noqa: F401  (registers "folder")
+    elif args.generator == "diffusers":
+        try:
+            from .anchors import diffusers_gen  # noqa: F401  (registers "diffusers")
+        except ImportError as exc:
+            raise InputError(f"--generator diffusers needs the diffusers extra: "
+                             f"pip install 'synref[diffusers]' ({exc})") from None
+
+    rank, world, device, barrier, state = _distributed_context(args.device)
+    given["device"] = device
+    options = {k: v for k, v in given.items() if k in accepted and v is not None}
+    try:
+        generator = create_generator(args.generator, **options)
+        summary = generate_anchor_set(generator, names, args.per_class, args.out, seed=args.seed,
+                                      batch_size=args.batch_size, process_index=rank,
+                                      num_processes=world, progress=not args.quiet,
+                                      barrier=barrier)
+        summaries = [summary]
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                summaries = [None] * world  # type: ignore[list-item]
+                dist.all_gather_object(summaries, summary)
+    finally:
+        if state is not None:
+            try:
+                state.destroy_process_group()
+            except Exception:  # pragma: no cover - best effort at shutdown
+                pass
+    if rank == 0:
+        print(format_summary(summaries))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -158,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _add_demo(sub)
     _add_noise(sub)
+    _add_generate(sub)
     return parser
 
 
