@@ -1,0 +1,891 @@
+"""Feature extractors (timm-style registry) and an on-disk, resumable feature cache.
+
+synref compares real images with synthetic anchors by cosine similarity to per-class
+prototypes in some feature space; this module makes the feature space a plug-in.
+
+* ``FEATURE_EXTRACTORS`` / :func:`create_extractor`: ``create_extractor("clip", model=...)``.
+* :class:`FeatureExtractor`: ``name``, ``fingerprint()`` (a stable string that changes whenever the
+  features would: extractor kind, weights hash, preprocessing), ``extract(images)`` -> ``(N, D)``
+  float32.
+* Extractors:
+
+  ``classifier`` (default)  penultimate features of a synref classifier
+                            (``model=`` an :class:`~synref.models.ImageClassifier`, or
+                            ``checkpoint=`` a file from :func:`save_classifier`);
+                            identical to :func:`synref.train.extract_features`.
+  ``clip``                  CLIP image embeddings (``image_embeds``, projected) from
+                            ``transformers.CLIPVisionModelWithProjection``: ``model=`` a hub id
+                            (default ``openai/clip-vit-large-patch14``) or a local directory.
+                            Preprocessing is done here (numpy / PIL / torch, no torchvision) and
+                            matches ``CLIPImageProcessor``.
+  ``ssl``                   a SimCLR encoder (:func:`synref.ssl.train_simclr`) trained on
+                            ``images`` (+ ``extra_images``), trained lazily on first use.
+
+* :func:`cached_features`: ``cache_dir/<dataset key>__<fingerprint>.npy`` + ``.json`` sidecar,
+  written atomically; computed in chunks under ``<name>.partial/`` so a killed run resumes.
+* :func:`save_classifier` / :func:`load_classifier`: a ``weights_only``-safe checkpoint
+  (JSON header + ``state_dict``).
+
+Images at this boundary are uint8 ``(N, H, W, C)`` (``(N, H, W)`` = one channel) or a
+:class:`~synref.data.LabeledImages` (path-backed sets are decoded with
+:func:`~synref.data.materialize`).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import LabeledImages, materialize
+from .errors import InputError, MissingDependencyError
+from .io import write_json, write_npy
+from .models import ImageClassifier, create_model
+from .progress import progress as progress_bar
+from .registry import Registry
+
+__all__ = [
+    "FEATURE_EXTRACTORS",
+    "DEFAULT_EXTRACTOR",
+    "DEFAULT_CLIP_MODEL",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "FeatureExtractor",
+    "ClassifierExtractor",
+    "ClipExtractor",
+    "SSLExtractor",
+    "create_extractor",
+    "extractor_names",
+    "save_classifier",
+    "load_classifier",
+    "clip_preprocess",
+    "load_clip_preprocess_config",
+    "images_hash",
+    "cache_path",
+    "cached_features",
+]
+
+PathLike = Union[str, os.PathLike]
+ImagesLike = Union[np.ndarray, LabeledImages]
+
+FEATURE_EXTRACTORS: Registry["FeatureExtractor"] = Registry("feature extractor")
+DEFAULT_EXTRACTOR = "classifier"
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_CHECKPOINT_FORMAT = "synref-classifier"
+_CHECKPOINT_VERSION = 1
+
+
+# ------------------------------------------------------------------------------- hashing
+def _sha(obj: Any) -> str:
+    """sha256 hex of a JSON-able object (sorted keys, compact)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _fp(kind: str, payload: Mapping[str, Any]) -> str:
+    """``<kind>-<16 hex>``: readable, filename-safe fingerprint."""
+    return f"{kind}-{_sha({'kind': kind, **payload})[:16]}"
+
+
+def _hash_array(h: "hashlib._Hash", arr: np.ndarray, block_rows: int = 4096) -> None:
+    arr = np.asarray(arr)
+    h.update(f"{arr.dtype.str}{arr.shape}".encode())
+    if arr.ndim == 0 or len(arr) == 0:
+        h.update(np.ascontiguousarray(arr).tobytes())
+        return
+    for i in range(0, len(arr), block_rows):
+        h.update(np.ascontiguousarray(arr[i:i + block_rows]).data)
+
+
+def _hash_state_dict(state: Mapping[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key]
+        h.update(key.encode())
+        if isinstance(t, torch.Tensor):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(repr(t).encode())
+    return h.hexdigest()
+
+
+_FILE_HASHES: Dict[Tuple[str, int, int], str] = {}
+
+
+def _hash_file(path: PathLike) -> str:
+    """sha256 of a file's bytes. A Hugging Face cache blob is named by its sha256 (LFS files), so
+    it is used as is; otherwise the hash is computed once per (path, size, mtime) per process."""
+    real = os.path.realpath(path)
+    name = os.path.basename(real)
+    if re.fullmatch(r"[0-9a-f]{64}", name) and os.path.basename(os.path.dirname(real)) == "blobs":
+        return name
+    st = os.stat(real)
+    key = (real, st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        h = hashlib.sha256()
+        with open(real, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                h.update(block)
+        _FILE_HASHES[key] = h.hexdigest()
+    return _FILE_HASHES[key]
+
+
+def images_hash(images: ImagesLike) -> str:
+    """sha256 hex identifying an image set: the pixels of an array (shape, dtype, bytes) or of an
+    array-backed :class:`LabeledImages`; for a path-backed one, each file's path, size and mtime
+    (so nothing is decoded)."""
+    h = hashlib.sha256()
+    if isinstance(images, LabeledImages):
+        if images.images is None:
+            h.update(b"paths")
+            for p in images.paths or []:
+                try:
+                    st = os.stat(p)
+                    h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                except OSError:
+                    h.update(f"{os.path.abspath(p)}\0missing\n".encode())
+            return h.hexdigest()
+        images = images.images
+    _hash_array(h, _as_images(images))
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------- images
+def _as_images(images: Any, what: str = "images") -> np.ndarray:
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
+        raise InputError(f"{what} must be uint8 (N, H, W, C) with C in 1 or 3, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise InputError(f"{what} must be uint8 (N, H, W, C), got dtype {arr.dtype}")
+    return arr
+
+
+def _pixels(images: ImagesLike, progress: bool = False) -> np.ndarray:
+    """uint8 ``(N, H, W, C)`` from an array or a LabeledImages (path-backed ones are decoded)."""
+    if isinstance(images, LabeledImages):
+        if images.images is None:
+            images = materialize(images, progress=progress)
+        return _as_images(images.images)
+    return _as_images(images)
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if int(batch_size) < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    return int(batch_size)
+
+
+# ------------------------------------------------------------------------------- interface
+class FeatureExtractor(ABC):
+    """Maps uint8 images ``(N, H, W, C)`` to float32 features ``(N, D)``.
+
+    Subclasses set ``name`` (the registry name) and implement :meth:`fingerprint` and
+    :meth:`_extract` (a uint8 array in, ``(n, D)`` float32 out).
+    """
+
+    name: str = "base"
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """Stable, filename-safe string; equal fingerprints mean equal features for equal images
+        (extractor kind, a hash of the weights, preprocessing options)."""
+
+    def describe(self) -> Dict[str, Any]:
+        """JSON-able description (written to the cache sidecar)."""
+        return {"name": self.name, "fingerprint": self.fingerprint()}
+
+    @abstractmethod
+    def _extract(self, images: np.ndarray, *, batch_size: int, progress: bool) -> np.ndarray:
+        ...
+
+    def extract(self, images: ImagesLike, *, batch_size: int = 256,
+                progress: bool = True) -> np.ndarray:
+        """Features ``(N, D)`` float32 of uint8 ``(N, H, W, C)`` images or a LabeledImages."""
+        arr = _pixels(images, progress)
+        batch_size = _check_batch_size(batch_size)
+        out = self._extract(arr, batch_size=batch_size, progress=progress)
+        out = np.asarray(out, dtype=np.float32)
+        if out.ndim != 2 or len(out) != len(arr):
+            raise RuntimeError(f"{self.name} extractor returned {out.shape} for {len(arr)} images")
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(fingerprint={self.fingerprint()!r})"
+
+
+def create_extractor(name: str = DEFAULT_EXTRACTOR, **options: Any) -> FeatureExtractor:
+    """Build a registered extractor (``classifier``, ``clip``, ``ssl``) with its options."""
+    return FEATURE_EXTRACTORS.create(name, **options)
+
+
+def extractor_names() -> List[str]:
+    return FEATURE_EXTRACTORS.names()
+
+
+def _batched_bar(n: int, batch_size: int, desc: str, progress: bool):
+    starts = list(range(0, n, batch_size))
+    return progress_bar(starts, desc=desc, total=len(starts), unit="batch",
+                        enabled=None if progress else False)
+
+
+# ------------------------------------------------------------------------------- classifier
+def save_classifier(model: ImageClassifier, path: PathLike, *, name: str,
+                    num_classes: Optional[int] = None, in_channels: Optional[int] = None) -> None:
+    """Save ``model`` (built by ``create_model(name, ...)``) as ``{"header": <JSON text>,
+    "state_dict": {...}}`` with :func:`torch.save`, atomically; only tensors and plain
+    str / dict values, so :func:`load_classifier` reads it with ``weights_only=True``.
+
+    ``num_classes`` / ``in_channels`` default to the model's and must match it.
+    """
+    if not isinstance(model, ImageClassifier):
+        raise InputError(f"save_classifier needs an ImageClassifier, got {type(model).__name__}")
+    num_classes = model.num_classes if num_classes is None else int(num_classes)
+    in_channels = model.in_channels if in_channels is None else int(in_channels)
+    if num_classes != model.num_classes or in_channels != model.in_channels:
+        raise InputError(f"save_classifier: model has {model.num_classes} classes / "
+                         f"{model.in_channels} channels, got num_classes={num_classes}, "
+                         f"in_channels={in_channels}")
+    from .models import MODELS
+    if name not in MODELS:
+        raise InputError(f"unknown model {name!r}; choose one of: {', '.join(MODELS.names())}")
+    header = {"format": _CHECKPOINT_FORMAT, "version": _CHECKPOINT_VERSION, "name": str(name),
+              "num_classes": num_classes, "in_channels": in_channels,
+              "feature_dim": int(model.feature_dim)}
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save({"header": json.dumps(header), "state_dict": state}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _read_checkpoint(path: PathLike) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"classifier checkpoint not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        msg = " ".join(str(exc).split())[:200]
+        raise InputError(f"cannot read classifier checkpoint {path}: {msg}") from None
+    try:
+        header = json.loads(blob["header"])
+        state = blob["state_dict"]
+        ok = header.get("format") == _CHECKPOINT_FORMAT and isinstance(state, dict)
+    except Exception:
+        ok = False
+    if not ok:
+        raise InputError(f"{path} is not a synref classifier checkpoint (see save_classifier)")
+    if int(header.get("version", 0)) > _CHECKPOINT_VERSION:
+        raise InputError(f"{path}: checkpoint version {header.get('version')} is newer than this "
+                         f"synref reads ({_CHECKPOINT_VERSION})")
+    return header, state
+
+
+def load_classifier(path: PathLike, *, device: Union[str, torch.device] = "cpu") -> ImageClassifier:
+    """The :class:`ImageClassifier` saved by :func:`save_classifier`, in eval mode."""
+    header, state = _read_checkpoint(path)
+    model = create_model(header["name"], num_classes=int(header["num_classes"]),
+                         in_channels=int(header["in_channels"]))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        msg = " ".join(str(exc).split())[:200]
+        raise InputError(f"{path}: weights do not fit model {header['name']!r}: {msg}") from None
+    return model.to(device).eval()
+
+
+@FEATURE_EXTRACTORS.register("classifier")
+class ClassifierExtractor(FeatureExtractor):
+    """Penultimate (global-pooled) features of a synref classifier: ``model.features``.
+
+    Options: ``model`` (an :class:`ImageClassifier`) or ``checkpoint`` (a
+    :func:`save_classifier` file); ``device`` to move a loaded checkpoint (default cpu; a given
+    model stays where it is). The fingerprint hashes the ``state_dict`` (weights and the
+    normalisation buffers), so a model and its checkpoint share cached features.
+    """
+
+    name = "classifier"
+
+    def __init__(self, model: Optional[ImageClassifier] = None, *,
+                 checkpoint: Optional[PathLike] = None,
+                 device: Optional[Union[str, torch.device]] = None) -> None:
+        if (model is None) == (checkpoint is None):
+            raise InputError("classifier extractor: give exactly one of model= or checkpoint=")
+        if checkpoint is not None:
+            model = load_classifier(checkpoint, device=device or "cpu")
+        elif not isinstance(model, ImageClassifier):
+            raise InputError(f"classifier extractor: model must be an ImageClassifier, got "
+                             f"{type(model).__name__}")
+        elif device is not None:
+            model = model.to(device)
+        self.model: ImageClassifier = model
+        self.checkpoint = None if checkpoint is None else str(checkpoint)
+        self._fingerprint: Optional[Tuple[Any, str]] = None
+
+    def fingerprint(self) -> str:
+        # weights can change in place (training): re-hash when a tensor's storage or version moves
+        version = tuple((t.data_ptr(), int(t._version)) for t in self.model.state_dict().values())
+        if self._fingerprint is None or self._fingerprint[0] != version:
+            fp = _fp(self.name, {"class": type(self.model).__name__,
+                                 "feature_dim": int(self.model.feature_dim),
+                                 "weights": _hash_state_dict(self.model.state_dict())})
+            self._fingerprint = (version, fp)
+        return self._fingerprint[1]
+
+    def describe(self) -> Dict[str, Any]:
+        d = super().describe()
+        d.update(model=type(self.model).__name__, feature_dim=int(self.model.feature_dim),
+                 checkpoint=self.checkpoint)
+        return d
+
+    def _extract(self, images: np.ndarray, *, batch_size: int, progress: bool) -> np.ndarray:
+        from .train.loop import extract_features
+
+        if images.shape[-1] != self.model.in_channels:
+            raise InputError(f"classifier extractor: the model takes {self.model.in_channels}-"
+                             f"channel images, got {images.shape[-1]}-channel")
+        return extract_features(self.model, images, batch_size=batch_size)
+
+
+# ------------------------------------------------------------------------------- CLIP
+def load_clip_preprocess_config(model_dir: Optional[PathLike]) -> Dict[str, Any]:
+    """CLIP preprocessing options from ``model_dir/preprocessor_config.json`` when present, else
+    the OpenAI CLIP defaults. Returns ``resize`` (``("shortest_edge", n)`` or
+    ``("exact", (h, w))`` or None), ``crop`` (``(h, w)`` or None), ``resample`` (PIL code),
+    ``rescale``, ``mean``, ``std`` (or None when normalisation is off)."""
+    raw: Dict[str, Any] = {}
+    if model_dir is not None:
+        f = Path(model_dir) / "preprocessor_config.json"
+        if f.is_file():
+            try:
+                raw = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise InputError(f"cannot read {f}: {exc}") from None
+    size = raw.get("size", {"shortest_edge": 224})
+    if isinstance(size, (int, float)):
+        resize: Any = ("shortest_edge", int(size))
+    elif isinstance(size, dict) and "shortest_edge" in size:
+        resize = ("shortest_edge", int(size["shortest_edge"]))
+    elif isinstance(size, dict) and "height" in size and "width" in size:
+        resize = ("exact", (int(size["height"]), int(size["width"])))
+    else:
+        raise InputError(f"preprocessor_config.json in {model_dir}: unsupported size {size!r}")
+    crop = raw.get("crop_size", {"height": 224, "width": 224})
+    if isinstance(crop, (int, float)):
+        crop_hw: Optional[Tuple[int, int]] = (int(crop), int(crop))
+    else:
+        crop_hw = (int(crop["height"]), int(crop["width"]))
+    mean = [float(v) for v in raw.get("image_mean", CLIP_MEAN)]
+    std = [float(v) for v in raw.get("image_std", CLIP_STD)]
+    return {
+        "resize": resize if raw.get("do_resize", True) else None,
+        "crop": crop_hw if raw.get("do_center_crop", True) else None,
+        "resample": int(raw.get("resample", 3)),
+        "rescale": float(raw.get("rescale_factor", 1 / 255)) if raw.get("do_rescale", True) else 1.0,
+        "mean": mean if raw.get("do_normalize", True) else None,
+        "std": std if raw.get("do_normalize", True) else None,
+    }
+
+
+def _resize_hw(h: int, w: int, resize: Any) -> Tuple[int, int]:
+    kind, val = resize
+    if kind == "exact":
+        return int(val[0]), int(val[1])
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = int(val), int(int(val) * long / short)   # as transformers does
+    return (new_long, new_short) if w <= h else (new_short, new_long)
+
+
+def clip_preprocess(images: np.ndarray, config: Optional[Mapping[str, Any]] = None) -> torch.Tensor:
+    """CLIP pixel values ``(N, 3, h, w)`` float32 from uint8 ``(N, H, W, C)`` images.
+
+    Resize (shortest side to ``size`` with ``long = int(size * long / short)``, PIL with the
+    config's resample, bicubic by default); center crop (``top = (H - h) // 2``, zero-padded
+    when the image is smaller); grayscale -> RGB; ``x * rescale``; ``(x - mean) / std``. Same
+    steps and arithmetic as transformers' ``CLIPImageProcessor`` (PIL backend; equal to
+    within 1 float32 ulp), without torchvision. Rescale + normalise is a 256-entry table
+    look-up per channel.
+    """
+    from PIL import Image
+
+    cfg = dict(load_clip_preprocess_config(None) if config is None else config)
+    arr = _as_images(images)
+    n, h, w, c = arr.shape
+    out_hw = (h, w)
+    if cfg["resize"] is not None:
+        out_hw = _resize_hw(h, w, cfg["resize"])
+    if cfg["crop"] is not None:
+        out_hw = cfg["crop"]
+    lut = _clip_lut(cfg)                                    # (3, 256) float32
+    out = np.empty((n, 3, out_hw[0], out_hw[1]), dtype=np.float32)
+    for i in range(n):
+        img = arr[i]
+        if cfg["resize"] is not None:
+            rh, rw = _resize_hw(h, w, cfg["resize"])
+            if (rh, rw) != (h, w):
+                pil = Image.fromarray(img[..., 0] if c == 1 else img)
+                img = np.asarray(pil.resize((rw, rh), resample=cfg["resample"]))
+                if img.ndim == 2:
+                    img = img[..., None]
+        if cfg["crop"] is not None:
+            img = _center_crop(img, cfg["crop"])
+        for ch in range(3):                                 # grayscale -> RGB: channel 0 thrice
+            np.take(lut[ch], img[:, :, ch if img.shape[-1] == 3 else 0], out=out[i, ch])
+    return torch.from_numpy(out)
+
+
+def _clip_lut(cfg: Mapping[str, Any]) -> np.ndarray:
+    """``(3, 256)`` float32: the normalised value of every uint8 level per channel, with the
+    processor's arithmetic (``float32(v * rescale)`` in float64, then ``(x - mean) / std`` in
+    float32), so preprocessing is one table look-up per pixel."""
+    x = (np.arange(256, dtype=np.float64) * float(cfg["rescale"])).astype(np.float32)
+    lut = np.repeat(x[None, :], 3, axis=0)
+    if cfg["mean"] is not None:
+        mean = np.asarray(cfg["mean"], dtype=np.float32).reshape(-1)
+        std = np.asarray(cfg["std"], dtype=np.float32).reshape(-1)
+        if mean.size == 1:
+            mean, std = np.repeat(mean, 3), np.repeat(std, 3)
+        if mean.size != 3 or std.size != 3:
+            raise InputError(f"CLIP preprocessing: image_mean / image_std need 3 values, got "
+                             f"{mean.size} / {std.size}")
+        lut = (lut - mean[:, None]) / std[:, None]
+    return np.ascontiguousarray(lut, dtype=np.float32)
+
+
+def _center_crop(img: np.ndarray, crop: Tuple[int, int]) -> np.ndarray:
+    h, w = img.shape[:2]
+    ch, cw = crop
+    top, left = (h - ch) // 2, (w - cw) // 2
+    if top >= 0 and left >= 0 and top + ch <= h and left + cw <= w:
+        return img[top:top + ch, left:left + cw]
+    nh, nw = max(ch, h), max(cw, w)               # too small: zero-pad, then crop
+    tp, lp = math.ceil((nh - h) / 2), math.ceil((nw - w) / 2)
+    canvas = np.zeros((nh, nw) + img.shape[2:], dtype=img.dtype)
+    canvas[tp:tp + h, lp:lp + w] = img
+    top, left = top + tp, left + lp
+    return canvas[top:top + ch, left:left + cw]
+
+
+def _hf_offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+        return True
+    try:
+        from huggingface_hub import constants
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:   # pragma: no cover
+        return False
+
+
+def _hf_cache_dir(cache_dir: Optional[PathLike]) -> str:
+    if cache_dir is not None:
+        return str(cache_dir)
+    try:
+        from huggingface_hub import constants
+        return str(constants.HF_HUB_CACHE)
+    except Exception:   # pragma: no cover
+        return os.path.join("~", ".cache", "huggingface", "hub")
+
+
+_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin",
+                    "pytorch_model*.bin.index.json")
+
+
+@FEATURE_EXTRACTORS.register("clip")
+class ClipExtractor(FeatureExtractor):
+    """CLIP image embeddings (``CLIPVisionModelWithProjection(...).image_embeds``).
+
+    Options:
+        model: hub id (default ``openai/clip-vit-large-patch14``) or a local directory with
+            ``config.json`` + weights (+ optional ``preprocessor_config.json``).
+        normalize: L2-normalise the embeddings (default True).
+        device: default ``cuda`` when available, else ``cpu``.
+        dtype: ``"float16"`` / ``"float32"``; default float16 on cuda, float32 on cpu.
+        cache_dir: Hugging Face cache to look in (default ``huggingface_hub.constants.HF_HUB_CACHE``).
+        local_files_only: never download (default: on when ``HF_HUB_OFFLINE`` is set).
+    The model is loaded lazily (a cache hit in :func:`cached_features` never loads it).
+    """
+
+    name = "clip"
+
+    def __init__(self, model: PathLike = DEFAULT_CLIP_MODEL, *, normalize: bool = True,
+                 device: Optional[Union[str, torch.device]] = None, dtype: Optional[str] = None,
+                 cache_dir: Optional[PathLike] = None,
+                 local_files_only: Optional[bool] = None) -> None:
+        self.model_id = str(model)
+        self.is_local = Path(self.model_id).expanduser().is_dir()
+        self.normalize = bool(normalize)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"clip extractor: device={str(device)!r} but CUDA is not available")
+        if dtype is None:
+            dtype = "float16" if self.device.type == "cuda" else "float32"
+        if dtype not in ("float16", "bfloat16", "float32"):
+            raise InputError(f"clip extractor: dtype must be float16, bfloat16 or float32, got {dtype!r}")
+        self.dtype = str(dtype)
+        self.cache_dir = None if cache_dir is None else str(cache_dir)
+        self.local_files_only = _hf_offline() if local_files_only is None else bool(local_files_only)
+        self._dir: Optional[Path] = None
+        self._model: Optional[nn.Module] = None
+        self._fingerprint: Optional[str] = None
+        self._preprocess: Optional[Dict[str, Any]] = None
+
+    # -- resolution ----------------------------------------------------------------------
+    def _not_found(self, why: str = "") -> InputError:
+        where = _hf_cache_dir(self.cache_dir)
+        mode = "offline (HF_HUB_OFFLINE=1)" if self.local_files_only else "and could not be downloaded"
+        extra = f" ({why})" if why else ""
+        return InputError(
+            f"CLIP model {self.model_id!r} not found {mode}{extra}: hub models are looked for in "
+            f"the Hugging Face cache {where} (set HF_HUB_CACHE / HF_HOME to move it; fill it "
+            f"online with `hf download {self.model_id}`), or pass a local directory with "
+            f"config.json + model.safetensors, e.g. model='/path/to/clip-dir' (save_pretrained)")
+
+    def model_dir(self) -> Path:
+        """The directory holding config.json (a local dir, or the hub cache snapshot)."""
+        if self._dir is None:
+            if self.is_local:
+                d = Path(self.model_id).expanduser().resolve()
+                if not (d / "config.json").is_file():
+                    raise InputError(f"CLIP model directory {d} has no config.json")
+                self._dir = d
+            else:
+                self._dir = self._resolve_hub_dir()
+        return self._dir
+
+    def _resolve_hub_dir(self) -> Path:
+        try:
+            from huggingface_hub import hf_hub_download
+        except ImportError:   # pragma: no cover
+            raise MissingDependencyError("clip features need transformers: pip install 'synref[clip]'")
+        try:
+            cfg = hf_hub_download(self.model_id, "config.json", cache_dir=self.cache_dir,
+                                  local_files_only=self.local_files_only)
+        except Exception as exc:
+            raise self._not_found(type(exc).__name__) from None
+        return Path(cfg).parent
+
+    def _weight_files(self) -> List[Path]:
+        d = self.model_dir()
+        files = sorted({p for pat in _WEIGHT_PATTERNS for p in d.glob(pat)})
+        if not files and not self.is_local:
+            self._load_model()           # downloads the weights when online
+            files = sorted({p for pat in _WEIGHT_PATTERNS for p in d.glob(pat)})
+        if not files:
+            raise self._not_found(f"no weights file in {d}")
+        return files
+
+    def preprocess_config(self) -> Dict[str, Any]:
+        if self._preprocess is None:
+            self._preprocess = load_clip_preprocess_config(self.model_dir())
+        return self._preprocess
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            d = self.model_dir()
+            weights = {p.name: _hash_file(p) for p in self._weight_files()}
+            self._fingerprint = _fp(self.name, {
+                "config": _hash_file(d / "config.json"),
+                "weights": weights,
+                "preprocess": self.preprocess_config(),
+                "normalize": self.normalize,
+                "dtype": self.dtype,
+            })
+        return self._fingerprint
+
+    def describe(self) -> Dict[str, Any]:
+        d = super().describe()
+        d.update(model=self.model_id, model_dir=str(self.model_dir()), normalize=self.normalize,
+                 dtype=self.dtype, preprocess=self.preprocess_config())
+        return d
+
+    # -- model ---------------------------------------------------------------------------
+    def _load_model(self) -> nn.Module:
+        if self._model is None:
+            try:
+                from transformers import CLIPVisionModelWithProjection
+            except ImportError:
+                raise MissingDependencyError(
+                    "clip features need transformers: pip install 'synref[clip]'") from None
+            src = str(self.model_dir()) if (self.is_local or self._dir is not None) else self.model_id
+            try:
+                model = CLIPVisionModelWithProjection.from_pretrained(
+                    src, cache_dir=self.cache_dir, local_files_only=self.local_files_only)
+            except (OSError, ValueError) as exc:
+                raise self._not_found(" ".join(str(exc).split())[:160]) from None
+            dtype = getattr(torch, self.dtype)
+            self._model = model.to(device=self.device, dtype=dtype).eval()
+        return self._model
+
+    @property
+    def output_dim(self) -> int:
+        return int(self._load_model().config.projection_dim)
+
+    def _extract(self, images: np.ndarray, *, batch_size: int, progress: bool) -> np.ndarray:
+        model = self._load_model()
+        cfg = self.preprocess_config()
+        dtype = getattr(torch, self.dtype)
+        outs: List[np.ndarray] = []
+        with torch.inference_mode():
+            for i in _batched_bar(len(images), batch_size, "clip features", progress):
+                x = clip_preprocess(images[i:i + batch_size], cfg)
+                emb = model(pixel_values=x.to(self.device, dtype)).image_embeds.float()
+                if self.normalize:
+                    emb = torch.nn.functional.normalize(emb, dim=1)
+                outs.append(emb.cpu().numpy())
+        if not outs:
+            return np.zeros((0, self.output_dim), np.float32)
+        return np.concatenate(outs).astype(np.float32, copy=False)
+
+
+# ------------------------------------------------------------------------------- SSL
+@FEATURE_EXTRACTORS.register("ssl")
+class SSLExtractor(FeatureExtractor):
+    """Features of a SimCLR encoder (:func:`synref.ssl.train_simclr`) trained on ``images``
+    (+ ``extra_images``, e.g. the anchors), trained lazily on first :meth:`extract`.
+
+    Options: ``images`` (uint8 array or LabeledImages, required), ``extra_images``,
+    ``config`` (:class:`~synref.ssl.SSLConfig` or a dict of its fields), ``model_name``
+    (default ``small_cnn``). The fingerprint hashes the training images, config and model name
+    (training is deterministic per seed on CPU).
+    """
+
+    name = "ssl"
+
+    def __init__(self, images: Optional[ImagesLike] = None, *,
+                 extra_images: Optional[ImagesLike] = None,
+                 config: Any = None, model_name: str = "small_cnn") -> None:
+        from .models import MODELS
+        from .ssl import SSLConfig
+
+        if images is None:
+            raise InputError("ssl extractor: images= (the unlabelled training images) is required")
+        if isinstance(config, SSLConfig):
+            self.config = config
+        elif config is None:
+            self.config = SSLConfig()
+        elif isinstance(config, Mapping):
+            self.config = SSLConfig.from_dict(dict(config))
+        else:
+            raise InputError(f"ssl extractor: config must be an SSLConfig or a dict, got "
+                             f"{type(config).__name__}")
+        if model_name not in MODELS:
+            raise InputError(f"unknown model {model_name!r}; choose one of: {', '.join(MODELS.names())}")
+        self.model_name = model_name
+        self.images = images
+        self.extra_images = extra_images
+        self.model: Optional[ImageClassifier] = None
+        self._fingerprint: Optional[str] = None
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = _fp(self.name, {
+                "model_name": self.model_name,
+                "config": self.config.to_dict(),
+                "images": images_hash(self.images),
+                "extra_images": None if self.extra_images is None else images_hash(self.extra_images),
+            })
+        return self._fingerprint
+
+    def describe(self) -> Dict[str, Any]:
+        d = super().describe()
+        d.update(model_name=self.model_name, config=self.config.to_dict())
+        return d
+
+    def train(self, progress: bool = True) -> ImageClassifier:
+        if self.model is None:
+            from .ssl import train_simclr
+
+            extra = None if self.extra_images is None else _pixels(self.extra_images, progress)
+            self.model = train_simclr(_pixels(self.images, progress), model_name=self.model_name,
+                                      config=self.config, extra_images=extra, progress=progress)
+        return self.model
+
+    def _extract(self, images: np.ndarray, *, batch_size: int, progress: bool) -> np.ndarray:
+        from .train.loop import extract_features
+
+        model = self.train(progress)
+        if images.shape[-1] != model.in_channels:
+            raise InputError(f"ssl extractor: trained on {model.in_channels}-channel images, got "
+                             f"{images.shape[-1]}-channel")
+        return extract_features(model, images, batch_size=batch_size)
+
+
+# ------------------------------------------------------------------------------- cache
+def _safe_key(key: str) -> str:
+    key = re.sub(r"[^A-Za-z0-9._-]+", "-", str(key)).strip("-.")
+    if not key:
+        raise InputError("dataset_key must contain letters or digits")
+    return key[:120]
+
+
+def cache_path(extractor: FeatureExtractor, images_or_dataset: Optional[ImagesLike] = None, *,
+               cache_dir: PathLike, dataset_key: Optional[str] = None) -> Path:
+    """``cache_dir/<dataset_key or images-<hash16>>__<fingerprint>.npy``."""
+    if dataset_key is None:
+        if images_or_dataset is None:
+            raise InputError("cache_path needs images or a dataset_key")
+        key = f"images-{images_hash(images_or_dataset)[:16]}"
+    else:
+        key = _safe_key(dataset_key)
+    return Path(cache_dir) / f"{key}__{extractor.fingerprint()}.npy"
+
+
+def _load_cached(path: Path, n: int) -> Optional[np.ndarray]:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception:
+        return None
+    if arr.ndim != 2 or arr.dtype != np.float32 or arr.shape[0] != n:
+        return None
+    return arr
+
+
+def _partial_meta_ok(meta_path: Path, expect: Dict[str, Any]) -> bool:
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return all(meta.get(k) == v for k, v in expect.items())
+
+
+def cached_features(extractor: FeatureExtractor, images_or_dataset: ImagesLike, *,
+                    cache_dir: PathLike, dataset_key: Optional[str] = None,
+                    batch_size: int = 256, progress: bool = True,
+                    chunk_size: int = 4096) -> np.ndarray:
+    """``extractor.extract(images)``, stored on disk and loaded (memory-mapped, read-only) when
+    present.
+
+    Layout: ``cache_dir/<key>__<fingerprint>.npy`` where key is ``dataset_key`` (sanitised) or
+    ``images-<sha256[:16] of the images>``, plus ``<same>.json`` describing the extractor and
+    the images. Rows are computed in chunks of ``chunk_size`` into ``<same>.npy.partial/``
+    (``chunk-000000.npy``..., each written atomically), so a killed run, re-run, only computes
+    the missing chunks; the final file is assembled in a temporary file and renamed (never
+    half-written), then the partial folder is removed. A cached file whose row count does not
+    match the images (a reused ``dataset_key``) is recomputed.
+    """
+    batch_size = _check_batch_size(batch_size)
+    if int(chunk_size) < 1:
+        raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
+    chunk_size = int(chunk_size)
+    cache_dir = Path(cache_dir)
+    n = len(images_or_dataset)
+    final = cache_path(extractor, images_or_dataset, cache_dir=cache_dir, dataset_key=dataset_key)
+    sidecar = final.with_suffix(".json")
+    hit = _load_cached(final, n) if final.exists() else None
+    if hit is not None:
+        if not sidecar.exists():
+            _write_sidecar(sidecar, extractor, images_or_dataset, dataset_key, hit.shape, None)
+        return hit
+
+    partial = final.parent / (final.name + ".partial")
+    meta = {"n": n, "chunk_size": chunk_size, "fingerprint": extractor.fingerprint(),
+            "dataset_key": dataset_key}
+    if partial.exists() and not _partial_meta_ok(partial / "meta.json", meta):
+        shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True, exist_ok=True)
+    if not (partial / "meta.json").exists():
+        write_json(partial / "meta.json", meta)
+
+    starts = list(range(0, n, chunk_size)) or [0]
+    chunk_files = [partial / f"chunk-{i // chunk_size:06d}.npy" for i in starts]
+
+    def chunk_ok(f: Path, rows: int) -> bool:
+        if not f.exists():
+            return False
+        try:
+            a = np.load(f, mmap_mode="r", allow_pickle=False)
+        except Exception:
+            return False
+        return a.ndim == 2 and a.shape[0] == rows and a.dtype == np.float32
+
+    rows_of = [min(s + chunk_size, n) - s for s in starts]
+    todo = [k for k, f in enumerate(chunk_files) if not chunk_ok(f, rows_of[k])]
+    t0 = time.perf_counter()
+    if todo:
+        pixels = _pixels(images_or_dataset, progress)
+        bar = progress_bar(total=sum(rows_of[k] for k in todo), desc=f"{extractor.name} features",
+                           unit="img", enabled=None if progress else False)
+        try:
+            for k in todo:
+                s = starts[k]
+                feats = extractor.extract(pixels[s:s + rows_of[k]], batch_size=batch_size,
+                                          progress=False)
+                write_npy(chunk_files[k], np.ascontiguousarray(feats, dtype=np.float32))
+                bar.update(rows_of[k])
+        finally:
+            bar.close()
+    seconds = time.perf_counter() - t0
+
+    # assemble into a temp file beside the final name, then rename
+    first = np.load(chunk_files[0], mmap_mode="r")
+    dim = int(first.shape[1])
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+        for k, f in enumerate(chunk_files):
+            a = np.load(f, mmap_mode="r")
+            if a.shape[1] != dim:
+                raise RuntimeError(f"cache chunk {f} has {a.shape[1]} columns, expected {dim}")
+            out[starts[k]:starts[k] + rows_of[k]] = a
+        out.flush()
+        del out
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _write_sidecar(sidecar, extractor, images_or_dataset, dataset_key, (n, dim),
+                   seconds if todo else None)
+    shutil.rmtree(partial, ignore_errors=True)
+    return np.load(final, mmap_mode="r", allow_pickle=False)
+
+
+def _write_sidecar(path: Path, extractor: FeatureExtractor, images: ImagesLike,
+                   dataset_key: Optional[str], shape: Sequence[int],
+                   seconds: Optional[float]) -> None:
+    if isinstance(images, LabeledImages):
+        img_desc: Dict[str, Any] = {"n": len(images), "path_backed": images.is_path_backed}
+        if images.images is not None:
+            img_desc["shape"] = list(images.images.shape)
+    else:
+        img_desc = {"n": len(images), "shape": list(np.shape(images))}
+    img_desc["sha256"] = images_hash(images) if dataset_key is None else None
+    try:
+        desc = extractor.describe()
+    except Exception:   # pragma: no cover - description is informative only
+        desc = {"name": extractor.name, "fingerprint": extractor.fingerprint()}
+    write_json(path, {"features": path.with_suffix(".npy").name, "shape": list(shape),
+                      "dtype": "float32", "dataset_key": dataset_key, "images": img_desc,
+                      "extractor": desc, "seconds": seconds,
+                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
