@@ -248,16 +248,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     if args.generator == "folder" and args.root is None:
         raise InputError("--generator folder needs --root (one sub-folder per class)")
 
-    from .anchors import create_generator
-
-    if args.generator == "folder":
-        from .anchors import folder  # noqa: F401  (registers "folder")
-    elif args.generator == "diffusers":
-        try:
-            from .anchors import diffusers_gen  # noqa: F401  (registers "diffusers")
-        except ImportError as exc:
-            raise InputError(f"--generator diffusers needs the diffusers extra: "
-                             f"pip install 'synref[diffusers]' ({exc})") from None
+    from .anchors import create_generator  # registers glyph, folder and diffusers
 
     rank, world, device, barrier, state = _distributed_context(args.device)
     given["device"] = device
