@@ -150,3 +150,38 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     np.testing.assert_array_equal(two.images, one.images)
     np.testing.assert_array_equal(two.labels, one.labels)
     assert [r["sha256"] for r in rows2] == [r["sha256"] for r in rows1]
+
+
+def test_generate_with_tiny_sdxl_pipeline_end_to_end(tmp_path):
+    """synref generate --generator diffusers on a tiny SDXL-shaped pipeline saved with
+    save_pretrained: the real loading path, the manifest's provenance, and resume."""
+    import torch
+    from tiny_models import build_tiny_sdxl_pipeline
+
+    from synref.anchors.store import load_anchor_set
+    from synref.cli import main
+
+    model_dir = tmp_path / "tiny-sdxl"
+    build_tiny_sdxl_pipeline(model_dir)
+    out = tmp_path / "anchors"
+    args = ["generate", "--generator", "diffusers", "--model", str(model_dir), "--classes", "cat,pickup_truck",
+            "--per-class", "2", "--size", "32", "--steps", "1", "--batch-size", "2", "--seed", "3",
+            "--prompt", "A photo of {category}.", "--out", str(out), "--quiet"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(args) == 0
+        anchors, rows = load_anchor_set(out, verify=True, with_manifest=True)
+        assert anchors.images.shape == (4, 32, 32, 3) and anchors.images.dtype == np.uint8
+        assert list(anchors.labels) == [0, 0, 1, 1]
+        prompts = sorted({row["prompt"] for row in rows})
+        assert prompts == ["A photo of cat.", "A photo of pickup truck."]
+        for row in rows:
+            assert row["model"] == str(model_dir) and row["steps"] == 1 and row["size"] == [32, 32]
+            assert row["guidance"] == 0.0 and isinstance(row["image_seed"], int)
+        # Re-running the same command finds everything present and generates nothing.
+        before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+        assert main(args) == 0
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
+    finally:
+        torch.set_num_threads(threads)
