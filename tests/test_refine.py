@@ -188,3 +188,15 @@ def test_fitted_temperature_tracks_cluster_spread():
     assert 1e-3 <= t_tight < t_loose <= 1.0
     with pytest.raises(InputError, match=r"class 3 \('d'\) has 1 anchors"):
         fit_similarity_temperature(tight[:91], labels[:91], 4, class_names=list("abcd"))
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from synref.io import write_json
+
+    write_json(tmp_path / "x.json", {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o666 & ~mask

@@ -277,6 +277,96 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write OUT/report.html for a results folder of synref refine",
+                       description="Read the results folder of `synref refine --out OUT` and write "
+                                   "OUT/report.html: one self-contained page (counts per class, "
+                                   "transitions, score histograms, the changed samples beside anchors).")
+    p.add_argument("out", type=Path, metavar="OUT", help="results folder written by synref refine --out")
+    p.add_argument("--max-gallery", type=int, default=60, metavar="N",
+                   help="most changed samples shown in the gallery, most confident first (default 60)")
+    p.add_argument("--anchors-per-side", type=int, default=4, metavar="K",
+                   help="anchors shown for the given and for the suggested class (default 4)")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    for flag, value in (("--max-gallery", args.max_gallery), ("--anchors-per-side", args.anchors_per_side)):
+        if value < 0:
+            raise InputError(f"{flag} must be >= 0, got {value}")
+    path = write_report(args.out, max_gallery=args.max_gallery, anchors_per_side=args.anchors_per_side)
+    print(path)
+    return 0
+
+
+def _add_refine(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("refine", help="find and correct wrong labels in your own labelled images",
+                       description="Score every image against synthetic class anchors and a classifier's "
+                                   "out-of-sample softmax; write refined_labels.csv, summary.json and report.html.")
+    p.add_argument("--data", required=True, help="image folder (one sub-folder per class), CSV manifest "
+                                                 "(path,label), CIFAR python layout, or 'digits'")
+    p.add_argument("--split", default="train", help="split of --data (CIFAR train/test, split folders, CSV split column)")
+    p.add_argument("--labels", type=Path, default=None, help="label file replacing the dataset's labels (.npy or one per line)")
+    anchors = p.add_mutually_exclusive_group(required=True)
+    anchors.add_argument("--anchors", type=Path, help="anchor set from synref generate")
+    anchors.add_argument("--generate", action="store_true", help="generate anchors into OUT/anchors (see --generator)")
+    p.add_argument("--generator", default="glyph", help="with --generate: glyph, diffusers or folder (default glyph)")
+    p.add_argument("--generator-model", default=None, help="with --generator diffusers: model id or local folder")
+    p.add_argument("--generator-root", default=None, help="with --generator folder: folder with one sub-folder per class")
+    p.add_argument("--prompt", action="append", default=None, help="with --generator diffusers: prompt template(s)")
+    p.add_argument("--per-class", type=int, default=100, help="anchors per class to generate (default 100)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--classifier", type=Path, help="classifier checkpoint (synref.features.save_classifier)")
+    source.add_argument("--train", action="store_true",
+                        help="train k-fold cross-fitted classifiers for out-of-sample pred_probs (as cleanlab advises)")
+    p.add_argument("--arch", default="small_cnn", help="network for --train (small_cnn, resnet18, resnet34, ...)")
+    p.add_argument("--epochs", type=int, default=30, help="epochs per fold model (default 30)")
+    p.add_argument("--folds", type=int, default=4, help="k of the cross-fitting (default 4)")
+    p.add_argument("--rounds", type=int, default=1, help="refinement rounds with --train (default 1; 3 in the demo)")
+    p.add_argument("--features", default="classifier", help="classifier, clip or ssl (default classifier)")
+    p.add_argument("--clip-model", default="openai/clip-vit-large-patch14", help="CLIP model id or local folder")
+    p.add_argument("--alpha", type=_unit_float("--alpha"), default=0.5, help="weight of anchor similarity (default 0.5)")
+    p.add_argument("--threshold", type=_unit_float("--threshold"), default=0.6, help="relabel threshold (default 0.6)")
+    p.add_argument("--no-calibrate", action="store_true", help="use raw cosine similarity (the paper) instead of "
+                                                               "anchor-calibrated probabilities")
+    p.add_argument("--image-size", type=int, default=None, help="working resolution (square); default: the data's")
+    p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them in summary.json")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="results folder (re-run the same command to resume)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_refine)
+
+
+def _run_refine(args: argparse.Namespace) -> int:
+    from .workflow import RefineRunConfig, format_refine_summary, run_refine
+
+    generator_options: dict = {}
+    if args.generate:
+        if args.generator == "diffusers":
+            if not args.generator_model:
+                raise InputError("--generator diffusers needs --generator-model (a model id or local folder)")
+            generator_options["model"] = args.generator_model
+            if args.prompt:
+                generator_options["templates"] = list(args.prompt)
+        elif args.generator == "folder":
+            if not args.generator_root:
+                raise InputError("--generator folder needs --generator-root")
+            generator_options["root"] = args.generator_root
+    config = RefineRunConfig(
+        data=args.data, split=args.split, labels=None if args.labels is None else str(args.labels),
+        anchors=None if args.anchors is None else str(args.anchors),
+        generator=args.generator if args.generate else None, generator_options=generator_options,
+        per_class=args.per_class, classifier=None if args.classifier is None else str(args.classifier),
+        train=args.train, model=args.arch, epochs=args.epochs, folds=args.folds, rounds=args.rounds,
+        features=args.features, clip_model=args.clip_model, alpha=args.alpha, threshold=args.threshold,
+        calibrate=not args.no_calibrate, image_size=args.image_size, skip_bad=args.skip_bad, seed=args.seed)
+    summary = run_refine(config, out=args.out, progress=not args.quiet)
+    print(format_refine_summary(summary, args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -286,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_noise(sub)
     _add_generate(sub)
+    _add_refine(sub)
+    _add_report(sub)
     return parser
 
 

@@ -589,7 +589,8 @@ def _convert_array(img: np.ndarray, size: Optional[Size], channels: int) -> np.n
 
 
 def materialize(ds: LabeledImages, *, size: Optional[Union[int, Size]] = None,
-                channels: Optional[int] = None, progress: bool = True) -> LabeledImages:
+                channels: Optional[int] = None, progress: bool = True, skip_bad: bool = False,
+                skipped: Optional[List[Dict[str, str]]] = None) -> LabeledImages:
     """An array-backed copy of ``ds``: images uint8 ``(N, H, W, C)``; labels, ids, paths kept.
 
     Path-backed images are decoded with Pillow: EXIF rotation applied; palette, CMYK, YCbCr,
@@ -598,7 +599,8 @@ def materialize(ds: LabeledImages, *, size: Optional[Union[int, Size]] = None,
     ``size=(H, W)`` resizes every image (LANCZOS when shrinking, BICUBIC otherwise); when None
     and the sizes differ, all are resized to the most common size, with a UserWarning.
     An array-backed ``ds`` is returned as is unless ``size``/``channels`` ask for a change.
-    A corrupt, truncated or unreadable file raises InputError naming it.
+    A corrupt, truncated or unreadable file raises InputError naming it; with ``skip_bad`` it is
+    left out instead and ``{"file", "reason"}`` is appended to ``skipped`` (if given).
     """
     hw = _normalize_size(size)
     channels = _check_channels(channels)
@@ -621,30 +623,56 @@ def materialize(ds: LabeledImages, *, size: Optional[Union[int, Size]] = None,
     paths = list(ds.paths or [])
     if n == 0:
         raise InputError("cannot materialize an empty image set")
+    bad: Dict[int, str] = {}
+
+    def attempt(i: int, fn):
+        if not skip_bad:
+            return fn(paths[i])
+        try:
+            return fn(paths[i])
+        except InputError as exc:
+            bad[i] = str(exc)
+            return None
+
     if hw is None or channels is None:
         modes: List[str] = []
         sizes: List[Size] = []
-        for p in _progress_bar(paths, desc="reading image headers", total=n, unit="img",
+        for i in _progress_bar(range(n), desc="reading image headers", total=n, unit="img",
                                enabled=enabled if n >= 2000 else False):
-            mode, s = _probe(p)
-            modes.append(mode)
-            sizes.append(s)
+            probed = attempt(i, _probe)
+            if probed is not None:
+                modes.append(probed[0])
+                sizes.append(probed[1])
+        if not sizes:
+            raise InputError(f"none of the {n} images could be read (first: {bad[min(bad)]})")
         if channels is None:
             channels = 1 if all(m in _GRAY_MODES for m in modes) else 3
         if hw is None:
             counts = Counter(sizes)
             hw = counts.most_common(1)[0][0]
             if len(counts) > 1:
-                odd = n - counts[hw]
+                odd = len(sizes) - counts[hw]
                 seen = ", ".join(f"{h}x{w}" for (h, w), _ in counts.most_common(4))
                 warnings.warn(
-                    f"{odd} of {n} images are not {hw[0]}x{hw[1]} (sizes seen: {seen}"
+                    f"{odd} of {len(sizes)} images are not {hw[0]}x{hw[1]} (sizes seen: {seen}"
                     f"{', ...' if len(counts) > 4 else ''}); resizing all to {hw[0]}x{hw[1]}, "
                     "the most common size; pass size=(H, W) to choose", UserWarning, stacklevel=2)
     out = np.empty((n,) + tuple(hw) + (channels,), dtype=np.uint8)
     for i in _progress_bar(range(n), desc="decoding images", total=n, unit="img", enabled=enabled):
-        out[i] = _decode(paths[i], hw, channels)
-    return LabeledImages(out, ds.labels.copy(), list(ds.class_names), paths, list(ds.ids))
+        if i in bad:
+            continue
+        decoded = attempt(i, lambda path: _decode(path, hw, channels))
+        if decoded is not None:
+            out[i] = decoded
+    if not bad:
+        return LabeledImages(out, ds.labels.copy(), list(ds.class_names), paths, list(ds.ids))
+    if skipped is not None:
+        skipped.extend({"file": paths[i], "reason": reason} for i, reason in sorted(bad.items()))
+    keep = np.array([i for i in range(n) if i not in bad], dtype=np.int64)
+    if keep.size == 0:
+        raise InputError(f"none of the {n} images could be read (first: {bad[min(bad)]})")
+    return LabeledImages(out[keep], ds.labels[keep].copy(), list(ds.class_names),
+                         [paths[i] for i in keep], [ds.ids[i] for i in keep])
 
 
 # ------------------------------------------------------------------------- label files

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch.nn as nn
@@ -115,6 +115,7 @@ def crossfit_refinement(images: np.ndarray, labels: np.ndarray, anchor_images: n
                         config: Optional[CrossFitRefineConfig] = None,
                         val_images: Optional[np.ndarray] = None, val_labels: Optional[np.ndarray] = None,
                         class_names: Optional[List[str]] = None, true_labels: Optional[np.ndarray] = None,
+                        fixed_features: Optional[Tuple[np.ndarray, np.ndarray]] = None,
                         progress: bool = True) -> RefinementResult:
     """synref's default: cross-fitted, iterated anchor refinement.
 
@@ -123,6 +124,8 @@ def crossfit_refinement(images: np.ndarray, labels: np.ndarray, anchor_images: n
         anchor_images: (M, H, W, C) uint8, same format; anchor_labels: (M,).
         val_images, val_labels: optional held-out set that picks each fold model's best epoch.
         true_labels: optional (N,) clean labels, used only to log per-round accuracy.
+        fixed_features: optional precomputed ``(features (N, D), anchor_features (M, D))`` in one
+            fixed space (e.g. CLIP, or cached self-supervised features); overrides ``config.features``.
     Returns the last round's RefinementResult; ``info["rounds"]`` has per-round statistics and
     ``info["pred_probs"]`` / ``info["similarity"]`` the last round's (N, C) evidence.
     """
@@ -137,11 +140,15 @@ def crossfit_refinement(images: np.ndarray, labels: np.ndarray, anchor_images: n
         raise InputError(f"class {name} has no anchors")
     info: Dict[str, Any] = {"features": config.features, "calibrate": config.calibrate}
     fixed_similarity: Optional[np.ndarray] = None
-    if config.features == "ssl":
+    if fixed_features is not None:
+        info["features"] = "precomputed"
+        fixed_similarity = anchor_similarity(fixed_features[0], fixed_features[1], anchor_labels, num_classes,
+                                              config, class_names, info)
+    elif config.features == "ssl":
         ssl_config = dataclasses.replace(config.ssl, seed=config.seed)
         encoder = train_simclr(images, config=ssl_config, extra_images=anchor_images, progress=progress,
                                desc="self-supervised encoder")
-        fixed_similarity = _anchor_similarity(extract_features(encoder, images), extract_features(encoder, anchor_images),
+        fixed_similarity = anchor_similarity(extract_features(encoder, images), extract_features(encoder, anchor_images),
                                               anchor_labels, num_classes, config, class_names, info)
     current = labels
     rounds: List[Dict[str, Any]] = []
@@ -159,7 +166,7 @@ def crossfit_refinement(images: np.ndarray, labels: np.ndarray, anchor_images: n
             similarity = np.zeros((len(labels), num_classes), np.float32)
             for k in range(config.folds):
                 held = fitted.fold_of == k
-                similarity[held] = _anchor_similarity(fitted.features[held], fitted.extra_features[k], anchor_labels,
+                similarity[held] = anchor_similarity(fitted.features[held], fitted.extra_features[k], anchor_labels,
                                                       num_classes, config, class_names, info)
         scores = score_matrix(fitted.pred_probs, similarity, alpha=config.alpha)
         result = relabel(labels, scores, threshold=config.threshold, alpha=config.alpha)
@@ -176,10 +183,11 @@ def crossfit_refinement(images: np.ndarray, labels: np.ndarray, anchor_images: n
     return result
 
 
-def _anchor_similarity(features: np.ndarray, anchor_features: np.ndarray, anchor_labels: np.ndarray,
-                       num_classes: int, config: CrossFitRefineConfig, class_names: Optional[List[str]],
-                       info: Dict[str, Any]) -> np.ndarray:
-    """(N, C) cosine similarity to the anchor prototypes; as probabilities when ``config.calibrate``."""
+def anchor_similarity(features: np.ndarray, anchor_features: np.ndarray, anchor_labels: np.ndarray,
+                      num_classes: int, config: CrossFitRefineConfig, class_names: Optional[List[str]],
+                      info: Dict[str, Any]) -> np.ndarray:
+    """(N, C) cosine similarity to the anchor prototypes; as probabilities when ``config.calibrate``
+    (the fitted temperature is appended to ``info["temperatures"]``)."""
     prototypes = class_prototypes(anchor_features, anchor_labels, num_classes, class_names=class_names)
     similarity = prototype_similarity(features, prototypes)
     if not config.calibrate:

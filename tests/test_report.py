@@ -1,0 +1,290 @@
+"""synref report: the self-contained HTML page of a results folder."""
+import csv
+import html
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synref import report
+from synref.cli import main
+from synref.errors import InputError
+from synref.report import render_report, write_report
+
+CLASSES = ["cat", "dog <b>", "a&b"]
+COLUMNS = ("index,id,path,given_label,given_class,suggested_label,suggested_class,best_score,"
+           "given_score,label_quality,changed").split(",")
+# (index, given, suggested, best, given_score): the changed rows, in no particular order
+CHANGES = [(3, 0, 1, 0.71, 0.30), (7, 1, 2, 0.95, 0.10), (11, 2, 0, 0.66, 0.40),
+           (20, 0, 2, 0.80, 0.05), (33, 1, 0, 0.62, 0.50)]
+# most confident first: margin best - given
+EXPECTED_ORDER = [7, 20, 3, 11, 33]
+
+
+def make_results(out: Path, *, n: int = 40, changes=CHANGES, scores: bool = True) -> dict:
+    rng = np.random.default_rng(0)
+    (out / "cache").mkdir(parents=True, exist_ok=True)
+    images = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+    given = rng.integers(0, 3, n)
+    for index, g, _s, _b, _gs in changes:
+        given[index] = g
+    suggested = given.copy()
+    best = rng.uniform(0.2, 0.55, n)
+    gscore = best.copy()
+    by_index = {c[0]: c for c in changes}
+    rows = []
+    for i in range(n):
+        if i in by_index:
+            _, g, s, b, gs = by_index[i]
+            suggested[i], best[i], gscore[i] = s, b, gs
+        rows.append([i, f"img-{i}", f"data/{CLASSES[given[i]]}/{i}.png", given[i], CLASSES[given[i]],
+                     suggested[i], CLASSES[suggested[i]], f"{best[i]:.4f}", f"{gscore[i]:.4f}",
+                     f"{gscore[i] / best[i]:.4f}", "yes" if i in by_index else "no"])
+    with open(out / "refined_labels.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        writer.writerows(rows)
+    np.save(out / "cache" / "images.npy", images)
+    anchor_labels = np.repeat(np.arange(3), 6).astype(np.int64)
+    anchor_images = np.zeros((18, 16, 16, 3), dtype=np.uint8)
+    for k, c in enumerate(anchor_labels):
+        anchor_images[k, ..., c] = 200  # class c anchors are pure red / green / blue
+    np.savez(out / "cache" / "anchors.npz", images=anchor_images, labels=anchor_labels)
+    if scores:
+        np.save(out / "scores.npy", rng.random((n, 3)).astype(np.float32))
+    transitions = np.zeros((3, 3), int)
+    for _, g, s, _b, _gs in changes:
+        transitions[g, s] += 1
+    summary = {
+        "data": "folder:data/<pets> & co", "labels_file": "noisy.csv", "num_samples": n,
+        "num_classes": 3, "class_names": CLASSES, "image_size": [16, 16], "channels": 3,
+        "anchors": "anchors/", "num_anchors": 18, "features": "clip", "classifier": "linear",
+        "alpha": 0.5, "threshold": 0.615, "temperature": None, "num_changed": len(changes),
+        "counts_before": np.bincount(given, minlength=3).tolist(),
+        "counts_after": np.bincount(suggested, minlength=3).tolist(),
+        "transitions": transitions.tolist(), "skipped": [], "seconds": 12.5, "synref_version": "9.9.9",
+    }
+    (out / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    return {"given": given, "suggested": suggested, "images": images, "summary": summary}
+
+
+def cards(text):
+    return re.findall(r'<article class="card" data-index="(\d+)"', text)
+
+
+@pytest.fixture
+def results(tmp_path):
+    out = tmp_path / "OUT"
+    info = make_results(out)
+    return out, info
+
+
+def test_report_sections_counts_and_gallery(results):
+    out, info = results
+    path = write_report(out)
+    assert path == out / "report.html"
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    for section in ('id="summary"', 'id="counts"', 'id="transitions"', 'id="scores"', 'id="gallery"'):
+        assert section in text
+    # header facts
+    assert "0.615" in text and "threshold" in text
+    assert "5 (12.5%)" in text  # changed: 5 of 40
+    assert "clip" in text and "linear" in text and "9.9.9" in text
+    # counts table: before / after computed from the CSV
+    before = np.bincount(info["given"], minlength=3)
+    after = np.bincount(info["suggested"], minlength=3)
+    table = text[text.index('<table class="counts">'):]
+    table = table[:table.index("</table>")]
+    for c, name in enumerate(CLASSES):
+        row = re.search(rf'<tr><td>{c}</td><td class="name">{re.escape(html.escape(name))}</td>'
+                        rf'<td class="before">(\d+)</td><td class="after">(\d+)</td>', table)
+        assert row, name
+        assert (int(row.group(1)), int(row.group(2))) == (before[c], after[c])
+    # gallery: every change, most confident first
+    assert [int(i) for i in cards(text)] == EXPECTED_ORDER
+    assert "given: <span class=\"given\">dog &lt;b&gt;</span> (score 0.100)" in text
+    assert "suggested: <span class=\"sugg\">a&amp;b</span> (score 0.950)" in text
+    assert text.count("anchors of given class") == 5 and text.count("anchors of suggested class") == 5
+    assert "img-7" in text and "top scores" in text
+
+
+def test_gallery_limit_and_note(results):
+    out, _ = results
+    text = write_report(out, max_gallery=2).read_text(encoding="utf-8")
+    assert [int(i) for i in cards(text)] == EXPECTED_ORDER[:2]
+    assert "Showing the 2 most confident of 5 changed samples" in text
+    text = write_report(out, max_gallery=0).read_text(encoding="utf-8")
+    assert cards(text) == []
+
+
+def test_self_contained_and_escaped(results):
+    out, _ = results
+    text = write_report(out).read_text(encoding="utf-8")
+    srcs = re.findall(r'<img[^>]*\ssrc="([^"]*)"', text)
+    assert len(srcs) >= 5 + 3 + 5  # gallery images, plots, anchor strips
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert not re.search(r"(src|href)=\"(https?:)?//", text)
+    assert "http://" not in text and "https://" not in text and "url(" not in text
+    assert "<script" not in text
+    # raw names never appear unescaped
+    assert "dog <b>" not in text and "<pets>" not in text
+    assert "dog &lt;b&gt;" in text and "a&amp;b" in text and "data/&lt;pets&gt; &amp; co" in text
+    assert "a&b" not in text.replace("a&amp;b", "")
+    assert len(text) < 5_000_000
+
+
+def test_escapes_quotes_in_paths_and_ids(tmp_path):
+    summary = {"class_names": ['say "hi"', "it's"], "threshold": 0.5, "data": "x"}
+    rows = [{"index": 0, "id": 'id"><script>alert(1)</script>', "path": "p'q<r>.png", "given_label": 0,
+             "suggested_label": 1, "best_score": 0.9, "given_score": 0.1, "changed": "yes"}]
+    images = np.zeros((1, 8, 8, 1), np.uint8)
+    text = render_report(summary, rows, images, None, None)
+    assert "<script>" not in text and 'id"' not in text
+    assert "id&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "p&#x27;q&lt;r&gt;.png" in text and "say &quot;hi&quot;" in text
+    assert len(cards(text)) == 1
+
+
+def test_render_report_pure_and_no_changes():
+    summary = {"class_names": ["a", "b"], "threshold": 0.7}
+    rows = [{"index": i, "given_label": i % 2, "suggested_label": i % 2, "best_score": 0.5,
+             "given_score": 0.5, "changed": False} for i in range(4)]
+    text = render_report(summary, rows, np.zeros((4, 8, 8), np.uint8), None, None)
+    assert cards(text) == [] and "No labels were changed." in text and "0.7" in text
+
+
+def test_large_class_count_renders():
+    c, n = 100, 300
+    rng = np.random.default_rng(1)
+    given = rng.integers(0, c, n)
+    sugg = np.where(rng.random(n) < 0.3, rng.integers(0, c, n), given)
+    rows = [{"index": i, "given_label": int(given[i]), "suggested_label": int(sugg[i]),
+             "best_score": 0.8, "given_score": 0.2, "changed": bool(given[i] != sugg[i])} for i in range(n)]
+    summary = {"class_names": [f"class_{k}" for k in range(c)], "threshold": 0.6}
+    anchors = rng.integers(0, 256, (2 * c, 32, 32, 3), dtype=np.uint8)
+    text = render_report(summary, rows, rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), anchors,
+                         np.repeat(np.arange(c), 2), rng.random((n, c)), max_gallery=10)
+    assert len(cards(text)) == 10
+    assert "per-cell counts are in the table" in text
+    assert len(text) < 5_000_000
+
+
+def test_atomic_when_rendering_fails(results, monkeypatch):
+    out, _ = results
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("plot failed")
+
+    monkeypatch.setattr(report, "_plot_transitions", boom)
+    with pytest.raises(RuntimeError):
+        write_report(out)
+    assert not (out / "report.html").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".report.html")]
+
+
+@pytest.mark.parametrize("remove, needle", [
+    ("summary.json", "has no summary.json: run synref refine first"),
+    ("refined_labels.csv", "has no refined_labels.csv"),
+    ("cache/images.npy", "images.npy"),
+    ("cache/anchors.npz", "anchors.npz"),
+])
+def test_missing_pieces_name_the_file(results, remove, needle):
+    out, _ = results
+    (out / remove).unlink()
+    with pytest.raises(InputError, match=re.escape(needle)):
+        write_report(out)
+    assert not (out / "report.html").exists()
+
+
+def test_scores_are_optional(results):
+    out, _ = results
+    (out / "scores.npy").unlink()
+    text = write_report(out).read_text(encoding="utf-8")
+    assert len(cards(text)) == 5 and "top scores" not in text
+
+
+@pytest.mark.parametrize("target, content, needle", [
+    ("summary.json", "{not json", "summary.json"),
+    ("summary.json", "[1, 2]", "summary.json"),
+    ("cache/images.npy", "garbage", "images.npy"),
+    ("cache/anchors.npz", "garbage", "anchors.npz"),
+    ("scores.npy", "garbage", "scores.npy"),
+])
+def test_corrupt_pieces_name_the_file(results, target, content, needle):
+    out, _ = results
+    (out / target).write_text(content)
+    with pytest.raises(InputError, match=re.escape(needle)):
+        write_report(out)
+
+
+def test_bad_csv_rows(results):
+    out, _ = results
+    text = (out / "refined_labels.csv").read_text()
+    (out / "refined_labels.csv").write_text(text.replace(",yes\n", ",maybe\n", 1))
+    with pytest.raises(InputError, match=r"refined_labels.csv row \d+"):
+        write_report(out)
+    (out / "refined_labels.csv").write_text("index,id\n0,a\n")
+    with pytest.raises(InputError, match="no column 'given_label'"):
+        write_report(out)
+    lines = text.splitlines()
+    lines[1] = "999" + lines[1][lines[1].index(","):]
+    (out / "refined_labels.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match="index 999"):
+        write_report(out)
+
+
+def test_cli_happy_path(results, capsys):
+    out, _ = results
+    assert main(["report", str(out), "--max-gallery", "3"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out / "report.html")
+    assert len(cards((out / "report.html").read_text(encoding="utf-8"))) == 3
+
+
+@pytest.mark.parametrize("args", [["report", "{tmp}/nowhere"], ["report", "{tmp}"],
+                                  ["report", "{out}", "--max-gallery", "-1"]])
+def test_cli_errors_one_line_exit_2(results, tmp_path, capsys, args):
+    out, _ = results
+    code = main([a.format(tmp=tmp_path, out=out) for a in args])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("synref: error: ") and "Traceback" not in err
+    assert not (out / "report.html").exists()
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_report_renders_in_headless_chromium(results, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium / chromium-browser is not on PATH: the real-browser check needs it "
+                    "(Debian: apt-get install chromium)")
+    from PIL import Image
+
+    out, _ = results
+    page = write_report(out).resolve()
+    shot = tmp_path / "shot.png"
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}"]
+    url = page.as_uri()
+    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1280,2400", url],
+                   check=False, capture_output=True, timeout=120)
+    assert shot.is_file(), "chromium wrote no screenshot"
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1280, 2400)
+    colours = image.getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 500, "the screenshot looks blank"
+    dom = subprocess.run(flags + ["--dump-dom", url], check=False, capture_output=True, timeout=120,
+                         text=True).stdout
+    assert 'id="gallery"' in dom
+    assert len(re.findall(r'<article class="card"', dom)) == 5
+    assert "dog &lt;b&gt;" in dom and "a&amp;b" in dom
