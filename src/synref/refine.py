@@ -290,6 +290,7 @@ class _Buffers:
         self.sim = np.empty((rows, num_classes), dtype=np.float32)
         self.tmp = np.empty((rows, num_classes), dtype=np.float32)
         self.pad_out = np.empty((_GEMM_ROWS, num_classes), dtype=np.float32)
+        self.arange = np.arange(rows)
         self._feats: Optional[np.ndarray] = None
         self._pad: Optional[np.ndarray] = None
 
@@ -472,12 +473,13 @@ def refine_labels_chunked(labels: np.ndarray, *, pred_probs: Optional[np.ndarray
                 np.add(block, np.multiply(p, beta, out=bufs.tmp[:n]), out=block)
             else:  # float16/float64: the same arithmetic as score_matrix
                 np.add(block, beta * p, out=block, casting="unsafe")
-        if not (np.isfinite(norms).all() and np.isfinite(block).all()):
+        # A NaN/inf anywhere makes the sums non-finite (one cheap pass); then find the culprit.
+        if not (np.isfinite(np.add.reduce(norms)) and np.isfinite(np.add.reduce(block, axis=None))):
             _first_bad_row("features", feats[start:stop], start)
             if probs is not None:
                 _first_bad_row("pred_probs", probs[start:stop], start)
         best = np.argmax(block, axis=1, out=best_class[start:stop])
-        idx = np.arange(n)
+        idx = bufs.arange[:n]
         best_score[start:stop] = block[idx, best]
         given_score[start:stop] = block[idx, labels[start:stop]]
 

@@ -1,0 +1,89 @@
+"""synref.compare: synref next to cleanlab on the same pred_probs."""
+import sys
+
+import numpy as np
+import pytest
+
+from synref.compare import COLUMNS, compare_with_cleanlab, correction_row, format_compare_table
+from synref.errors import MissingDependencyError
+
+
+def _problem(seed=0, n=600, c=4, d=12):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(c, d)) * 3
+    true = rng.integers(0, c, n)
+    feats = (centers[true] + rng.normal(size=(n, d))).astype(np.float32)
+    noisy = true.copy()
+    flip = rng.random(n) < 0.3
+    noisy[flip] = (true[flip] + 1 + rng.integers(0, c - 1, flip.sum())) % c
+    logits = rng.normal(size=(n, c))
+    logits[np.arange(n), true] += 2.0
+    logits[np.arange(n), noisy] += 1.0
+    probs = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+    anchor_labels = np.repeat(np.arange(c), 10)
+    anchor_feats = centers[anchor_labels] + 0.5 * rng.normal(size=(len(anchor_labels), d))
+    return noisy, true, probs, feats, anchor_feats, anchor_labels
+
+
+def test_correction_row_by_hand():
+    noisy = np.array([0, 1, 1, 2, 2, 0])
+    true = np.array([0, 0, 2, 2, 1, 0])  # wrong: 1, 2, 4
+    flagged = np.array([False, True, True, True, False, False])  # 1, 2 wrong; 3 right
+    corrected = np.array([0, 0, 0, 1, 2, 0])  # 1 fixed, 2 not, 3 broken
+    row = correction_row("m", noisy, true, corrected, flagged, 1.5)
+    assert row["method"] == "m" and row["seconds"] == 1.5
+    assert row["flagged"] == 3
+    assert row["label_acc_after_correction"] == pytest.approx(3 / 6)  # right at 0, 1, 5
+    assert row["flagged_precision"] == pytest.approx(2 / 3)  # flagged with a wrong given label
+    assert row["flagged_recall"] == pytest.approx(2 / 3)  # wrong labels that were flagged
+    assert row["fix_precision"] == pytest.approx(1 / 3)  # flagged now right: only 1
+    empty = correction_row("none", noisy, true, noisy, np.zeros(6, bool), 0.0)
+    assert empty["flagged"] == 0 and empty["flagged_precision"] == 0.0 and empty["flagged_recall"] == 0.0
+    assert empty["label_acc_after_correction"] == pytest.approx(3 / 6)
+
+
+def test_compare_rows_on_a_small_problem():
+    pytest.importorskip("cleanlab")
+    from cleanlab.filter import find_label_issues
+
+    noisy, true, probs, feats, afeats, alabels = _problem()
+    rows = compare_with_cleanlab(noisy, true, probs, feats, afeats, alabels, alpha=0.5, threshold=0.6)
+    assert [r["method"] for r in rows][:3] == ["given labels (no correction)", "cleanlab find_label_issues + argmax",
+                                               "synref paper rule (alpha 0.5, thr 0.6)"]
+    assert rows[3]["method"] == "synref calibrated similarity"
+    for r in rows:
+        assert set(COLUMNS) <= set(r)
+    assert rows[0]["label_acc_after_correction"] == pytest.approx(np.mean(noisy == true))
+    # The cleanlab row is cleanlab's mask with argmax(pred_probs) as the correction.
+    mask = find_label_issues(noisy, probs)
+    corrected = np.where(mask, probs.argmax(1), noisy)
+    expected = correction_row("x", noisy, true, corrected, mask, 0.0)
+    for key in COLUMNS[:-1]:
+        assert rows[1][key] == pytest.approx(expected[key])
+    assert rows[1]["flagged"] > 0
+    # Good anchors: synref beats the uncorrected labels and flags mostly wrong labels.
+    for r in rows[2:]:
+        assert r["label_acc_after_correction"] > rows[0]["label_acc_after_correction"]
+        assert r["flagged_precision"] > 0.8
+    table = format_compare_table(rows, title="tiny")
+    assert table.splitlines()[0] == "tiny"
+    assert table.count("\n| ") == len(rows) + 1 and "cleanlab find_label_issues + argmax" in table
+    # A given calibrated similarity is used as is; calibrate=False drops that row.
+    sim = np.full_like(probs, 0.25)
+    rows2 = compare_with_cleanlab(noisy, true, probs, feats, afeats, alabels, similarity=sim, include_given=False)
+    flat = 0.5 * 0.25 + 0.5 * probs
+    flagged = (flat.max(1) >= 0.6) & (flat.argmax(1) != noisy)
+    assert rows2[-1]["flagged"] == int(flagged.sum())
+    assert len(compare_with_cleanlab(noisy, true, probs, feats, afeats, alabels, calibrate=False)) == 3
+
+
+def test_missing_cleanlab_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cleanlab", None)
+    monkeypatch.setitem(sys.modules, "cleanlab.filter", None)
+    noisy, true, probs, feats, afeats, alabels = _problem(n=50)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'synref\[cleanlab\]'"):
+        compare_with_cleanlab(noisy, true, probs, feats, afeats, alabels)
+    from synref.compare import run_compare_digits
+
+    with pytest.raises(MissingDependencyError, match="synref\\[cleanlab\\]"):
+        run_compare_digits(progress=False)  # fails before any training
