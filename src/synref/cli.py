@@ -197,27 +197,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_generate)
 
 
-def _distributed_context(device: Optional[str]):
-    """(process_index, num_processes, device, barrier, state) -- accelerate's PartialState when
-    the environment (accelerate launch / torchrun / MPI) says there is more than one process."""
-    world = 1
-    for var in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
-        try:
-            world = max(world, int(os.environ.get(var, "1") or 1))
-        except ValueError:
-            pass
-    if world <= 1:
-        return 0, 1, device, None, None
-    import torch
-    from accelerate import PartialState
-
-    use_cpu = (os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-               or (device is not None and device.startswith("cpu"))
-               or not torch.cuda.is_available())
-    state = PartialState(cpu=use_cpu)
-    if device is None:
-        device = str(state.device)
-    return state.process_index, state.num_processes, device, state.wait_for_everyone, state
+from .distributed import distributed_context as _distributed_context  # noqa: E402
 
 
 def _run_generate(args: argparse.Namespace) -> int:
@@ -274,6 +254,112 @@ def _run_generate(args: argparse.Namespace) -> int:
                 pass
     if rank == 0:
         print(format_summary(summaries))
+    return 0
+
+
+def _add_features(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "features", help="extract image features to OUT/features.npy (streamed, resumable, multi-GPU)",
+        description="Extract features of --data with a classifier checkpoint, CLIP or a SimCLR "
+                    "encoder into OUT/features.npy (N, D) float32, OUT/features.json (sidecar: "
+                    "extractor, working size, chunks, skipped files), OUT/ids.txt and "
+                    "OUT/labels.npy. Image folders and CSV manifests are decoded from disk a batch "
+                    "at a time. Re-running the same command resumes; under `accelerate launch` "
+                    "the chunks are split between the processes.")
+    p.add_argument("--data", required=True,
+                   help="digits, a CIFAR folder, an image folder or a CSV manifest")
+    p.add_argument("--split", default="train", help="split of --data (default train)")
+    p.add_argument("--extractor", required=True, choices=("classifier", "clip", "ssl"),
+                   help="classifier (needs --checkpoint), clip (--clip-model), ssl (SimCLR trained "
+                        "on --data; one process only)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="classifier checkpoint (synref.features.save_classifier)")
+    p.add_argument("--clip-model", default=None,
+                   help="CLIP model id or local folder (default openai/clip-vit-large-patch14)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="working resolution (square); default: the data's most common size")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--chunk-size", type=int, default=4096,
+                   help="rows per cache chunk, the unit of resume and of work sharing (default 4096)")
+    p.add_argument("--workers", type=int, default=4,
+                   help="decoding threads per process (0 = decode in the main thread; default 4)")
+    p.add_argument("--device", default=None,
+                   help="torch device (default: the accelerate process's device, else cuda if available)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="unreadable images get an all-zero row and are listed in OUT/features.json")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_features)
+
+
+def _run_features(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .features import DEFAULT_CLIP_MODEL, create_extractor, extract_features_distributed
+    from .io import write_npy, write_text
+
+    for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--chunk-size", args.chunk_size, 1),
+                                 ("--image-size", args.image_size, 1), ("--workers", args.workers, 0)):
+        if value is not None and value < minimum:
+            raise InputError(f"{flag} must be an integer >= {minimum}, got {value}")
+    if args.extractor == "classifier" and args.checkpoint is None:
+        raise InputError("--extractor classifier needs --checkpoint (a save_classifier file)")
+    if args.extractor != "classifier" and args.checkpoint is not None:
+        raise InputError(f"--checkpoint does not apply to --extractor {args.extractor}")
+    if args.extractor != "clip" and args.clip_model is not None:
+        raise InputError(f"--clip-model does not apply to --extractor {args.extractor}")
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise InputError(f"classifier checkpoint not found: {args.checkpoint}")
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} exists and is not a folder")
+    dataset = load_dataset(args.data, split=args.split)
+    size = None if args.image_size is None else (args.image_size, args.image_size)
+    progress = not args.quiet
+
+    rank, world, device, barrier, state = _distributed_context(args.device)
+    try:
+        channels = None
+        if args.extractor == "classifier":
+            import torch
+
+            if device is None:
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            extractor = create_extractor("classifier", checkpoint=args.checkpoint, device=device)
+            channels = int(extractor.model.in_channels)
+        elif args.extractor == "clip":
+            extractor = create_extractor("clip", model=args.clip_model or DEFAULT_CLIP_MODEL,
+                                         device=device)
+            channels = 3
+        else:
+            if world > 1:
+                raise InputError("--extractor ssl trains its encoder in the process; run it "
+                                 "without accelerate launch (one process)")
+            from .data import materialize
+
+            train = materialize(dataset, size=size, progress=progress, skip_bad=args.skip_bad)
+            channels = int(train.images.shape[-1])
+            size = tuple(train.images.shape[1:3])
+            extractor = create_extractor("ssl", images=train.images)
+        skipped: list = []
+        feats = extract_features_distributed(
+            extractor, dataset, path=args.out / "features.npy", process_index=rank,
+            num_processes=world, barrier=barrier, batch_size=args.batch_size,
+            chunk_size=args.chunk_size, size=size, channels=channels, num_workers=args.workers,
+            skip_bad=args.skip_bad, skipped=skipped, progress=progress)
+        if rank == 0:
+            write_text(args.out / "ids.txt", "".join(f"{i}\n" for i in dataset.ids))
+            write_npy(args.out / "labels.npy", dataset.labels)
+            where = f" on {world} processes" if world > 1 else ""
+            print(f"wrote {args.out / 'features.npy'}: {feats.shape[0]} x {feats.shape[1]} "
+                  f"{extractor.name} features ({extractor.fingerprint()}){where}; "
+                  f"{len(skipped)} unreadable image(s) skipped")
+        if barrier is not None:
+            barrier()
+    finally:
+        if state is not None:
+            try:
+                state.destroy_process_group()
+            except Exception:  # pragma: no cover - best effort at shutdown
+                pass
     return 0
 
 
@@ -376,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_noise(sub)
     _add_generate(sub)
+    _add_features(sub)
     _add_refine(sub)
     _add_report(sub)
     return parser

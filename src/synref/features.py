@@ -23,12 +23,17 @@ prototypes in some feature space; this module makes the feature space a plug-in.
 
 * :func:`cached_features`: ``cache_dir/<dataset key>__<fingerprint>.npy`` + ``.json`` sidecar,
   written atomically; computed in chunks under ``<name>.partial/`` so a killed run resumes.
+  Path-backed sets are streamed from disk (``batch_size`` files decoded at a time, optionally
+  in a thread pool ahead of the model), never materialized whole.
+* :func:`extract_features_distributed`: the same cache filled by several processes
+  (``accelerate launch``): chunk ``k`` is computed by process ``k % num_processes``.
 * :func:`save_classifier` / :func:`load_classifier`: a ``weights_only``-safe checkpoint
   (JSON header + ``state_dict``).
 
 Images at this boundary are uint8 ``(N, H, W, C)`` (``(N, H, W)`` = one channel) or a
 :class:`~synref.data.LabeledImages` (path-backed sets are decoded with
-:func:`~synref.data.materialize`).
+:func:`~synref.data.materialize` by :meth:`FeatureExtractor.extract`, and streamed by
+:func:`cached_features`).
 """
 from __future__ import annotations
 
@@ -43,13 +48,14 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from .data import LabeledImages, materialize
+from . import data as _data
+from .data import LabeledImages, _check_channels, _normalize_size, materialize
 from .errors import InputError, MissingDependencyError
 from .io import write_json, write_npy
 from .models import ImageClassifier, create_model
@@ -75,6 +81,7 @@ __all__ = [
     "images_hash",
     "cache_path",
     "cached_features",
+    "extract_features_distributed",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -745,15 +752,29 @@ def _safe_key(key: str) -> str:
     return key[:120]
 
 
+def _geometry_tag(size: Optional[Tuple[int, int]], channels: Optional[int]) -> str:
+    """``""`` or ``-<H>x<W>`` / ``-c<C>``: the requested working size, part of the cache key."""
+    tag = ""
+    if size is not None:
+        tag += f"-{int(size[0])}x{int(size[1])}"
+    if channels is not None:
+        tag += f"-c{int(channels)}"
+    return tag
+
+
 def cache_path(extractor: FeatureExtractor, images_or_dataset: Optional[ImagesLike] = None, *,
-               cache_dir: PathLike, dataset_key: Optional[str] = None) -> Path:
-    """``cache_dir/<dataset_key or images-<hash16>>__<fingerprint>.npy``."""
+               cache_dir: PathLike, dataset_key: Optional[str] = None,
+               size: Optional[Union[int, Tuple[int, int]]] = None,
+               channels: Optional[int] = None) -> Path:
+    """``cache_dir/<dataset_key or images-<hash16>><geometry>__<fingerprint>.npy``; the geometry
+    tag (``-HxW``, ``-cC``) is there only when ``size`` / ``channels`` are given."""
     if dataset_key is None:
         if images_or_dataset is None:
             raise InputError("cache_path needs images or a dataset_key")
         key = f"images-{images_hash(images_or_dataset)[:16]}"
     else:
         key = _safe_key(dataset_key)
+    key += _geometry_tag(_normalize_size(size), _check_channels(channels))
     return Path(cache_dir) / f"{key}__{extractor.fingerprint()}.npy"
 
 
@@ -767,83 +788,435 @@ def _load_cached(path: Path, n: int) -> Optional[np.ndarray]:
     return arr
 
 
-def _partial_meta_ok(meta_path: Path, expect: Dict[str, Any]) -> bool:
+def _read_json(path: Path) -> Optional[Dict[str, Any]]:
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return all(meta.get(k) == v for k, v in expect.items())
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
+def _partial_meta_ok(meta_path: Path, expect: Dict[str, Any]) -> bool:
+    meta = _read_json(meta_path)
+    return meta is not None and all(meta.get(k) == v for k, v in expect.items())
+
+
+# ------------------------------------------------------------------------------- streaming
+def _decode_image(path: str, size: Tuple[int, int], channels: int) -> np.ndarray:
+    """One file as uint8 ``(H, W, channels)`` (:func:`synref.data._decode`; InputError naming
+    the file when it cannot be read). A module-level name so tests can watch decoding."""
+    return _data._decode(path, size, channels)
+
+
+class _PathStream:
+    """Decodes a path-backed set batch by batch at a fixed working size.
+
+    At most ``prefetch + 1`` batches are decoded and not yet handed out; with ``num_workers > 0``
+    the files of the next batches are decoded in a thread pool (Pillow releases the GIL) while
+    the caller runs the model on the current one.
+    """
+
+    def __init__(self, paths: Sequence[str], size: Tuple[int, int], channels: int, *,
+                 skip_bad: bool, num_workers: int = 0, prefetch: int = 2) -> None:
+        self.paths = list(paths)
+        self.size = (int(size[0]), int(size[1]))
+        self.channels = int(channels)
+        self.skip_bad = bool(skip_bad)
+        self.num_workers = max(0, int(num_workers))
+        self.prefetch = max(1, int(prefetch))
+        self._pool = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __enter__(self) -> "_PathStream":
+        if self.num_workers > 0:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="synref-decode")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _one(self, i: int) -> Tuple[Optional[np.ndarray], Optional[str]]:
+        if not self.skip_bad:
+            return _decode_image(self.paths[i], self.size, self.channels), None
+        try:
+            return _decode_image(self.paths[i], self.size, self.channels), None
+        except InputError as exc:
+            return None, str(exc)
+
+    def _assemble(self, start: int, parts: Sequence[Tuple[Optional[np.ndarray], Optional[str]]]
+                  ) -> Tuple[int, np.ndarray, Dict[int, str]]:
+        out = np.zeros((len(parts),) + self.size + (self.channels,), dtype=np.uint8)
+        bad: Dict[int, str] = {}
+        for j, (arr, reason) in enumerate(parts):
+            if arr is None:
+                bad[start + j] = str(reason)
+            else:
+                out[j] = arr
+        return start, out, bad
+
+    def batches(self, start: int, stop: int, batch_size: int
+                ) -> Iterator[Tuple[int, np.ndarray, Dict[int, str]]]:
+        """``(first index, uint8 (b, H, W, C), {index: reason} of unreadable files)`` for rows
+        ``start:stop``; unreadable files (``skip_bad``) are zero images."""
+        starts = list(range(start, stop, batch_size))
+        if self._pool is None:
+            for s in starts:
+                yield self._assemble(s, [self._one(i) for i in range(s, min(s + batch_size, stop))])
+            return
+        from collections import deque
+
+        queue: "deque" = deque()
+        it = iter(starts)
+
+        def submit() -> None:
+            s = next(it, None)
+            if s is not None:
+                queue.append((s, [self._pool.submit(self._one, i)
+                                  for i in range(s, min(s + batch_size, stop))]))
+
+        for _ in range(self.prefetch + 1):
+            submit()
+        try:
+            while queue:
+                s, futures = queue.popleft()
+                parts = [f.result() for f in futures]
+                submit()
+                yield self._assemble(s, parts)
+        finally:
+            for _, futures in queue:
+                for f in futures:
+                    f.cancel()
+
+
+def _probe_geometry(paths: Sequence[str], size: Optional[Tuple[int, int]],
+                    channels: Optional[int], *, skip_bad: bool, num_workers: int,
+                    progress: bool) -> Tuple[Tuple[int, int], int, Dict[int, str]]:
+    """The working ``(H, W)`` and channels of a path-backed set exactly as
+    :func:`synref.data.materialize` chooses them (file headers only, no pixels): channels 1 when
+    every file is single-channel, else 3; the most common size, with a UserWarning when sizes
+    differ. Returns them with the unreadable files found (``skip_bad``)."""
+    import warnings
+    from collections import Counter
+
+    bad: Dict[int, str] = {}
+    if size is not None and channels is not None:
+        return size, channels, bad
+
+    def probe(i: int):
+        if not skip_bad:
+            return _data._probe(paths[i])
+        try:
+            return _data._probe(paths[i])
+        except InputError as exc:
+            bad[i] = str(exc)
+            return None
+
+    n = len(paths)
+    if num_workers > 0 and n > 1:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(num_workers) as pool:
+            probed = list(pool.map(probe, range(n)))
+    else:
+        probed = [probe(i) for i in progress_bar(range(n), desc="reading image headers", total=n,
+                                                  unit="img",
+                                                  enabled=(None if progress else False)
+                                                  if n >= 2000 else False)]
+    ok = [p for p in probed if p is not None]
+    if not ok:
+        raise InputError(f"none of the {n} images could be read (first: {bad[min(bad)]})")
+    if channels is None:
+        channels = 1 if all(m in _data._GRAY_MODES for m, _ in ok) else 3
+    if size is None:
+        counts = Counter(s for _, s in ok)
+        size = counts.most_common(1)[0][0]
+        if len(counts) > 1:
+            odd = len(ok) - counts[size]
+            seen = ", ".join(f"{h}x{w}" for (h, w), _ in counts.most_common(4))
+            warnings.warn(
+                f"{odd} of {len(ok)} images are not {size[0]}x{size[1]} (sizes seen: {seen}"
+                f"{', ...' if len(counts) > 4 else ''}); resizing all to {size[0]}x{size[1]}, "
+                "the most common size; pass size=(H, W) to choose", UserWarning, stacklevel=3)
+    return (int(size[0]), int(size[1])), int(channels), bad
+
+
+# ------------------------------------------------------------------------------- cache
 def cached_features(extractor: FeatureExtractor, images_or_dataset: ImagesLike, *,
                     cache_dir: PathLike, dataset_key: Optional[str] = None,
                     batch_size: int = 256, progress: bool = True,
-                    chunk_size: int = 4096) -> np.ndarray:
+                    chunk_size: int = 4096, size: Optional[Union[int, Tuple[int, int]]] = None,
+                    channels: Optional[int] = None, num_workers: int = 0,
+                    skip_bad: bool = False, skipped: Optional[List[Dict[str, Any]]] = None,
+                    path: Optional[PathLike] = None) -> np.ndarray:
     """``extractor.extract(images)``, stored on disk and loaded (memory-mapped, read-only) when
     present.
 
     Layout: ``cache_dir/<key>__<fingerprint>.npy`` where key is ``dataset_key`` (sanitised) or
-    ``images-<sha256[:16] of the images>``, plus ``<same>.json`` describing the extractor and
-    the images. Rows are computed in chunks of ``chunk_size`` into ``<same>.npy.partial/``
-    (``chunk-000000.npy``..., each written atomically), so a killed run, re-run, only computes
-    the missing chunks; the final file is assembled in a temporary file and renamed (never
-    half-written), then the partial folder is removed. A cached file whose row count does not
-    match the images (a reused ``dataset_key``) is recomputed.
+    ``images-<sha256[:16] of the images>`` (+ ``-HxW`` / ``-cC`` when ``size`` / ``channels``
+    are given), plus ``<same>.json`` describing the extractor and the images. Rows are computed
+    in chunks of ``chunk_size`` into ``<same>.npy.partial/`` (``chunk-000000.npy``..., each
+    written atomically), so a killed run, re-run, only computes the missing chunks; the final
+    file is assembled in a temporary file and renamed (never half-written), then the partial
+    folder is removed. A cached file whose row count does not match the images (a reused
+    ``dataset_key``) is recomputed. ``path=`` puts the result at that exact file instead (the
+    sidecar beside it, ``.json``); it is reused only when its sidecar records the same
+    extractor fingerprint, images and working size.
+
+    Path-backed :class:`LabeledImages` (image folder, CSV manifest) are **streamed**: decoded
+    ``batch_size`` files at a time at the working size ``size=(H, W)`` / ``channels`` (default:
+    what :func:`~synref.data.materialize` would choose, from the file headers), at most
+    ``batch_size * 3`` decoded images alive; ``num_workers > 0`` decodes in that many threads,
+    ahead of the model. The features equal those of the materialized array. An array (or
+    array-backed set) is resized first when ``size`` / ``channels`` ask for it.
+
+    Unreadable files: InputError naming the file; with ``skip_bad=True`` the file's row is all
+    zeros, and ``{"index", "file", "reason"}`` is appended to ``skipped`` (when given) and listed
+    under ``"skipped"`` in the sidecar (also on a cache hit).
+
+    This is :func:`extract_features_distributed` with one process.
+    """
+    return extract_features_distributed(
+        extractor, images_or_dataset, cache_dir=cache_dir, dataset_key=dataset_key,
+        process_index=0, num_processes=1, barrier=None, batch_size=batch_size,
+        progress=progress, chunk_size=chunk_size, size=size, channels=channels,
+        num_workers=num_workers, skip_bad=skip_bad, skipped=skipped, path=path)
+
+
+def _chunk_name(k: int) -> str:
+    return f"chunk-{k:06d}"
+
+
+def extract_features_distributed(
+        extractor: FeatureExtractor, dataset: ImagesLike, *,
+        cache_dir: Optional[PathLike] = None, dataset_key: Optional[str] = None,
+        process_index: int = 0, num_processes: int = 1,
+        barrier: Optional[Callable[[], Any]] = None, batch_size: int = 256,
+        progress: bool = True, chunk_size: int = 4096,
+        size: Optional[Union[int, Tuple[int, int]]] = None, channels: Optional[int] = None,
+        num_workers: int = 0, skip_bad: bool = False,
+        skipped: Optional[List[Dict[str, Any]]] = None,
+        path: Optional[PathLike] = None) -> np.ndarray:
+    """Features ``(N, D)`` float32 of ``dataset``, computed by ``num_processes`` cooperating
+    processes (call it in every one, with the same arguments) into the cache of
+    :func:`cached_features` (same files, same options; give ``cache_dir`` or ``path``).
+
+    The cache's chunk files are the unit of work: chunk ``k`` (rows ``k*chunk_size`` ...) is
+    computed by process ``k % num_processes``, which writes ``chunk-<k>.npy`` atomically (chunks
+    are disjoint, so processes never write the same file) and appends ``{"chunk", "rows",
+    "rank", "seconds"}`` to its own log in the partial folder. Chunks already present (a killed
+    run) are skipped, whatever the process count was. After ``barrier()`` process 0 assembles
+    the final ``.npy`` (atomically) and the sidecar (with the per-chunk log as ``"chunks"``
+    and the skipped files); after a second ``barrier()`` every process returns the
+    memory-mapped array. An error in one process (an unreadable file) is reported in every
+    process after the barrier instead of leaving the others waiting. ``barrier`` may be None
+    only with one process.
     """
     batch_size = _check_batch_size(batch_size)
     if int(chunk_size) < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     chunk_size = int(chunk_size)
-    cache_dir = Path(cache_dir)
-    n = len(images_or_dataset)
-    final = cache_path(extractor, images_or_dataset, cache_dir=cache_dir, dataset_key=dataset_key)
+    num_processes, rank = int(num_processes), int(process_index)
+    if num_processes < 1 or not 0 <= rank < num_processes:
+        raise InputError(f"process_index {process_index} / num_processes {num_processes} invalid")
+    if num_processes > 1 and barrier is None:
+        raise InputError("extract_features_distributed: num_processes > 1 needs a barrier")
+    if cache_dir is None and path is None:
+        raise InputError("extract_features_distributed needs cache_dir= or path=")
+    hw = _normalize_size(size)
+    want_c = _check_channels(channels)
+    sync = barrier if barrier is not None else (lambda: None)
+
+    n = len(dataset)
+    if path is not None:
+        final = Path(path)
+        if final.suffix != ".npy":
+            final = final.with_name(final.name + ".npy")
+    else:
+        final = cache_path(extractor, dataset, cache_dir=cache_dir, dataset_key=dataset_key,
+                           size=hw, channels=want_c)
     sidecar = final.with_suffix(".json")
-    hit = _load_cached(final, n) if final.exists() else None
+    expect = {"fingerprint": extractor.fingerprint(), "n": n,
+              "images": _safe_key(dataset_key) if dataset_key is not None
+              else images_hash(dataset),
+              "size": None if hw is None else list(hw), "channels": want_c}
+
+    def hit_ok() -> Optional[np.ndarray]:
+        if not final.exists():
+            return None
+        arr = _load_cached(final, n)
+        if arr is None or path is None:
+            return arr
+        side = _read_json(sidecar)
+        return arr if side is not None and side.get("cache") == expect else None
+
+    hit = hit_ok()
     if hit is not None:
-        if not sidecar.exists():
-            _write_sidecar(sidecar, extractor, images_or_dataset, dataset_key, hit.shape, None)
+        side = _read_json(sidecar) if sidecar.exists() else None
+        if side is None and rank == 0:
+            _write_sidecar(sidecar, extractor, dataset, dataset_key, hit.shape, None,
+                           cache=expect)
+        if skipped is not None and side is not None:
+            skipped.extend(side.get("skipped") or [])
         return hit
+
+    # the pixel source: an array, or a stream of decoded files
+    stream: Optional[_PathStream] = None
+    pixels: Optional[np.ndarray] = None
+    bad: Dict[int, str] = {}
+    if isinstance(dataset, LabeledImages) and dataset.images is None:
+        if n == 0:
+            raise InputError("cannot extract features of an empty image set")
+        geo_hw, geo_c, bad = _probe_geometry(dataset.paths or [], hw, want_c, skip_bad=skip_bad,
+                                             num_workers=num_workers, progress=progress)
+        stream = _PathStream(dataset.paths or [], geo_hw, geo_c, skip_bad=skip_bad,
+                             num_workers=num_workers)
+        geometry: Dict[str, Any] = {"image_size": list(geo_hw), "channels": geo_c}
+    else:
+        arr = dataset.images if isinstance(dataset, LabeledImages) else dataset
+        if hw is not None or want_c is not None:
+            lab = dataset if isinstance(dataset, LabeledImages) else LabeledImages(
+                _as_images(arr), np.zeros(len(arr), np.int64), ["x"])
+            arr = materialize(lab, size=hw, channels=want_c, progress=progress).images
+        pixels = _as_images(arr)
+        geometry = {"image_size": list(pixels.shape[1:3]), "channels": int(pixels.shape[-1])}
 
     partial = final.parent / (final.name + ".partial")
     meta = {"n": n, "chunk_size": chunk_size, "fingerprint": extractor.fingerprint(),
             "dataset_key": dataset_key}
-    if partial.exists() and not _partial_meta_ok(partial / "meta.json", meta):
-        shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True, exist_ok=True)
-    if not (partial / "meta.json").exists():
-        write_json(partial / "meta.json", meta)
+    if path is not None:
+        meta["cache"] = expect
+    if rank == 0:
+        if partial.exists() and not _partial_meta_ok(partial / "meta.json", meta):
+            shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True, exist_ok=True)
+        if not (partial / "meta.json").exists():
+            write_json(partial / "meta.json", meta)
+        for stale in partial.glob("error.*.txt"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+    sync()                                   # the partial folder is ready for everyone
 
     starts = list(range(0, n, chunk_size)) or [0]
-    chunk_files = [partial / f"chunk-{i // chunk_size:06d}.npy" for i in starts]
+    rows_of = [min(s + chunk_size, n) - s for s in starts]
+    chunk_files = [partial / f"{_chunk_name(k)}.npy" for k in range(len(starts))]
 
-    def chunk_ok(f: Path, rows: int) -> bool:
+    def chunk_ok(k: int) -> bool:
+        f = chunk_files[k]
         if not f.exists():
             return False
         try:
             a = np.load(f, mmap_mode="r", allow_pickle=False)
         except Exception:
             return False
-        return a.ndim == 2 and a.shape[0] == rows and a.dtype == np.float32
+        return a.ndim == 2 and a.shape[0] == rows_of[k] and a.dtype == np.float32
 
-    rows_of = [min(s + chunk_size, n) - s for s in starts]
-    todo = [k for k, f in enumerate(chunk_files) if not chunk_ok(f, rows_of[k])]
-    t0 = time.perf_counter()
+    mine = [k for k in range(len(starts)) if k % num_processes == rank]
+    todo = [k for k in mine if not chunk_ok(k)]
+    failure: Optional[BaseException] = None
+    t_all = time.perf_counter()
     if todo:
-        pixels = _pixels(images_or_dataset, progress)
-        bar = progress_bar(total=sum(rows_of[k] for k in todo), desc=f"{extractor.name} features",
+        bar = progress_bar(total=sum(rows_of[k] for k in todo),
+                           desc=f"{extractor.name} features"
+                                + (f" [{rank}/{num_processes}]" if num_processes > 1 else ""),
                            unit="img", enabled=None if progress else False)
         try:
-            for k in todo:
-                s = starts[k]
-                feats = extractor.extract(pixels[s:s + rows_of[k]], batch_size=batch_size,
-                                          progress=False)
-                write_npy(chunk_files[k], np.ascontiguousarray(feats, dtype=np.float32))
-                bar.update(rows_of[k])
+            with contextlib.ExitStack() as stack:
+                if stream is not None:
+                    stack.enter_context(stream)
+                for k in todo:
+                    t0 = time.perf_counter()
+                    s, rows = starts[k], rows_of[k]
+                    chunk_bad: Dict[int, str] = {}
+                    if stream is None:
+                        feats = extractor.extract(pixels[s:s + rows], batch_size=batch_size,
+                                                  progress=False)
+                        bar.update(rows)
+                    else:
+                        parts: List[np.ndarray] = []
+                        for b0, imgs, b_bad in stream.batches(s, s + rows, batch_size):
+                            f = extractor.extract(imgs, batch_size=batch_size, progress=False)
+                            for i in b_bad:
+                                f[i - b0] = 0.0
+                            chunk_bad.update(b_bad)
+                            parts.append(f)
+                            bar.update(len(imgs))
+                        for i in bad:                    # unreadable headers (probing)
+                            if s <= i < s + rows:
+                                chunk_bad[i] = bad[i]
+                        feats = np.concatenate(parts)
+                        for i in chunk_bad:
+                            feats[i - s] = 0.0
+                    feats = np.ascontiguousarray(feats, dtype=np.float32)
+                    record = {"chunk": k, "start": s, "rows": rows, "rank": rank,
+                              "seconds": round(time.perf_counter() - t0, 4),
+                              "skipped": [{"index": i, "file": dataset.paths[i], "reason": r}
+                                          for i, r in sorted(chunk_bad.items())]}
+                    write_json(partial / f"{_chunk_name(k)}.json", record)
+                    write_npy(chunk_files[k], feats)
+                    with open(partial / f"log.{rank}.jsonl", "a", encoding="utf-8") as log:
+                        log.write(json.dumps(record) + "\n")
+        except BaseException as exc:        # tell the others after the barrier; raise below
+            failure = exc
+            if num_processes > 1:
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                kind = "input" if isinstance(exc, InputError) else "other"
+                with contextlib.suppress(OSError):
+                    (partial / f"error.{rank}.txt").write_text(f"{kind}\n{msg}", encoding="utf-8")
         finally:
             bar.close()
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t_all
+    if failure is not None and num_processes == 1:
+        raise failure
+    sync()                                   # every chunk is written (or an error reported)
+    if failure is not None:
+        raise failure
+    errors = sorted(partial.glob("error.*.txt"))
+    if errors:
+        kind, _, msg = errors[0].read_text(encoding="utf-8").partition("\n")
+        who = errors[0].name.split(".")[1]
+        if kind == "input":
+            raise InputError(msg)
+        raise RuntimeError(f"feature extraction failed in process {who}: {msg}")
 
-    # assemble into a temp file beside the final name, then rename
+    if rank == 0:
+        missing = [k for k in range(len(starts)) if not chunk_ok(k)]
+        if missing:
+            raise RuntimeError(f"feature chunks {missing[:5]} are missing after all processes "
+                               f"finished ({partial})")
+        log_rows: List[Dict[str, Any]] = []
+        for lf in sorted(partial.glob("log.*.jsonl")):
+            for line in lf.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(ValueError):
+                    log_rows.append(json.loads(line))
+        all_skipped: List[Dict[str, Any]] = []
+        for k in range(len(starts)):
+            rec = _read_json(partial / f"{_chunk_name(k)}.json") or {}
+            all_skipped.extend(rec.get("skipped") or [])
+        _assemble(final, chunk_files, starts, rows_of, n)
+        dim = int(np.load(final, mmap_mode="r").shape[1])
+        chunks = sorted(({key: r.get(key) for key in ("chunk", "rows", "rank", "seconds")}
+                         for r in log_rows), key=lambda r: (r["chunk"], r["rank"]))
+        _write_sidecar(sidecar, extractor, dataset, dataset_key, (n, dim),
+                       seconds if todo else None, cache=expect,
+                       extra={**geometry, "num_processes": num_processes,
+                              "chunk_size": chunk_size, "chunks": chunks,
+                              "skipped": all_skipped})
+        shutil.rmtree(partial, ignore_errors=True)
+    sync()                                   # the final file is in place
+    out = np.load(final, mmap_mode="r", allow_pickle=False)
+    if skipped is not None:
+        side = _read_json(sidecar) or {}
+        skipped.extend(side.get("skipped") or [])
+    return out
+
+
+def _assemble(final: Path, chunk_files: Sequence[Path], starts: Sequence[int],
+              rows_of: Sequence[int], n: int) -> None:
+    """Concatenate the chunk files into ``final`` through a temporary file + rename."""
     first = np.load(chunk_files[0], mmap_mode="r")
     dim = int(first.shape[1])
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -865,15 +1238,12 @@ def cached_features(extractor: FeatureExtractor, images_or_dataset: ImagesLike, 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _write_sidecar(sidecar, extractor, images_or_dataset, dataset_key, (n, dim),
-                   seconds if todo else None)
-    shutil.rmtree(partial, ignore_errors=True)
-    return np.load(final, mmap_mode="r", allow_pickle=False)
 
 
 def _write_sidecar(path: Path, extractor: FeatureExtractor, images: ImagesLike,
                    dataset_key: Optional[str], shape: Sequence[int],
-                   seconds: Optional[float]) -> None:
+                   seconds: Optional[float], *, cache: Optional[Dict[str, Any]] = None,
+                   extra: Optional[Dict[str, Any]] = None) -> None:
     if isinstance(images, LabeledImages):
         img_desc: Dict[str, Any] = {"n": len(images), "path_backed": images.is_path_backed}
         if images.images is not None:
@@ -885,7 +1255,11 @@ def _write_sidecar(path: Path, extractor: FeatureExtractor, images: ImagesLike,
         desc = extractor.describe()
     except Exception:   # pragma: no cover - description is informative only
         desc = {"name": extractor.name, "fingerprint": extractor.fingerprint()}
-    write_json(path, {"features": path.with_suffix(".npy").name, "shape": list(shape),
-                      "dtype": "float32", "dataset_key": dataset_key, "images": img_desc,
-                      "extractor": desc, "seconds": seconds,
-                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    obj = {"features": path.with_suffix(".npy").name, "shape": list(shape),
+           "dtype": "float32", "dataset_key": dataset_key, "images": img_desc,
+           "extractor": desc, "seconds": seconds,
+           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if cache is not None:
+        obj["cache"] = cache
+    obj.update(extra or {})
+    write_json(path, obj)
