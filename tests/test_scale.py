@@ -270,8 +270,9 @@ def _child(mode: str, folder: str) -> dict:
         out["num_flagged"] = int(mask.sum())
     else:
         raise ValueError(mode)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    touched = feats.nbytes + (probs.nbytes if mode != "floor" else 0)  # mapped input pages
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # this process (not cleanlab's workers)
+    # Mapped input pages (they count as inputs): features unless cleanlab, pred_probs unless floor.
+    touched = (feats.nbytes if mode != "cleanlab" else 0) + (probs.nbytes if mode != "floor" else 0)
     out.update(rss_before=rss0, peak_rss=peak, input_bytes=touched,
                peak_beyond_inputs=peak - rss0 - touched, rss_file_end=_status_kib("RssFile") * 1024,
                rss_anon_end=_status_kib("RssAnon") * 1024)

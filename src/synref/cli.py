@@ -453,6 +453,24 @@ def _run_refine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="synref next to cleanlab on the same out-of-sample pred_probs "
+                                       "(needs synref[cleanlab])")
+    p.add_argument("--dataset", choices=("digits",), default="digits", help="dataset with known clean labels")
+    p.add_argument("--noise", default="pmd-0.7", help="noise setting, e.g. pmd-0.7 or 'pmd-0.35+u-0.3'")
+    p.add_argument("--seed", type=int, default=0, help="seed for split, noise and training (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from .compare import format_compare_table, run_compare_digits
+
+    rows = run_compare_digits(noise=args.noise, seed=args.seed, progress=not args.quiet)
+    print(format_compare_table(rows, title=f"{args.dataset}, noise {args.noise}"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -465,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_features(sub)
     _add_refine(sub)
     _add_report(sub)
+    _add_compare(sub)
     return parser
 
 

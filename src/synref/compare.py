@@ -167,13 +167,13 @@ def run_compare_digits(noise: str = "pmd-0.7", seed: int = 0, progress: bool = T
     -> :func:`compare_with_cleanlab`. ``info`` (a dict), if given, receives the noise description
     and the sizes.
     """
-    _cleanlab_find_label_issues()  # fail before any training
     from .data import load_digits_dataset, split_indices
     from .pipeline import DemoConfig, inject_noise, make_glyph_anchors, parse_noise_spec
     from .ssl import train_simclr
     from .train import cross_fit, extract_features
 
     steps = parse_noise_spec(noise)
+    _cleanlab_find_label_issues()  # fail before any training
     demo = DemoConfig(noise=noise, seed=seed, anchors_per_class=anchors_per_class)
     digits = load_digits_dataset()
     train_idx, val_idx, _ = split_indices(

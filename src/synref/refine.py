@@ -408,7 +408,8 @@ def refine_labels_chunked(labels: np.ndarray, *, pred_probs: Optional[np.ndarray
             multiple of 1024. The result is the same to the bit for any value.
         keep_scores: also return the (N, C) float32 score matrix (4*N*C bytes).
         temperature: calibrate the similarity (see :func:`fit_similarity_temperature`).
-        num_threads: workers over chunks (default: up to 2, by CPU count; each runs
+        num_threads: workers over chunks (default: the usable CPUs, at most 8, or
+            ``SYNREF_NUM_THREADS``; each runs
             single-threaded BLAS on its own chunks, so the norm/score/argmax work runs in
             parallel too). 1 = the calling thread only. Results do not depend on it.
     Raises InputError on bad shapes/options and, in the same pass, naming the first sample
@@ -502,11 +503,21 @@ def refine_labels_chunked(labels: np.ndarray, *, pred_probs: Optional[np.ndarray
 def _num_workers(num_threads: Optional[int], num_chunks: int) -> int:
     if num_threads is None:
         env = os.environ.get("SYNREF_NUM_THREADS")
-        num_threads = int(env) if env else min(2, os.cpu_count() or 1)
+        if env:
+            try:
+                num_threads = int(env)
+            except ValueError:
+                raise InputError(f"SYNREF_NUM_THREADS must be an integer, got {env!r}") from None
+        else:
+            try:
+                cpus = len(os.sched_getaffinity(0))
+            except AttributeError:  # pragma: no cover - not Linux
+                cpus = os.cpu_count() or 1
+            num_threads = min(8, cpus)
     if num_threads < 1:
         raise InputError(f"num_threads must be at least 1, got {num_threads}")
-    # Threads pay only with several chunks per worker.
-    return num_threads if num_chunks >= 4 * num_threads else 1
+    # Threads pay only with at least two chunks per worker.
+    return max(1, min(num_threads, num_chunks // 2))
 
 
 def _run_threaded(run, starts: List[int], rows: int, n_total: int, workers: int, dim: int,
