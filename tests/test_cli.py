@@ -116,3 +116,8 @@ def test_demo_bad_input_fails_fast(tmp_path, capsys, case):
 def test_console_script_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "synref", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.startswith("synref ")
+
+
+def test_compare_cifar_needs_data_and_noise_file(capsys):
+    code, _, err = run(["compare", "--dataset", "cifar10", "--quiet"], capsys)
+    assert_one_line_error(code, err, "--data")

@@ -87,3 +87,54 @@ def test_missing_cleanlab_is_a_clear_error(monkeypatch):
 
     with pytest.raises(MissingDependencyError, match="synref\\[cleanlab\\]"):
         run_compare_digits(progress=False)  # fails before any training
+
+
+def test_crossfit_spaces_rows_match_a_direct_computation():
+    pytest.importorskip("cleanlab")
+    from cleanlab.filter import find_label_issues
+
+    from synref.compare import compare_crossfit_spaces
+    from synref.refine import class_prototypes, prototype_similarity, relabel, score_matrix
+
+    rng = np.random.default_rng(3)
+    n, c, d, folds = 300, 3, 8, 2
+    true = rng.integers(0, c, n)
+    noisy = np.where(rng.random(n) < 0.3, (true + 1) % c, true)
+    centers = rng.normal(size=(folds, c, d)) * 3
+    fold_of = np.arange(n) % folds
+    feats = centers[fold_of, true] + rng.normal(size=(n, d))
+    anchor_labels = np.repeat(np.arange(c), 10)
+    anchor_feats = centers[:, anchor_labels] + 0.3 * rng.normal(size=(folds, len(anchor_labels), d))
+    logits = rng.normal(size=(n, c)) + 2.0 * np.eye(c)[noisy]
+    probs = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+    rows = {r["method"].split(" (")[0]: r for r in compare_crossfit_spaces(noisy, true, probs, feats, fold_of,
+                                                                          anchor_feats, anchor_labels)}
+    mask = find_label_issues(noisy, probs)
+    fixed = noisy.copy()
+    fixed[mask] = probs[mask].argmax(1)
+    assert rows["cleanlab find_label_issues + argmax"]["label_acc_after_correction"] == pytest.approx(np.mean(fixed == true))
+    sim = np.zeros_like(probs)
+    for k in range(folds):
+        sim[fold_of == k] = prototype_similarity(feats[fold_of == k], class_prototypes(anchor_feats[k], anchor_labels, c))
+    paper = relabel(noisy, score_matrix(probs, sim, alpha=0.5), threshold=0.6).refined_labels
+    assert rows["synref paper rule"]["label_acc_after_correction"] == pytest.approx(np.mean(paper == true))
+    assert rows["synref calibrated similarity"]["label_acc_after_correction"] > np.mean(noisy == true)
+
+
+@pytest.mark.slow
+def test_compare_cli_on_real_cifar10(capsys):
+    """Needs SYNREF_CIFAR10_DIR (official python layout) and the shared community noise files."""
+    import os
+    from pathlib import Path
+
+    data = os.environ.get("SYNREF_CIFAR10_DIR")
+    noise_file = Path(__file__).resolve().parents[2] / "shared" / "data" / "noise_labels" / "cifar10-1-0.70.npy"
+    if not data or not noise_file.exists():
+        pytest.skip("set SYNREF_CIFAR10_DIR and keep ../shared beside the repo")
+    pytest.importorskip("cleanlab")
+    from synref.cli import main
+
+    assert main(["compare", "--dataset", "cifar10", "--data", data, "--noise-file", str(noise_file), "--subset", "400",
+                 "--epochs", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "cleanlab find_label_issues + argmax" in out and "synref calibrated similarity" in out

@@ -27,13 +27,15 @@ from .refine import (
     DEFAULT_THRESHOLD,
     class_prototypes,
     fit_similarity_temperature,
+    prototype_similarity,
     refine_labels_chunked,
     relabel,
     score_matrix,
+    similarity_to_probs,
 )
 
-__all__ = ["compare_with_cleanlab", "correction_row", "format_compare_table", "run_compare_digits",
-           "COLUMNS"]
+__all__ = ["compare_with_cleanlab", "compare_crossfit_spaces", "correction_row", "format_compare_table",
+           "run_compare_digits", "run_compare_cifar", "COLUMNS"]
 
 #: Row keys, in table order (plus ``method``).
 COLUMNS = ("label_acc_after_correction", "flagged", "flagged_precision", "flagged_recall", "fix_precision",
@@ -198,3 +200,81 @@ def run_compare_digits(noise: str = "pmd-0.7", seed: int = 0, progress: bool = T
                     oof_accuracy_vs_true=float(np.mean(fitted.pred_probs.argmax(1) == train.labels)))
     return compare_with_cleanlab(noisy, train.labels, fitted.pred_probs, features, anchor_features, anchors.labels,
                                  alpha=alpha, threshold=threshold, calibrate=True)
+
+
+def compare_crossfit_spaces(labels_noisy: np.ndarray, true_labels: np.ndarray, pred_probs: np.ndarray,
+                            features: np.ndarray, fold_of: np.ndarray, anchor_features: np.ndarray,
+                            anchor_labels: np.ndarray, *, alpha: float = DEFAULT_ALPHA,
+                            threshold: float = DEFAULT_THRESHOLD) -> List[Dict[str, Any]]:
+    """Like :func:`compare_with_cleanlab` when every fold model has its own feature space.
+
+    Args:
+        features: (N, D), row i in the space of the fold model that held sample i out
+            (``fold_of[i]``); anchor_features: (folds, M, D), the anchors in each fold's space.
+    """
+    find_label_issues = _cleanlab_find_label_issues()
+    noisy = np.asarray(labels_noisy, dtype=np.int64)
+    true = np.asarray(true_labels, dtype=np.int64)
+    probs = np.asarray(pred_probs, dtype=np.float32)
+    num_classes = probs.shape[1]
+    rows = [correction_row("given labels (no correction)", noisy, true, noisy, np.zeros(len(noisy), bool), 0.0)]
+    t0 = time.perf_counter()
+    mask = np.asarray(find_label_issues(noisy, probs), dtype=bool)
+    corrected = noisy.copy()
+    corrected[mask] = probs[mask].argmax(axis=1)
+    rows.append(correction_row("cleanlab find_label_issues + argmax", noisy, true, corrected, mask,
+                               time.perf_counter() - t0))
+    for name, calibrate in ((f"synref paper rule (alpha {alpha:g}, thr {threshold:g})", False),
+                            ("synref calibrated similarity", True)):
+        t0 = time.perf_counter()
+        similarity = np.zeros_like(probs)
+        for k in range(anchor_features.shape[0]):
+            held = fold_of == k
+            similarity[held] = prototype_similarity(features[held],
+                                                    class_prototypes(anchor_features[k], anchor_labels, num_classes))
+            if calibrate:
+                temperature = fit_similarity_temperature(anchor_features[k], anchor_labels, num_classes)
+                similarity[held] = similarity_to_probs(similarity[held], temperature)
+        result = relabel(noisy, score_matrix(probs, similarity, alpha=alpha), threshold=threshold, alpha=alpha,
+                         keep_scores=False)
+        rows.append(correction_row(name, noisy, true, result.refined_labels, result.changed, time.perf_counter() - t0))
+    return rows
+
+
+def run_compare_cifar(data: str, noise_file: str, *, subset: int = 10000, epochs: int = 15, folds: int = 4,
+                      anchors_per_class: int = 100, seed: int = 0, progress: bool = True,
+                      alpha: float = DEFAULT_ALPHA, threshold: float = DEFAULT_THRESHOLD,
+                      info: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
+    """Compare on CIFAR (official python layout in ``data``) with a community noise file.
+
+    CPU protocol: the first ``subset`` of the 45,000 noisy-labelled training images; a
+    ``folds``-fold cross-fitted small CNN (``epochs``, crop + flip) gives out-of-sample
+    ``pred_probs`` and per-fold features; anchors are a *real-anchor stand-in*:
+    ``anchors_per_class`` images per class from the clean validation images 45000-49999 (never
+    test images, never clean labels of training images).
+    """
+    from .data import load_cifar, load_labels_file
+    from .train import TrainConfig, cross_fit
+
+    _cleanlab_find_label_issues()  # fail before any training
+    train = load_cifar(data, split="train")
+    if len(train) != 50000:
+        raise InputError(f"{data}: expected the 50,000 official training images, found {len(train)}")
+    noisy = load_labels_file(noise_file, num_samples=45000, num_classes=train.num_classes)
+    if not 2 * folds <= subset <= 45000:
+        raise InputError(f"--subset must be in [{2 * folds}, 45000], got {subset}")
+    images, true, given = train.images[:subset], train.labels[:subset], noisy[:subset]
+    rng = np.random.default_rng(seed)
+    val = np.arange(45000, 50000)
+    anchor_idx = np.concatenate([rng.choice(val[train.labels[val] == c], anchors_per_class, replace=False)
+                                 for c in range(train.num_classes)])
+    config = TrainConfig(epochs=epochs, batch_size=128, lr=0.05,
+                         milestones=[int(round(epochs * 0.55)), int(round(epochs * 0.8))],
+                         gamma=0.1, warmup_epochs=1, hflip=True, seed=seed)
+    fitted = cross_fit(images, given, model_name="small_cnn", num_classes=train.num_classes, config=config,
+                       folds=folds, seed=seed, progress=progress, extra_images=train.images[anchor_idx])
+    if info is not None:
+        info.update(num_samples=subset, anchors="real-anchor stand-in (clean validation images 45000-49999)",
+                    oof_accuracy_vs_true=float(np.mean(fitted.pred_probs.argmax(1) == true)))
+    return compare_crossfit_spaces(given, true, fitted.pred_probs, fitted.features, fitted.fold_of,
+                                   fitted.extra_features, train.labels[anchor_idx], alpha=alpha, threshold=threshold)
