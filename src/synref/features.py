@@ -44,7 +44,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -57,7 +56,7 @@ from torch import nn
 from . import data as _data
 from .data import LabeledImages, _check_channels, _normalize_size, materialize
 from .errors import InputError, MissingDependencyError
-from .io import write_json, write_npy
+from .io import atomic_path, write_json, write_npy
 from .models import ImageClassifier, create_model
 from .progress import progress as progress_bar
 from .registry import Registry
@@ -277,17 +276,8 @@ def save_classifier(model: ImageClassifier, path: PathLike, *, name: str,
               "num_classes": num_classes, "in_channels": in_channels,
               "feature_dim": int(model.feature_dim)}
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save({"header": json.dumps(header), "state_dict": state}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _read_checkpoint(path: PathLike) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
@@ -1219,10 +1209,7 @@ def _assemble(final: Path, chunk_files: Sequence[Path], starts: Sequence[int],
     """Concatenate the chunk files into ``final`` through a temporary file + rename."""
     first = np.load(chunk_files[0], mmap_mode="r")
     dim = int(first.shape[1])
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    try:
+    with atomic_path(final) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
         for k, f in enumerate(chunk_files):
             a = np.load(f, mmap_mode="r")
@@ -1231,13 +1218,6 @@ def _assemble(final: Path, chunk_files: Sequence[Path], starts: Sequence[int],
             out[starts[k]:starts[k] + rows_of[k]] = a
         out.flush()
         del out
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _write_sidecar(path: Path, extractor: FeatureExtractor, images: ImagesLike,

@@ -14,23 +14,39 @@ PathLike = Union[str, os.PathLike]
 
 
 @contextlib.contextmanager
-def atomic_open(path: PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Open a temporary file beside ``path``; rename it onto ``path`` only on success."""
+def atomic_path(path: PathLike, *, fsync_dir: bool = False) -> Iterator[Path]:
+    """A temporary path beside ``path`` for the caller to write; on success it is fsynced and
+    renamed onto ``path`` (and, with ``fsync_dir``, the folder is fsynced so the rename survives
+    a power cut); on any error it is removed. For writers that need a path, not a handle."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; finished files get the usual mode
     try:
-        with open(tmp, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    if fsync_dir:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "w", *, fsync_dir: bool = False, **kwargs: Any) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; rename it onto ``path`` only on success."""
+    with atomic_path(path, fsync_dir=fsync_dir) as tmp:
+        with open(tmp, mode, **kwargs) as handle:
+            yield handle
 
 
 def _umask() -> int:

@@ -19,7 +19,7 @@ Features may be a read-only ``np.load(..., mmap_mode="r")`` array: chunks are re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import os
 from concurrent.futures import ThreadPoolExecutor

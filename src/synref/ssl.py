@@ -21,7 +21,6 @@ the same seed gives bit-identical weights.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from .config import ConfigMixin
 from .errors import InputError
 from .models import ImageClassifier, create_model
 from .progress import progress as progress_bar
-from .train.loop import (_as_images, _batches, _model_device, _sub_seed, channel_stats,
+from .train.loop import (_as_images, _batches, _sub_seed, channel_stats,
                          extract_features)
 
 __all__ = [

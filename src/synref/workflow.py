@@ -16,7 +16,6 @@ the same ``--out`` picks up where it stopped.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import io
 import json

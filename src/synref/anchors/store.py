@@ -16,7 +16,8 @@ Loading merges every manifest file, so shards written by several processes form 
 Crash safety (a run killed at any moment leaves no half-written image and loses none written):
 
 * an image is encoded in memory, written to a hidden temp file in its class folder
-  (``.<k>.png.<random>.tmp``), fsynced, ``os.replace``-d onto ``<k>.png`` and the folder fsynced;
+  (``.<k>.png.<random>.tmp``), fsynced, ``os.replace``-d onto ``<k>.png`` and the folder fsynced
+  (``synref.io.atomic_open(..., fsync_dir=True)``);
 * only then is its manifest row appended to the process's own manifest file (one ``write`` of a
   whole line, flushed and fsynced). A line torn by a crash is skipped when read, and the writer
   starts a fresh line after it;
@@ -39,7 +40,6 @@ import io
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -47,7 +47,7 @@ import numpy as np
 
 from ..data import LabeledImages
 from ..errors import InputError
-from ..io import _json_default, write_json
+from ..io import _json_default, write_json, atomic_open
 
 PathLike = Union[str, os.PathLike]
 Key = Tuple[int, int]  # (class_index, k)
@@ -130,19 +130,6 @@ def decode_png(path: PathLike) -> np.ndarray:
     except Exception as exc:  # truncated / corrupt
         raise InputError(f"cannot decode anchor image {path}: {type(exc).__name__}: {exc}") from None
     return arr[..., None] if arr.ndim == 2 else arr
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def _now() -> str:
@@ -570,18 +557,8 @@ class ManifestWriter:
         data = encode_png(image)
         final = self.store.root / image_relpath(c, name, k)
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{k}.png.", suffix=".tmp", dir=final.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(final.parent)
+        with atomic_open(final, "wb", fsync_dir=True) as handle:
+            handle.write(data)
         self.store.orphans.pop((c, k), None)
         return self._add_row(self._row(c, name, k, sha256_bytes(data), provenance or {}))
 
