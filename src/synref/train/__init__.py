@@ -17,7 +17,14 @@ from .loop import (
     predict_proba,
 )
 
+from .plc import PLCConfig, PLCResult, lrt_correct, next_delta, train_plc
+
 __all__ = [
+    "PLCConfig",
+    "PLCResult",
+    "lrt_correct",
+    "next_delta",
+    "train_plc",
     "CrossFitResult",
     "TrainConfig",
     "TrainResult",
