@@ -17,9 +17,15 @@ from .loop import (
     predict_proba,
 )
 
+from .lra import LRAConfig, LRAResult, knn_label_candidates, predict_lra, train_lra
 from .plc import PLCConfig, PLCResult, lrt_correct, next_delta, train_plc
 
 __all__ = [
+    "LRAConfig",
+    "LRAResult",
+    "knn_label_candidates",
+    "predict_lra",
+    "train_lra",
     "PLCConfig",
     "PLCResult",
     "lrt_correct",
