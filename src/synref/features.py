@@ -875,8 +875,10 @@ class _PathStream:
             while queue:
                 s, futures = queue.popleft()
                 parts = [f.result() for f in futures]
-                submit()
                 yield self._assemble(s, parts)
+                # Only now, with the consumer done with this batch, decode another: at most
+                # prefetch + 1 batches are alive (this one, or the next ones being decoded).
+                submit()
         finally:
             for _, futures in queue:
                 for f in futures:
