@@ -311,6 +311,10 @@ def evaluate_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, 
 
 
 # -------------------------------------------------------------------------------------- fit
+#: ``on_epoch_end(epoch) -> (new training labels (N,) or None, extra history fields)``.
+EpochEndHook = Callable[[int], Tuple[Optional[np.ndarray], Dict[str, Any]]]
+
+
 @dataclass
 class TrainResult:
     """Outcome of :func:`fit` / :func:`fine_tune`.
@@ -335,7 +339,9 @@ class TrainResult:
 def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
         val_images: Optional[np.ndarray] = None, val_labels: Optional[np.ndarray] = None,
         config: Optional[TrainConfig] = None, progress: bool = True,
-        normalize_from_data: bool = True, desc: str = "train") -> TrainResult:
+        normalize_from_data: bool = True, desc: str = "train",
+        on_batch: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
+        on_epoch_end: Optional[EpochEndHook] = None) -> TrainResult:
     """Train ``model`` in place with SGD + multistep lr + warm-up, keep the best-val weights.
 
     Args:
@@ -349,6 +355,12 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
         normalize_from_data: set the model's normalisation to the training images' per-channel
             mean / std first (``fine_tune`` keeps the original model's instead).
         desc: progress bar label.
+        on_batch: called after every optimiser step as ``on_batch(epoch, idx, logits)`` with the
+            batch's sample indices (CPU int64) and its detached float logits.
+        on_epoch_end: called after every training pass, before validation, as
+            ``on_epoch_end(epoch) -> (new_labels or None, extra history fields)``; new labels
+            (N,) replace the training labels from the next epoch on (label-correcting trainers
+            such as PLC are built this way).
     """
     config = config if config is not None else TrainConfig()
     images = _as_images(images)
@@ -399,20 +411,23 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         lr = config.lr
-        for step, idx in enumerate(_batches(perm, config.batch_size)):
+        for step, batch_idx in enumerate(_batches(perm, config.batch_size)):
             lr = lr_at(config, epoch, step, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            idx = idx.to(device)
+            idx = batch_idx.to(device)
             xb = augment_batch(x_all[idx].permute(0, 3, 1, 2), pad=pad, hflip=config.hflip,
                                generator=g_aug)
             yb = y_all[idx]
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb)
+            logits = logits.float()
+            loss = F.cross_entropy(logits, yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if on_batch is not None:
+                on_batch(epoch, batch_idx, logits.detach())
             loss_sum += loss.detach().double() * len(idx)
             correct += (logits.detach().argmax(1) == yb).sum()
         train_loss = float(loss_sum) / n
@@ -420,9 +435,14 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
         if not math.isfinite(train_loss):
             raise FloatingPointError(
                 f"training diverged at epoch {epoch} (loss {train_loss}); lower the lr")
+        extra: Dict[str, Any] = {}
+        if on_epoch_end is not None:
+            new_labels, extra = on_epoch_end(epoch)
+            if new_labels is not None:
+                y_all = torch.from_numpy(_as_labels(new_labels, n, num_classes, "new labels")).to(device)
         val_acc = evaluate_accuracy(model, val_images, val_labels) if has_val else None
         history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss,
-                        "train_acc": train_acc, "val_acc": val_acc})
+                        "train_acc": train_acc, "val_acc": val_acc, **extra})
         if has_val and val_acc is not None and val_acc > best_acc:
             best_epoch, best_acc = epoch, val_acc
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

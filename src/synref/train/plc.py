@@ -23,31 +23,16 @@ averages zero-initialised slots too, which scales every row by the same factor a
 """
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigMixin
 from ..errors import InputError
-from ..progress import progress as progress_bar
-from .loop import (
-    TrainConfig,
-    _as_images,
-    _as_labels,
-    _batches,
-    _num_steps,
-    _sub_seed,
-    augment_batch,
-    channel_stats,
-    evaluate_accuracy,
-    lr_at,
-)
+from .loop import TrainConfig, _as_images, _as_labels, fit
 
 __all__ = ["PLCConfig", "PLCResult", "lrt_correct", "next_delta", "train_plc"]
 
@@ -189,124 +174,45 @@ def train_plc(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
         config: :class:`PLCConfig` (default :meth:`PLCConfig.paper`).
         true_labels: optional clean ``(N,)`` labels, only to log ``label_acc`` per epoch.
         progress: epoch bar. normalize_from_data: model normalisation from ``images``.
-    Deterministic per ``config.train.seed`` on CPU (same generators as :func:`fit`).
+    Built on :func:`fit` (its hooks record the training-time softmax and correct the labels
+    after each epoch), so it is deterministic per ``config.train.seed`` like ``fit``.
     """
     config = config if config is not None else PLCConfig.paper()
-    tc = config.train
     images = _as_images(images)
+    n = len(images)
     num_classes = int(getattr(model, "num_classes"))
-    given = _as_labels(labels, len(images), num_classes)
-    if len(images) < 2:
-        raise InputError(f"images: need at least 2 training images, got {len(images)}")
+    given = _as_labels(labels, n, num_classes)
     if val_images is None or val_labels is None:
         raise InputError("train_plc needs val_images and val_labels (best-validation model)")
-    val_images = _as_images(val_images, "val_images")
-    val_labels = _as_labels(val_labels, len(val_images), num_classes, "val_labels")
-    if len(val_images) == 0:
-        raise InputError("val_images: empty validation set")
-    if val_images.shape[1:] != images.shape[1:]:
-        raise InputError(f"val_images are {val_images.shape[1:]}, training images "
-                         f"{images.shape[1:]}")
-    truth = None
-    if true_labels is not None:
-        truth = _as_labels(true_labels, len(images), num_classes, "true_labels")
+    truth = None if true_labels is None else _as_labels(true_labels, n, num_classes, "true_labels")
 
-    device = torch.device(tc.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"train config: device={tc.device!r} but CUDA is not available")
-    model.to(device=device, memory_format=torch.channels_last)
-    if normalize_from_data:
-        mean, std = channel_stats(images)
-        model.set_normalization(mean, std)
+    # Training-time softmax of the last `window` epochs, one slot per epoch (CPU).
+    record = torch.zeros((config.window, n, num_classes), dtype=torch.float32)
+    state = {"filled": 0, "delta": float(config.delta_start), "current": given.copy()}
 
-    n, h = len(images), images.shape[1]
-    pad = tc.pad_for(h)
-    x_all = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    current = given.copy()
-    y_all = torch.from_numpy(current.copy()).to(device)
-    g_order = torch.Generator().manual_seed(_sub_seed(tc.seed, 0))
-    g_aug = torch.Generator().manual_seed(_sub_seed(tc.seed, 1))
-    optimizer = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum,
-                                weight_decay=tc.weight_decay, nesterov=tc.nesterov)
-    steps_per_epoch = _num_steps(n, tc.batch_size)
-    use_amp = bool(tc.amp) and device.type == "cuda"
+    def on_batch(epoch: int, idx: torch.Tensor, logits: torch.Tensor) -> None:
+        record[epoch % config.window, idx] = torch.softmax(logits, 1).cpu()
 
-    record = torch.zeros((config.window, n, num_classes), dtype=torch.float32)  # CPU
-    filled = 0
-    delta = float(config.delta_start)
-    history: List[Dict[str, Any]] = []
-    best_epoch, best_acc = -1, -1.0
-    best_state: Optional[Dict[str, torch.Tensor]] = None
-    t0 = time.perf_counter()
-    bar = progress_bar(range(tc.epochs), desc=desc, unit="epoch",
-                       enabled=None if progress else False)
-    for epoch in bar:
-        model.train()
-        slot = epoch % config.window
-        perm = torch.randperm(n, generator=g_order)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        lr = tc.lr
-        for step, idx in enumerate(_batches(perm, tc.batch_size)):
-            lr = lr_at(tc, epoch, step, steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            idx_d = idx.to(device)
-            xb = augment_batch(x_all[idx_d].permute(0, 3, 1, 2), pad=pad, hflip=tc.hflip,
-                               generator=g_aug)
-            yb = y_all[idx_d]
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(xb)
-            logits = logits.float()
-            loss = F.cross_entropy(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            record[slot, idx] = torch.softmax(logits.detach(), 1).cpu()
-            loss_sum += loss.detach().double() * len(idx)
-            correct += (logits.detach().argmax(1) == yb).sum()
-        filled = min(filled + 1, config.window)
-        train_loss = float(loss_sum) / n
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(
-                f"training diverged at epoch {epoch} (loss {train_loss}); lower the lr")
-
-        corrected, used_delta, num_changed = False, delta, 0
+    def on_epoch_end(epoch: int):
+        state["filled"] = min(state["filled"] + 1, config.window)
+        used_delta, num_changed, new = state["delta"], 0, None
         if epoch >= config.warmup_epochs:
-            f = (record.sum(0) / filled).numpy() if filled < config.window \
-                else record.mean(0).numpy()
-            new = lrt_correct(f, current, delta)
-            num_changed = int((new != current).sum())
-            delta = next_delta(num_changed, n, delta, step=config.delta_step,
-                               maximum=config.delta_max,
-                               min_change_fraction=config.min_change_fraction)
-            current = new
-            y_all = torch.from_numpy(current.copy()).to(device)
-            corrected = True
-
-        val_acc = evaluate_accuracy(model, val_images, val_labels)
-        row: Dict[str, Any] = {
-            "epoch": epoch, "lr": lr, "train_loss": train_loss,
-            "train_acc": float(correct) / n, "val_acc": val_acc, "corrected": corrected,
-            "delta": used_delta, "num_changed": num_changed,
-            "num_differ": int((current != given).sum())}
+            filled = state["filled"]
+            f = (record.sum(0) / filled).numpy() if filled < config.window else record.mean(0).numpy()
+            new = lrt_correct(f, state["current"], used_delta)
+            num_changed = int((new != state["current"]).sum())
+            state["delta"] = next_delta(num_changed, n, used_delta, step=config.delta_step,
+                                        maximum=config.delta_max,
+                                        min_change_fraction=config.min_change_fraction)
+            state["current"] = new
+        extra: Dict[str, Any] = {"corrected": new is not None, "delta": used_delta, "num_changed": num_changed,
+                                 "num_differ": int((state["current"] != given).sum())}
         if truth is not None:
-            row["label_acc"] = float(np.mean(current == truth))
-        history.append(row)
-        if val_acc > best_acc:
-            best_epoch, best_acc = epoch, val_acc
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        postfix = {"loss": f"{train_loss:.3f}", "val": f"{val_acc:.3f}",
-                   "best": f"{best_acc:.3f}@{best_epoch}", "delta": f"{used_delta:.1f}",
-                   "chg": str(num_changed)}
-        if truth is not None:
-            postfix["lab"] = f"{row['label_acc']:.3f}"
-        bar.set_postfix(postfix, refresh=False)
-    bar.close()
+            extra["label_acc"] = float(np.mean(state["current"] == truth))
+        return new, extra
 
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    model.eval()
-    return PLCResult(model=model, best_epoch=best_epoch, best_val_acc=best_acc,
-                     corrected_labels=current.copy(), history=history,
-                     seconds=time.perf_counter() - t0)
+    result = fit(model, images, given, val_images=val_images, val_labels=val_labels, config=config.train,
+                 progress=progress, normalize_from_data=normalize_from_data, desc=desc,
+                 on_batch=on_batch, on_epoch_end=on_epoch_end)
+    return PLCResult(model=result.model, best_epoch=result.best_epoch, best_val_acc=result.best_val_acc,
+                     corrected_labels=state["current"].copy(), history=result.history, seconds=result.seconds)
