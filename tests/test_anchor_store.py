@@ -3,7 +3,6 @@ generator and class lists."""
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from synref.anchors.folder import FolderGenerator
 from synref.anchors.glyph import GlyphGenerator
 from synref.anchors.store import AnchorSet, load_anchor_set
 from synref.errors import InputError
-from synref.generate import (CIFAR10_CLASSES, CIFAR100_CLASSES, generate_anchor_set,
+from synref.generate import (CIFAR10_CLASSES, generate_anchor_set,
                              parse_class_list)
 
 CLASSES = ["0", "1", "2"]

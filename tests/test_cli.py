@@ -7,24 +7,10 @@ import numpy as np
 import pytest
 
 from synref import noise
-from synref.cli import main
+
+from cli_helpers import assert_one_line_error, run
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "noise_labels"
-
-
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line_error(code, err, *needles):
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 def test_noise_hybrid_writes_library_result(tmp_path, capsys):

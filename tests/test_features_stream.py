@@ -20,6 +20,8 @@ from synref.features import (FeatureExtractor, cached_features, create_extractor
                              extract_features_distributed, save_classifier)
 from synref.models import create_model
 
+from cli_helpers import assert_one_line_error
+
 
 def _folder(root: Path, per_class=7, hw=(10, 12), classes=("cat", "dog"), seed=0) -> Path:
     from PIL import Image
@@ -50,14 +52,6 @@ class _Mean(FeatureExtractor):
     def _extract(self, images, *, batch_size, progress):
         x = images.reshape(len(images), -1).astype(np.float32)
         return np.stack([x.mean(1), x.max(1)], 1)
-
-
-def assert_one_line_error(code, err, *needles):
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 # --------------------------------------------------------------------------- streaming

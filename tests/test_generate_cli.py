@@ -13,25 +13,11 @@ import pytest
 
 from synref.anchors.glyph import GlyphGenerator
 from synref.anchors.store import load_anchor_set
-from synref.cli import main
+
+from cli_helpers import assert_one_line_error, run
 from synref.generate import generate_anchor_set
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line_error(code, err, *needles):
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 def test_generate_glyph_happy_path_and_resume(tmp_path, capsys):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from synref.errors import InputError
-from synref.train.lra import (LRAConfig, LRADiffusion, cosine_beta_schedule, ddim_timesteps,
+from synref.train.lra import (LRAConfig, cosine_beta_schedule, ddim_timesteps,
                               knn_label_candidates, predict_lra, sample_candidate_labels,
                               train_lra, weighted_noise_loss)
 
