@@ -588,6 +588,26 @@ def _convert_array(img: np.ndarray, size: Optional[Size], channels: int) -> np.n
     return arr.reshape(arr.shape[0], arr.shape[1], channels)
 
 
+def choose_geometry(probed: Sequence[Tuple[str, Size]], size: Optional[Size], channels: Optional[int], *,
+                    stacklevel: int = 2) -> Tuple[Size, int]:
+    """The working ``(H, W)`` and channels for images whose headers gave ``(mode, (H, W))``:
+    channels 1 when every image is single-channel, else 3; the most common size, with a
+    UserWarning when sizes differ. Given ``size`` / ``channels`` are kept."""
+    if channels is None:
+        channels = 1 if all(mode in _GRAY_MODES for mode, _ in probed) else 3
+    if size is None:
+        counts = Counter(hw for _, hw in probed)
+        size = counts.most_common(1)[0][0]
+        if len(counts) > 1:
+            odd = len(probed) - counts[size]
+            seen = ", ".join(f"{h}x{w}" for (h, w), _ in counts.most_common(4))
+            warnings.warn(
+                f"{odd} of {len(probed)} images are not {size[0]}x{size[1]} (sizes seen: {seen}"
+                f"{', ...' if len(counts) > 4 else ''}); resizing all to {size[0]}x{size[1]}, "
+                "the most common size; pass size=(H, W) to choose", UserWarning, stacklevel=stacklevel + 1)
+    return (int(size[0]), int(size[1])), int(channels)
+
+
 def materialize(ds: LabeledImages, *, size: Optional[Union[int, Size]] = None,
                 channels: Optional[int] = None, progress: bool = True, skip_bad: bool = False,
                 skipped: Optional[List[Dict[str, str]]] = None) -> LabeledImages:
@@ -645,18 +665,7 @@ def materialize(ds: LabeledImages, *, size: Optional[Union[int, Size]] = None,
                 sizes.append(probed[1])
         if not sizes:
             raise InputError(f"none of the {n} images could be read (first: {bad[min(bad)]})")
-        if channels is None:
-            channels = 1 if all(m in _GRAY_MODES for m in modes) else 3
-        if hw is None:
-            counts = Counter(sizes)
-            hw = counts.most_common(1)[0][0]
-            if len(counts) > 1:
-                odd = len(sizes) - counts[hw]
-                seen = ", ".join(f"{h}x{w}" for (h, w), _ in counts.most_common(4))
-                warnings.warn(
-                    f"{odd} of {len(sizes)} images are not {hw[0]}x{hw[1]} (sizes seen: {seen}"
-                    f"{', ...' if len(counts) > 4 else ''}); resizing all to {hw[0]}x{hw[1]}, "
-                    "the most common size; pass size=(H, W) to choose", UserWarning, stacklevel=2)
+        hw, channels = choose_geometry(list(zip(modes, sizes)), hw, channels, stacklevel=2)
     out = np.empty((n,) + tuple(hw) + (channels,), dtype=np.uint8)
     for i in _progress_bar(range(n), desc="decoding images", total=n, unit="img", enabled=enabled):
         if i in bad:

@@ -892,8 +892,6 @@ def _probe_geometry(paths: Sequence[str], size: Optional[Tuple[int, int]],
     :func:`synref.data.materialize` chooses them (file headers only, no pixels): channels 1 when
     every file is single-channel, else 3; the most common size, with a UserWarning when sizes
     differ. Returns them with the unreadable files found (``skip_bad``)."""
-    import warnings
-    from collections import Counter
 
     bad: Dict[int, str] = {}
     if size is not None and channels is not None:
@@ -921,19 +919,8 @@ def _probe_geometry(paths: Sequence[str], size: Optional[Tuple[int, int]],
     ok = [p for p in probed if p is not None]
     if not ok:
         raise InputError(f"none of the {n} images could be read (first: {bad[min(bad)]})")
-    if channels is None:
-        channels = 1 if all(m in _data._GRAY_MODES for m, _ in ok) else 3
-    if size is None:
-        counts = Counter(s for _, s in ok)
-        size = counts.most_common(1)[0][0]
-        if len(counts) > 1:
-            odd = len(ok) - counts[size]
-            seen = ", ".join(f"{h}x{w}" for (h, w), _ in counts.most_common(4))
-            warnings.warn(
-                f"{odd} of {len(ok)} images are not {size[0]}x{size[1]} (sizes seen: {seen}"
-                f"{', ...' if len(counts) > 4 else ''}); resizing all to {size[0]}x{size[1]}, "
-                "the most common size; pass size=(H, W) to choose", UserWarning, stacklevel=3)
-    return (int(size[0]), int(size[1])), int(channels), bad
+    size, channels = _data.choose_geometry(ok, size, channels, stacklevel=3)
+    return size, channels, bad
 
 
 # ------------------------------------------------------------------------------- cache
