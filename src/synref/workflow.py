@@ -150,10 +150,6 @@ def load_anchors(config: RefineRunConfig, dataset: LabeledImages, out: Path, *,
     remapped = np.array([index[anchors.class_names[label]] for label in anchors.labels[keep]], dtype=np.int64)
     anchors = LabeledImages(anchors.images[keep], remapped, list(dataset.class_names),
                             ids=[anchors.ids[i] for i in np.flatnonzero(keep)])
-    counts = np.bincount(anchors.labels, minlength=dataset.num_classes)
-    if (counts == 0).any():
-        c = int(np.flatnonzero(counts == 0)[0])
-        raise InputError(f"class {c} ({dataset.class_names[c]!r}) has no anchors in {anchor_dir}")
     assert dataset.images is not None
     anchors = match_format(anchors, size=dataset.images.shape[1:3], channels=dataset.images.shape[-1])
     source.update(num_anchors=len(anchors), ignored_anchor_classes=extra)
