@@ -485,6 +485,53 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="the paper's table: methods x noise settings x seeds (resumable)",
+                       description="Run (or resume) a grid of methods (standard, ours, plc, plc+ours, "
+                                   "lra-<encoder>[+ours]) x noise settings x seeds; writes OUT/results.csv and "
+                                   "OUT/results.md. Finished cells are kept: re-run the same command to resume.")
+    p.add_argument("--protocol", choices=("paper", "cpu", "digits"), default=None,
+                   help="paper: the paper's CIFAR settings (GPU); cpu: 10,000-image subset, small CNN, short "
+                        "schedules; digits: the built-in data (default: digits for --dataset digits, else cpu)")
+    p.add_argument("--dataset", choices=("digits", "cifar10", "cifar100"), default="digits")
+    p.add_argument("--data", default=None, help="CIFAR: folder with the official python layout")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated rows (default: standard,ours,plc,plc+ours and lra-<encoder>[+ours] for "
+                        "the protocol's encoders: simclr and efficientnet-lite0; clip in the paper protocol)")
+    p.add_argument("--noise", default=None,
+                   help="comma-separated settings (default: pmd-0.35,pmd-0.7,pmd-0.35+u-0.3,pmd-0.35+u-0.6,"
+                        "pmd-0.35+a-0.3)")
+    p.add_argument("--noise-file", action="append", default=[], metavar="PATH",
+                   help="a folder of community label files (cifar10-1-0.35.npy, ..._U_0.3.npy, ...), used for "
+                        "the matching settings, or one label file (its own column); repeatable. Without it PMD "
+                        "is generated")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--anchors", default=None,
+                   help="anchor set from synref generate (default: CIFAR: real-anchor stand-in from the clean "
+                        "validation split; digits: glyph anchors)")
+    p.add_argument("--clip-model", default=None, help="CLIP hub id or local folder for lra-clip")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: each step's default)")
+    p.add_argument("--out", required=True, type=Path, help="results folder (resumed when it exists)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    protocol = args.protocol or ("digits" if args.dataset == "digits" else "cpu")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise InputError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    run_bench(dataset=args.dataset, protocol=protocol, out=args.out, data=args.data, methods=args.methods,
+              noise=args.noise, seeds=seeds, noise_files=args.noise_file, anchors=args.anchors, device=args.device,
+              clip_model=args.clip_model, progress=not args.quiet)
+    print((args.out / "results.md").read_text())
+    print(f"results: {args.out / 'results.csv'}, {args.out / 'results.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -498,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_refine(sub)
     _add_report(sub)
     _add_compare(sub)
+    _add_bench(sub)
     return parser
 
 

@@ -121,8 +121,7 @@ def load_anchors(config: RefineRunConfig, dataset: LabeledImages, out: Path, *,
                  progress: bool = True) -> Tuple[LabeledImages, Dict[str, Any]]:
     """Anchors relabelled to the dataset's class indices (matched by name) and brought to its
     image size and channels. Returns them and a description for the summary."""
-    from .anchors import create_generator, match_format
-    from .anchors.store import load_anchor_set
+    from .anchors import create_generator
 
     if config.generator is not None:
         from .generate import generate_anchor_set
@@ -134,12 +133,29 @@ def load_anchors(config: RefineRunConfig, dataset: LabeledImages, out: Path, *,
         source: Dict[str, Any] = {"generated": config.generator, "dir": str(anchor_dir), **config.generator_options}
     else:
         anchor_dir = Path(config.anchors)  # type: ignore[arg-type]
-        if not anchor_dir.is_dir():
-            raise InputError(f"--anchors {anchor_dir}: not a folder (make one with synref generate)")
         source = {"dir": str(anchor_dir)}
+    assert dataset.images is not None
+    anchors, extra = load_matched_anchors(anchor_dir, dataset.class_names, size=dataset.images.shape[1:3],
+                                          channels=dataset.images.shape[-1])
+    source.update(num_anchors=len(anchors), ignored_anchor_classes=extra)
+    return anchors, source
+
+
+def load_matched_anchors(anchor_dir: Path, class_names: List[str], *, size: Tuple[int, int],
+                         channels: int) -> Tuple[LabeledImages, List[str]]:
+    """The anchor set in ``anchor_dir`` (from ``synref generate``) relabelled to ``class_names``'
+    indices (matched by name), resized to ``size`` with ``channels``. Returns the anchors and the
+    anchor classes that are not dataset classes (ignored). A dataset class without anchors raises
+    InputError naming it and the folder."""
+    from .anchors import match_format
+    from .anchors.store import load_anchor_set
+
+    anchor_dir = Path(anchor_dir)
+    if not anchor_dir.is_dir():
+        raise InputError(f"--anchors {anchor_dir}: not a folder (make one with synref generate)")
     anchors = load_anchor_set(anchor_dir)
-    index = {name: i for i, name in enumerate(dataset.class_names)}
-    missing = [name for name in dataset.class_names if name not in set(anchors.class_names)]
+    index = {name: i for i, name in enumerate(class_names)}
+    missing = [name for name in class_names if name not in set(anchors.class_names)]
     if missing:
         shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise InputError(f"class {missing[0]!r} has no anchors in {anchor_dir}: {len(missing)} dataset classes "
@@ -148,12 +164,9 @@ def load_anchors(config: RefineRunConfig, dataset: LabeledImages, out: Path, *,
     extra = [name for name in anchors.class_names if name not in index]
     keep = np.array([anchors.class_names[label] in index for label in anchors.labels], dtype=bool)
     remapped = np.array([index[anchors.class_names[label]] for label in anchors.labels[keep]], dtype=np.int64)
-    anchors = LabeledImages(anchors.images[keep], remapped, list(dataset.class_names),
+    anchors = LabeledImages(anchors.images[keep], remapped, list(class_names),
                             ids=[anchors.ids[i] for i in np.flatnonzero(keep)])
-    assert dataset.images is not None
-    anchors = match_format(anchors, size=dataset.images.shape[1:3], channels=dataset.images.shape[-1])
-    source.update(num_anchors=len(anchors), ignored_anchor_classes=extra)
-    return anchors, source
+    return match_format(anchors, size=tuple(size), channels=int(channels)), extra
 
 
 def _fingerprint(*parts: Any) -> str:

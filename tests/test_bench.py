@@ -1,0 +1,256 @@
+"""synref bench: grid, results files, resume, CIFAR splits and anchors, CLI errors.
+
+The grids here are shrunk with ``protocol_overrides`` (1-3 epochs) so they take seconds; the
+real protocols are run by ``synref bench`` itself (see README / DEVELOPERS.md).
+"""
+import csv
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import synref.bench as bench
+from synref.bench import (NOISE_SETTINGS, bench_protocol, format_results_md, method_base, parse_methods,
+                          parse_noise_settings, run_bench)
+from synref.data import LabeledImages
+from synref.errors import InputError
+from synref.ssl import SSLConfig
+from synref.train import LRAConfig, PLCConfig, TrainConfig
+
+from cli_helpers import assert_one_line_error, run
+
+
+def tiny(proto):
+    """Shrink a protocol to seconds (same code paths)."""
+    quick = TrainConfig(epochs=2, batch_size=64, lr=0.05, milestones=[], warmup_epochs=0)
+    proto.standard = quick
+    proto.finetune = dataclasses.replace(quick, lr=0.01)
+    proto.plc = PLCConfig(train=quick, warmup_epochs=0, window=2)
+    proto.lra = LRAConfig(epochs=2, batch_size=100, hidden=32, warmup_epochs=0, eval_every=1)
+    proto.ssl = SSLConfig(epochs=1, batch_size=128)
+    proto.anchors_per_class = 5
+    proto.refine = "paper"
+    proto.threshold = 0.3  # a 2-epoch model is never confident enough for 0.6
+    proto.encoder_size = 32
+
+
+# ------------------------------------------------------------------------------ parsing
+def test_methods_are_ordered_like_the_paper_and_checked():
+    assert parse_methods(None, ["simclr"]) == ["standard", "ours", "plc", "plc+ours", "lra-simclr",
+                                               "lra-simclr+ours"]
+    assert parse_methods("lra-clip+ours,ours,standard,ours", ["simclr"]) == ["standard", "ours", "lra-clip+ours"]
+    for bad in ("lra-foo", "magic", "plc+ours+ours", ""):
+        with pytest.raises(InputError):
+            parse_methods(bad, [])
+    assert method_base("ours") == "standard" and method_base("plc+ours") == "plc"
+    assert method_base("lra-simclr+ours") == "lra-simclr" and method_base("plc") is None
+
+
+def test_noise_settings_default_and_normalised():
+    assert parse_noise_settings(None) == list(NOISE_SETTINGS)
+    assert parse_noise_settings("pmd-0.70, pmd-0.35+u-0.30") == ["pmd-0.7", "pmd-0.35+u-0.3"]
+    with pytest.raises(InputError):
+        parse_noise_settings("pmd-2")
+
+
+def test_protocols_match_the_paper_and_refuse_wrong_datasets():
+    paper = bench_protocol("paper", "cifar10")
+    assert paper.model == "resnet34" and paper.train_size is None
+    assert paper.standard.epochs == 200 and paper.standard.milestones == [60, 120, 160]
+    assert paper.finetune.lr == 1e-3 and paper.finetune.epochs == 50
+    assert paper.plc.train.epochs == 180 and paper.plc.warmup_epochs == 8
+    assert paper.lra.epochs == 200 and paper.lra.k == 10 and paper.lra.ddim_steps == 10
+    assert paper.refine == "paper" and "clip" in paper.encoders
+    cpu = bench_protocol("cpu", "cifar10")
+    assert cpu.train_size == 10000 and cpu.model == "small_cnn"
+    assert bench_protocol("digits", "digits").refine == "synref"
+    with pytest.raises(InputError, match="does not apply"):
+        bench_protocol("digits", "cifar10")
+    with pytest.raises(InputError, match="unknown --protocol"):
+        bench_protocol("gpu", "cifar10")
+    # the protocol round-trips through JSON (it is recorded next to the results)
+    again = bench.BenchProtocol.from_dict(json.loads(json.dumps(cpu.to_dict())))
+    assert again.to_dict() == cpu.to_dict()
+
+
+# ------------------------------------------------------------------------------ digits grid
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_digits_grid_results_and_resume(tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    methods = "standard,ours,plc,plc+ours,lra-simclr,lra-simclr+ours"
+    rows = run_bench(dataset="digits", protocol="digits", out=out, methods=methods, noise="pmd-0.35,pmd-0.35+u-0.3",
+                     seeds=[0], protocol_overrides=tiny, progress=False)
+    assert len(rows) == 12
+    table = _read_csv(out / "results.csv")
+    assert len(table) == 12
+    for column in ("dataset", "protocol", "method", "noise", "seed", "test_acc", "label_acc", "seconds"):
+        assert column in table[0]
+    by = {(r["method"], r["noise"]): r for r in table}
+    work = out / "work" / "digits-digits" / "seed0"
+    for noise in ("pmd-0.35", "pmd-0.35+u-0.3"):
+        folder = work / noise.replace("+", "_")
+        noisy, refined = np.load(folder / "noisy.npy"), np.load(folder / "refined.npy")
+        truth = bench.load_bench_data("digits", bench_protocol("digits", "digits"), seed=0, progress=False).train.labels
+        # label_acc is the accuracy of the labels each row trained on
+        for method in ("standard", "plc", "lra-simclr"):
+            assert float(by[(method, noise)]["label_acc"]) == pytest.approx(np.mean(noisy == truth))
+        for method in ("ours", "plc+ours", "lra-simclr+ours"):
+            assert float(by[(method, noise)]["label_acc"]) == pytest.approx(np.mean(refined == truth))
+            assert float(by[(method, noise)]["refine_seconds"]) > 0
+        assert (refined != noisy).any()  # the refinement changed labels
+        for method in methods.split(","):
+            assert 0.0 <= float(by[(method, noise)]["test_acc"]) <= 1.0
+    assert abs(float(by[("standard", "pmd-0.35")]["noise_rate"]) - 0.35) < 0.05
+
+    md = (out / "results.md").read_text()
+    assert "| Method | 35% PMD | 35% PMD + 30% U |" in md
+    gain = float(by[("ours", "pmd-0.35")]["test_acc"]) - float(by[("standard", "pmd-0.35")]["test_acc"])
+    ours_line = next(line for line in md.splitlines() if line.startswith("| Ours (re-labeled) |"))
+    assert f"({100 * gain:+.2f})" in ours_line
+    assert "glyph" in md and "LRA (SimCLR) + Ours" in md
+
+    # Resume: nothing left to do -> no cell runs, same files.
+    before = (out / "results.csv").read_text()
+
+    def boom(*a, **k):
+        raise AssertionError("a finished cell ran again")
+
+    monkeypatch.setattr(bench._Bench, "run_cell", boom)
+    run_bench(dataset="digits", protocol="digits", out=out, methods=methods, noise="pmd-0.35,pmd-0.35+u-0.3",
+              seeds=[0], protocol_overrides=tiny, progress=False)
+    assert (out / "results.csv").read_text() == before
+    monkeypatch.undo()
+
+    # A run killed after some cells: only the missing cells run, the shared steps are reused.
+    for method in ("plc+ours", "lra-simclr"):
+        os.remove(out / "cells" / f"digits__digits__{method.replace('+', '_')}__pmd-0.35__seed0.json")
+    ran = []
+    real = bench._Bench.run_cell
+
+    def spy(self, method, run_):
+        ran.append((method, run_.noise))
+        return real(self, method, run_)
+
+    monkeypatch.setattr(bench._Bench, "run_cell", spy)
+    monkeypatch.setattr(bench._Bench, "refine", boom)  # refined labels come from the cache
+    monkeypatch.setattr(bench, "_noisy_labels", lambda *a, **k: (_ for _ in ()).throw(AssertionError("noise")))
+    run_bench(dataset="digits", protocol="digits", out=out, methods=methods, noise="pmd-0.35,pmd-0.35+u-0.3",
+              seeds=[0], protocol_overrides=tiny, progress=False)
+    assert sorted(ran) == [("lra-simclr", "pmd-0.35"), ("plc+ours", "pmd-0.35")]
+    assert len(_read_csv(out / "results.csv")) == 12
+
+
+def test_a_changed_protocol_is_refused_in_the_same_out(tmp_path):
+    out = tmp_path / "bench"
+    run_bench(dataset="digits", protocol="digits", out=out, methods="standard", noise="pmd-0.35", seeds=[0],
+              protocol_overrides=tiny, progress=False)
+
+    def other(proto):
+        tiny(proto)
+        proto.standard = dataclasses.replace(proto.standard, epochs=3)
+
+    with pytest.raises(InputError, match="different protocol"):
+        run_bench(dataset="digits", protocol="digits", out=out, methods="standard", noise="pmd-0.35", seeds=[0],
+                  protocol_overrides=other, progress=False)
+
+
+# ------------------------------------------------------------------------------ CIFAR splits
+def _fake_cifar(num_classes=10, size=8):
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        labels = np.arange(n) % num_classes
+        images = rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+        images[..., 0] = (labels * (250 // num_classes))[:, None, None].astype(np.uint8)  # learnable signal
+        return LabeledImages(images, labels.astype(np.int64), [f"class{c}" for c in range(num_classes)])
+
+    train, test = make(50000), make(10000)
+    return lambda root, split="train": train if split == "train" else test
+
+
+def test_cifar_splits_use_a_validation_stand_in_and_community_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "load_cifar", _fake_cifar())
+    proto = bench_protocol("cpu", "cifar10")
+    proto.train_size = 600
+    data = bench.load_bench_data("cifar10", proto, data="unused", seed=0, progress=False)
+    assert len(data.train) == 600 and len(data.test) == 10000
+    # 100 anchors per class from the validation images, removed from validation
+    assert len(data.anchors) == 1000 and np.bincount(data.anchors.labels).tolist() == [100] * 10
+    assert len(data.val) == 4000
+    assert "real-anchor stand-in" in data.anchor_source
+    full = _fake_cifar()("x")
+    anchor_rows = {a.tobytes() for a in data.anchors.images}
+    assert not anchor_rows & {v.tobytes() for v in data.val.images}
+    assert not anchor_rows & {t.tobytes() for t in data.train.images}
+    assert anchor_rows <= {full.images[i].tobytes() for i in range(45000, 50000)}
+
+    # community folder: the matching settings use their files (first train_size labels)
+    folder = tmp_path / "noise"
+    folder.mkdir()
+    labels = (np.arange(45000) + 1) % 10
+    np.save(folder / "cifar10-1-0.70.npy", labels)
+    files = bench._noise_files([str(folder)], "cifar10", NOISE_SETTINGS)
+    assert list(files) == ["pmd-0.7"]
+    got, info = bench._noisy_labels("pmd-0.7", files, data, proto, 0, False)
+    assert np.array_equal(got, labels[:600]) and "cifar10-1-0.70.npy" in info["source"]
+    with pytest.raises(InputError, match="no such file"):
+        bench._noise_files([str(tmp_path / "missing")], "cifar10", NOISE_SETTINGS)
+
+
+def test_cifar_cpu_grid_runs_from_a_label_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "load_cifar", _fake_cifar())
+    labels = np.arange(45000) % 10
+    flip = np.random.default_rng(1).random(45000) < 0.3
+    labels[flip] = (labels[flip] + 1) % 10
+    path = tmp_path / "my-noise.npy"
+    np.save(path, labels)
+
+    def small(proto):
+        tiny(proto)
+        proto.train_size = 500
+        proto.test_size = 300
+        proto.refine = "anchored"
+        proto.refine_encoder = "simclr"
+
+    out = tmp_path / "bench"
+    rows = run_bench(dataset="cifar10", protocol="cpu", out=out, data="unused", methods="standard,ours,lra-simclr",
+                     noise_files=[str(path)], seeds=[0], protocol_overrides=small, progress=False)
+    assert {r["noise"] for r in rows} == {"file:my-noise"} and len(rows) == 3
+    md = (out / "results.md").read_text()
+    assert "my-noise" in md and "real-anchor stand-in" in md
+    assert "Published gains" in md  # CIFAR-10 tables carry the paper's gains for comparison
+    refine = json.loads((out / "work" / "cifar10-cpu" / "seed0" / "file_my-noise" / "refined.json").read_text())
+    assert refine["rule"] == "anchored" and refine["encoder"] == "simclr" and refine["temperature"] > 0
+
+
+def test_results_md_reports_mean_and_std_over_seeds():
+    rows = []
+    for seed, (s, o) in enumerate([(0.50, 0.60), (0.52, 0.66)]):
+        for method, acc in (("standard", s), ("ours", o)):
+            rows.append({"dataset": "digits", "protocol": "digits", "method": method, "noise": "pmd-0.7",
+                         "seed": seed, "test_acc": acc, "label_acc": 0.3, "seconds": 1.0,
+                         "refine_seconds": 2.0 if method == "ours" else None})
+    md = format_results_md(rows, {})
+    assert "| Standard | 51.00 ± 1.41 |" in md
+    assert "| Ours (re-labeled) | 63.00 ± 4.24 (+12.00) |" in md
+
+
+# ------------------------------------------------------------------------------ CLI
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    code, _, err = run(["bench", "--dataset", "cifar10", "--out", tmp_path / "o"], capsys)
+    assert_one_line_error(code, err, "--data")
+    code, _, err = run(["bench", "--methods", "lra-nothing", "--out", tmp_path / "o"], capsys)
+    assert_one_line_error(code, err, "lra-nothing")
+    code, _, err = run(["bench", "--protocol", "digits", "--dataset", "cifar10", "--data", tmp_path,
+                        "--out", tmp_path / "o"], capsys)
+    assert_one_line_error(code, err, "--protocol digits")
+    code, _, err = run(["bench", "--seeds", "a,b", "--out", tmp_path / "o"], capsys)
+    assert_one_line_error(code, err, "--seeds")
+    assert not (tmp_path / "o").exists()
