@@ -7,7 +7,6 @@ import csv
 import dataclasses
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,8 +215,9 @@ def test_cifar_cpu_grid_runs_from_a_label_file(tmp_path, monkeypatch):
         tiny(proto)
         proto.train_size = 500
         proto.test_size = 300
-        proto.refine = "anchored"
+        proto.refine = "synref"
         proto.refine_encoder = "simclr"
+        proto.refine_head = "linear"
 
     out = tmp_path / "bench"
     rows = run_bench(dataset="cifar10", protocol="cpu", out=out, data="unused", methods="standard,ours,lra-simclr",
@@ -227,7 +227,8 @@ def test_cifar_cpu_grid_runs_from_a_label_file(tmp_path, monkeypatch):
     assert "my-noise" in md and "real-anchor stand-in" in md
     assert "Published gains" in md  # CIFAR-10 tables carry the paper's gains for comparison
     refine = json.loads((out / "work" / "cifar10-cpu" / "seed0" / "file_my-noise" / "refined.json").read_text())
-    assert refine["rule"] == "anchored" and refine["encoder"] == "simclr" and refine["temperature"] > 0
+    assert refine["rule"] == "synref" and refine["encoder"] == "simclr" and refine["head"] == "linear"
+    assert len(refine["rounds"]) == 5 and refine["temperatures"][0] > 0
 
 
 def test_results_md_reports_mean_and_std_over_seeds():

@@ -47,8 +47,7 @@ from .data import LabeledImages, load_cifar, load_digits_dataset, load_labels_fi
 from .errors import InputError
 from .io import write_json, write_npy, write_text
 from .progress import progress as progress_bar
-from .refine import (DEFAULT_ALPHA, DEFAULT_THRESHOLD, class_prototypes, fit_similarity_temperature,
-                     prototype_similarity, relabel, score_matrix, similarity_to_probs)
+from .refine import DEFAULT_ALPHA, DEFAULT_THRESHOLD
 from .ssl import SSLConfig
 from .train import LRAConfig, PLCConfig, TrainConfig
 
@@ -79,7 +78,7 @@ PUBLISHED_CIFAR10: Dict[str, Tuple[float, ...]] = {
     "lra-clip": (96.91, 41.78, 96.61, 88.66, 94.35),
     "lra-clip+ours": (96.93, 71.59, 96.68, 94.94, 96.78),
 }
-REFINE_MODES = ("paper", "anchored", "synref")
+REFINE_MODES = ("paper", "synref")
 
 
 # ------------------------------------------------------------------------------ protocol
@@ -93,10 +92,14 @@ class BenchProtocol(ConfigMixin):
             images (None = all).
         standard, finetune: training recipes of Standard and of the fine-tuning on refined labels.
         plc, lra: the robust trainers' recipes.
-        refine: ``paper`` (Standard model's softmax + its own features' cosine, one pass),
-            ``anchored`` (Standard model's softmax + anchor-calibrated similarity in the frozen
-            ``refine_encoder`` space) or ``synref`` (synref's cross-fitted default preset).
-        refine_encoder: encoder of the ``anchored`` rule. alpha, threshold: the score rule.
+        refine: ``paper`` (the paper's rule: Standard model's softmax + cosine to the anchor
+            prototypes in its own penultimate features, one pass) or ``synref`` (synref's preset:
+            anchor-calibrated similarity + cross-fitted softmax, ``refine_rounds`` rounds).
+        refine_encoder: ``synref``'s fixed feature space: an encoder name (features cached), or
+            None for a SimCLR encoder trained on the training images + anchors.
+        refine_head: ``network`` (a ``model`` per fold, ``standard``'s recipe) or ``linear`` (a
+            linear softmax head per fold on the fixed features).
+        refine_folds, refine_rounds: the cross-fitting. alpha, threshold: the score rule.
         encoders: the ``lra-<encoder>`` rows run by default. encoder_size: input side of
             pretrained CNN encoders. ssl, ssl_model: the SimCLR encoder's recipe.
         eta_model, eta: network / recipe of the clean-label model whose softmax drives
@@ -114,8 +117,11 @@ class BenchProtocol(ConfigMixin):
     finetune: TrainConfig = field(default_factory=TrainConfig.paper_finetune)
     plc: PLCConfig = field(default_factory=PLCConfig.paper)
     lra: LRAConfig = field(default_factory=LRAConfig.paper)
-    refine: str = "anchored"
+    refine: str = "synref"
     refine_encoder: Optional[str] = "efficientnet-lite0"
+    refine_head: str = "linear"
+    refine_folds: int = 4
+    refine_rounds: int = 3
     alpha: float = DEFAULT_ALPHA
     threshold: float = DEFAULT_THRESHOLD
     encoders: Tuple[str, ...] = ("simclr", "efficientnet-lite0")
@@ -134,6 +140,8 @@ class BenchProtocol(ConfigMixin):
         if isinstance(self.eta, dict):
             self.eta = TrainConfig.from_dict(self.eta)
         self.encoders = tuple(self.encoders)
+        if self.refine_head not in ("network", "linear"):
+            raise InputError(f"bench protocol: refine_head must be network or linear, got {self.refine_head!r}")
         if self.refine not in REFINE_MODES:
             raise InputError(f"bench protocol: refine must be one of {', '.join(REFINE_MODES)}, got {self.refine!r}")
 
@@ -174,7 +182,9 @@ def bench_protocol(name: str, dataset: str) -> BenchProtocol:
                                  milestones=[5, 8], gamma=0.1, warmup_epochs=0, hflip=True),
             plc=PLCConfig(train=plc_train, warmup_epochs=5, window=5, delta_start=0.3, delta_step=0.1,
                           delta_max=0.9, min_change_fraction=0.001),
-            lra=LRAConfig.paper(), refine="anchored", refine_encoder="efficientnet-lite0",
+            # LRA as the paper but 50 epochs (200 take ~4 min per cell here), cosine over those 50
+            lra=dataclasses.replace(LRAConfig.paper(), epochs=50, cosine_epochs=None), refine="synref", refine_encoder="efficientnet-lite0", refine_head="linear",
+            refine_rounds=5,
             encoders=("simclr", "efficientnet-lite0"), encoder_size=160,
             ssl=SSLConfig(epochs=20, batch_size=256, hflip=True), ssl_model="small_cnn",
             eta_model="small_cnn", eta=None, anchors_per_class=100)
@@ -186,6 +196,7 @@ def bench_protocol(name: str, dataset: str) -> BenchProtocol:
         standard=demo.standard, finetune=demo.synref_finetune,
         plc=PLCConfig(train=dataclasses.replace(demo.standard, nesterov=True), warmup_epochs=8, window=5),
         lra=dataclasses.replace(LRAConfig.paper(), batch_size=100), refine="synref", refine_encoder=None,
+        refine_head="network", refine_rounds=demo.synref.rounds,
         encoders=("simclr", "efficientnet-lite0"), encoder_size=64,
         ssl=demo.synref.ssl, ssl_model=demo.model, eta_model=demo.model, eta=None,
         anchors_per_class=demo.anchors_per_class)
@@ -630,30 +641,23 @@ class _Bench:
             from .presets import CrossFitRefineConfig, crossfit_refinement
 
             config = CrossFitRefineConfig(train=self._train_config(p.standard, run.seed), ssl=p.ssl, seed=run.seed,
-                                          alpha=p.alpha, threshold=p.threshold, model=p.model)
+                                          alpha=p.alpha, threshold=p.threshold, model=p.model, head=p.refine_head,
+                                          folds=p.refine_folds, rounds=p.refine_rounds)
+            fixed = None
+            if p.refine_encoder is not None:
+                feats = self.features(p.refine_encoder, run.seed)
+                fixed = (feats["train"], feats["anchors"])
             result = crossfit_refinement(d.train.images, noisy, d.anchors.images, d.anchors.labels,
                                          num_classes=d.num_classes, config=config, val_images=d.val.images,
-                                         val_labels=d.val.labels, class_names=d.class_names, progress=self.progress)
-            info["rounds"] = result.info.get("rounds")
+                                         val_labels=d.val.labels, class_names=d.class_names, fixed_features=fixed,
+                                         true_labels=d.train.labels, progress=self.progress)
+            info.update(encoder=p.refine_encoder or "simclr (trained on train + anchors)", head=p.refine_head,
+                        rounds=result.info.get("rounds"), temperatures=result.info.get("temperatures"))
             return result.refined_labels, info
-        from .train import extract_features, predict_proba
+        from .presets import paper_refinement
 
-        model = run.standard_model()
-        pred_probs = predict_proba(model, d.train.images)
-        if p.refine == "paper":
-            features = extract_features(model, d.train.images)
-            prototypes = class_prototypes(extract_features(model, d.anchors.images), d.anchors.labels, d.num_classes)
-            similarity = prototype_similarity(features, prototypes)
-        else:
-            assert p.refine_encoder is not None
-            feats = self.features(p.refine_encoder, run.seed)
-            prototypes = class_prototypes(feats["anchors"], d.anchors.labels, d.num_classes)
-            temperature = fit_similarity_temperature(feats["anchors"], d.anchors.labels, d.num_classes,
-                                                     seed=run.seed)
-            similarity = similarity_to_probs(prototype_similarity(feats["train"], prototypes), temperature)
-            info.update(encoder=p.refine_encoder, temperature=float(temperature))
-        result = relabel(noisy, score_matrix(pred_probs, similarity, alpha=p.alpha), threshold=p.threshold,
-                         alpha=p.alpha, keep_scores=False)
+        result = paper_refinement(run.standard_model(), d.train.images, noisy, d.anchors.images, d.anchors.labels,
+                                  alpha=p.alpha, threshold=p.threshold, class_names=d.class_names)
         return result.refined_labels, info
 
     # -- cells -------------------------------------------------------------------------------
@@ -796,13 +800,17 @@ def _cell_done(out: Path, dataset: str, protocol: str, method: str, noise: str, 
 
 
 def _data_note(d: BenchData, p: BenchProtocol) -> Dict[str, Any]:
-    if p.refine == "synref":
-        refinement = "synref default (SimCLR features + anchor-calibrated similarity + 4-fold cross-fitted softmax, 3 rounds)"
-    elif p.refine == "paper":
-        refinement = "paper rule (Standard model's softmax and penultimate features, 0.5/0.5, threshold 0.6)"
+    if p.refine == "paper":
+        refinement = (f"the paper's rule: Standard model's softmax + cosine to the anchor prototypes in its "
+                      f"penultimate features, alpha {p.alpha:g}, threshold {p.threshold:g}, one pass")
     else:
-        refinement = (f"Standard model's softmax + anchor-calibrated cosine in frozen {p.refine_encoder} features "
-                      f"({p.encoder_size} px), alpha {p.alpha:g}, threshold {p.threshold:g}, one pass")
+        space = (f"frozen {p.refine_encoder} features" + (f" ({p.encoder_size} px)" if p.refine_encoder !=
+                                                           "simclr" else "")
+                 if p.refine_encoder else "a SimCLR encoder trained on the training images + anchors")
+        head = "a linear softmax head" if p.refine_head == "linear" else f"a {p.model}"
+        refinement = (f"synref preset: anchor-calibrated cosine in {space} + {p.refine_folds}-fold cross-fitted "
+                      f"softmax of {head}, alpha {p.alpha:g}, threshold {p.threshold:g}, {p.refine_rounds} rounds "
+                      f"(round r trains on round r-1's labels, re-scores the given ones)")
     return {"anchors": d.anchor_source,
             "data": f"{len(d.train)} train (noisy) / {len(d.val)} val (clean) / {len(d.test)} test, "
                     f"model {p.model}",

@@ -39,8 +39,10 @@ from .refine import (
 from .refine import fit_similarity_temperature, similarity_to_probs
 from .ssl import SSLConfig, train_simclr
 from .train import TrainConfig, cross_fit, extract_features, predict_proba
+from .train.linear import LinearHeadConfig, cross_fit_linear
 
 FEATURE_SPACES = ("ssl", "classifier")
+HEADS = ("network", "linear")
 
 
 @dataclass
@@ -57,6 +59,11 @@ class CrossFitRefineConfig(ConfigMixin):
             (each fold model's penultimate features, prototypes per fold).
         calibrate: turn similarity into probabilities with a temperature fitted on held-out anchors.
         ssl: the self-supervised encoder's recipe (``features="ssl"``).
+        head: where each round's cross-fitted softmax comes from: ``network`` (a ``model`` trained
+            per fold on the images) or ``linear`` (a linear softmax head per fold on the fixed
+            feature space: seconds instead of minutes; needs ``features="ssl"`` or
+            ``fixed_features``).
+        linear: the linear head's recipe (``head="linear"``).
         seed: base seed (fold split and model seeds derive from it).
     """
 
@@ -69,6 +76,8 @@ class CrossFitRefineConfig(ConfigMixin):
     features: str = "ssl"
     calibrate: bool = True
     ssl: SSLConfig = field(default_factory=SSLConfig)
+    head: str = "network"
+    linear: LinearHeadConfig = field(default_factory=LinearHeadConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -86,6 +95,10 @@ class CrossFitRefineConfig(ConfigMixin):
             self.train = TrainConfig.from_dict(self.train)
         if isinstance(self.ssl, dict):
             self.ssl = SSLConfig.from_dict(self.ssl)
+        if isinstance(self.linear, dict):
+            self.linear = LinearHeadConfig.from_dict(self.linear)
+        if self.head not in HEADS:
+            raise InputError(f"unknown head {self.head!r}; choose one of: {', '.join(HEADS)}")
 
 
 
@@ -138,37 +151,49 @@ def crossfit_refinement(images: np.ndarray, labels: np.ndarray, anchor_images: n
         c = int(np.flatnonzero(counts == 0)[0])
         name = f"{c} ({class_names[c]!r})" if class_names else str(c)
         raise InputError(f"class {name} has no anchors")
-    info: Dict[str, Any] = {"features": config.features, "calibrate": config.calibrate}
+    info: Dict[str, Any] = {"features": config.features, "calibrate": config.calibrate, "head": config.head}
     fixed_similarity: Optional[np.ndarray] = None
+    space: Optional[np.ndarray] = None  # (N, D) fixed features, for the linear head
     if fixed_features is not None:
         info["features"] = "precomputed"
-        fixed_similarity = anchor_similarity(fixed_features[0], fixed_features[1], anchor_labels, num_classes,
+        space = np.asarray(fixed_features[0], dtype=np.float32)
+        fixed_similarity = anchor_similarity(space, fixed_features[1], anchor_labels, num_classes,
                                               config, class_names, info)
     elif config.features == "ssl":
         ssl_config = dataclasses.replace(config.ssl, seed=config.seed)
         encoder = train_simclr(images, config=ssl_config, extra_images=anchor_images, progress=progress,
                                desc="self-supervised encoder")
-        fixed_similarity = anchor_similarity(extract_features(encoder, images), extract_features(encoder, anchor_images),
+        space = extract_features(encoder, images)
+        fixed_similarity = anchor_similarity(space, extract_features(encoder, anchor_images),
                                               anchor_labels, num_classes, config, class_names, info)
+    if config.head == "linear" and space is None:
+        raise InputError('head="linear" needs a fixed feature space: features="ssl" or fixed_features')
     current = labels
     rounds: List[Dict[str, Any]] = []
     result: Optional[RefinementResult] = None
     bar = progress_bar(range(config.rounds), desc="refine rounds", unit="round", enabled=None if progress else False)
     for r in bar:
-        train_cfg = dataclasses.replace(config.train, seed=config.train.seed + 1000 * r)
-        fitted = cross_fit(images, current, model_name=config.model, num_classes=num_classes,
-                           config=train_cfg, folds=config.folds, seed=config.seed + r, progress=progress,
-                           val_images=val_images, val_labels=val_labels,
-                           extra_images=anchor_images if fixed_similarity is None else None)
-        if fixed_similarity is not None:
+        if config.head == "linear":
+            assert space is not None and fixed_similarity is not None
+            pred_probs = cross_fit_linear(space, current, num_classes=num_classes, folds=config.folds,
+                                          seed=config.seed + r, config=config.linear)
             similarity = fixed_similarity
-        else:  # prototypes in each fold model's own feature space
+        else:
+            train_cfg = dataclasses.replace(config.train, seed=config.train.seed + 1000 * r)
+            fitted = cross_fit(images, current, model_name=config.model, num_classes=num_classes,
+                               config=train_cfg, folds=config.folds, seed=config.seed + r, progress=progress,
+                               val_images=val_images, val_labels=val_labels,
+                               extra_images=anchor_images if fixed_similarity is None else None)
+            pred_probs = fitted.pred_probs
+        if config.head == "network" and fixed_similarity is not None:
+            similarity = fixed_similarity
+        elif config.head == "network":  # prototypes in each fold model's own feature space
             similarity = np.zeros((len(labels), num_classes), np.float32)
             for k in range(config.folds):
                 held = fitted.fold_of == k
                 similarity[held] = anchor_similarity(fitted.features[held], fitted.extra_features[k], anchor_labels,
                                                       num_classes, config, class_names, info)
-        scores = score_matrix(fitted.pred_probs, similarity, alpha=config.alpha)
+        scores = score_matrix(pred_probs, similarity, alpha=config.alpha)
         result = relabel(labels, scores, threshold=config.threshold, alpha=config.alpha)
         stats: Dict[str, Any] = {"round": r, "num_changed": result.num_changed()}
         if true_labels is not None:
@@ -176,7 +201,7 @@ def crossfit_refinement(images: np.ndarray, labels: np.ndarray, anchor_images: n
         rounds.append(stats)
         bar.set_postfix(changed=stats["num_changed"])
         current = result.refined_labels
-        result.info.update(pred_probs=fitted.pred_probs, similarity=similarity)
+        result.info.update(pred_probs=pred_probs, similarity=similarity)
     bar.close()
     assert result is not None
     result.info.update(preset="synref", rounds=rounds, **info)
