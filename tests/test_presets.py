@@ -76,3 +76,37 @@ def test_config_validation_and_round_trip():
     config = CrossFitRefineConfig(folds=3, rounds=2)
     again = CrossFitRefineConfig(**config.to_dict())
     assert again.to_dict() == config.to_dict()
+
+
+def _clustered(labels, rng, centers, spread=0.6):
+    return (centers[labels] + spread * rng.standard_normal((len(labels), centers.shape[1]))).astype(np.float32)
+
+
+def test_linear_head_refinement_on_a_fixed_space_repairs_a_label_swap():
+    """head="linear": the cross-fitted softmax comes from a linear head on fixed features, rounds help."""
+    rng = np.random.default_rng(1)
+    centers = rng.standard_normal((4, 32)).astype(np.float32)
+    centers[1] = centers[0] + 0.8 * rng.standard_normal(32)  # 0/1 and 2/3 look alike
+    centers[3] = centers[2] + 0.8 * rng.standard_normal(32)
+    true = np.repeat(np.arange(4), 150)
+    features = _clustered(true, rng, centers)
+    noisy = true.copy()
+    swap = rng.random(len(true)) < 0.45
+    noisy[swap] = true[swap] ^ 1
+    anchor_labels = np.repeat(np.arange(4), 20)
+    anchor_features = _clustered(anchor_labels, rng, centers + 0.3)  # a domain gap
+    images = np.zeros((len(true), 8, 8, 1), np.uint8)  # not used by the linear head
+    config = CrossFitRefineConfig(folds=4, rounds=3, head="linear")
+    result = crossfit_refinement(images, noisy, np.zeros((80, 8, 8, 1), np.uint8), anchor_labels, num_classes=4,
+                                 config=config, fixed_features=(features, anchor_features), true_labels=true,
+                                 progress=False)
+    accs = [r["refined_label_acc"] for r in result.info["rounds"]]
+    assert np.mean(noisy == true) < 0.6
+    assert accs[-1] > np.mean(noisy == true) + 0.25, accs
+    assert accs[-1] >= accs[0]  # later rounds train on cleaner labels
+    assert result.info["head"] == "linear"
+    with pytest.raises(InputError, match="linear"):
+        crossfit_refinement(images, noisy, np.zeros((80, 8, 8, 1), np.uint8), anchor_labels, num_classes=4,
+                            config=CrossFitRefineConfig(head="linear", features="classifier"), progress=False)
+    with pytest.raises(InputError, match="head"):
+        CrossFitRefineConfig(head="forest")
