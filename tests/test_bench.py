@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,3 +256,32 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     code, _, err = run(["bench", "--seeds", "a,b", "--out", tmp_path / "o"], capsys)
     assert_one_line_error(code, err, "--seeds")
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------ real CIFAR-10 (slow)
+@pytest.mark.slow
+def test_real_cifar10_bench_cell_with_community_noise(tmp_path):
+    """Needs SYNREF_CIFAR10_DIR (official python layout) and ../shared's community noise files.
+    A shrunken cpu protocol (2,000 images, 64 px encoder) at 70 % PMD: the refinement must raise
+    the label accuracy clearly, and every row must produce a sane test accuracy."""
+    data = os.environ.get("SYNREF_CIFAR10_DIR")
+    noise_dir = Path(__file__).resolve().parents[2] / "shared" / "data" / "noise_labels"
+    if not data or not (noise_dir / "cifar10-1-0.70.npy").is_file():
+        pytest.skip("set SYNREF_CIFAR10_DIR and keep ../shared beside the repo")
+
+    def small(proto):
+        proto.train_size = 2000
+        proto.test_size = 2000
+        proto.encoder_size = 64
+        proto.standard = dataclasses.replace(proto.standard, epochs=4, milestones=[2, 3])
+        proto.finetune = dataclasses.replace(proto.finetune, epochs=2, milestones=[1])
+        proto.lra = LRAConfig(epochs=10, eval_every=2, warmup_epochs=1)
+
+    rows = run_bench(dataset="cifar10", protocol="cpu", out=tmp_path / "b", data=data, noise="pmd-0.7",
+                     noise_files=[str(noise_dir)], methods="standard,ours,lra-efficientnet-lite0,"
+                     "lra-efficientnet-lite0+ours", seeds=[0], protocol_overrides=small, progress=False)
+    by = {r["method"]: r for r in rows}
+    assert by["standard"]["label_acc"] == pytest.approx(0.294, abs=0.02)  # the community file's 70 % PMD
+    assert by["ours"]["label_acc"] > by["standard"]["label_acc"] + 0.15
+    for row in rows:
+        assert 0.2 < row["test_acc"] < 1.0, row

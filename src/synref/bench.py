@@ -262,6 +262,9 @@ class BenchData:
     test: LabeledImages
     anchors: LabeledImages
     anchor_source: str
+    #: identifies the images of every split (features are cached under it): seed-independent for
+    #: CIFAR (fixed splits), per seed for digits (the split depends on the seed).
+    key: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -302,7 +305,8 @@ def load_bench_data(dataset: str, protocol: BenchProtocol, *, data: Optional[str
                                             size=train.images.shape[1:3], channels=train.images.shape[-1],
                                             seed=seed, progress=progress)
             source = f"glyph (procedural synthetic), {protocol.anchors_per_class} per class"
-        return BenchData("digits", list(digits.class_names), train, val, test, anchor_set, source)
+        return BenchData("digits", list(digits.class_names), train, val, test, anchor_set, source,
+                         key=f"digits-split{seed}")
 
     if not data:
         raise InputError(f"--dataset {dataset} needs --data DIR (the official CIFAR python layout; see "
@@ -334,7 +338,8 @@ def load_bench_data(dataset: str, protocol: BenchProtocol, *, data: Optional[str
                   f"(from 45000-49999, removed from validation)")
     if protocol.test_size is not None:
         test = test.subset(np.arange(min(int(protocol.test_size), len(test))))
-    return BenchData(dataset, list(full.class_names), train, val, test, anchor_set, source)
+    return BenchData(dataset, list(full.class_names), train, val, test, anchor_set, source,
+                     key=f"{dataset}-train{n_train}-test{len(test)}")
 
 
 # ------------------------------------------------------------------------------ noise
@@ -449,7 +454,9 @@ def format_results_md(rows: Sequence[Dict[str, Any]], note: Dict[str, Any]) -> s
     noises = [n for n in NOISE_SETTINGS if any(r["noise"] == n for r in rows)]
     noises += sorted({r["noise"] for r in rows} - set(noises))
     present = {r["method"] for r in rows}
-    methods = parse_methods(",".join(sorted(present)), [])
+    encoders = sorted({(method_base(m) or m)[4:] for m in present if m.startswith("lra-")},
+                      key=lambda e: (["simclr", "clip"].index(e) if e in ("simclr", "clip") else 2, e))
+    methods = parse_methods(",".join(sorted(present)), encoders)
     seeds = sorted({int(r["seed"]) for r in rows})
 
     def values(method: str, noise: str, key: str = "test_acc") -> Dict[int, float]:
@@ -586,6 +593,9 @@ class _NoiseRun:
                 self._refined = np.load(path)
                 self.refine_seconds = float(json.loads(meta.read_text())["seconds"])
             else:
+                p = self.bench.protocol
+                if p.refine == "synref" and p.refine_encoder is not None:
+                    self.bench.features(p.refine_encoder, self.seed)  # shared encoder time, counted apart
                 t0 = time.time()
                 self._refined, info = self.bench.refine(self)
                 self.refine_seconds = time.time() - t0
@@ -626,7 +636,7 @@ class _Bench:
                     "anchors": self.data.anchors.images}
             cache = self.work / "features"
             self._features[key] = encoder_features(extractor, sets, cache_dir=cache,
-                                                   key_prefix=f"{self.dataset}-seed{seed}", progress=self.progress)
+                                                   key_prefix=self.data.key, progress=self.progress)
             timing = cache / f"{encoder}-seed{seed}.seconds.json"
             if not timing.is_file():  # the first (computing) run's wall time
                 write_json(timing, {"encoder": encoder, "seed": seed, "seconds": round(time.time() - t0, 2)})
@@ -745,6 +755,10 @@ def run_bench(*, dataset: str = "digits", protocol: str = "digits", out: Path, d
 
     out = Path(out)
     check_output_dir(out)
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     proto = bench_protocol(protocol, dataset)
     if protocol_overrides is not None:
         protocol_overrides(proto)

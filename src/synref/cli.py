@@ -411,7 +411,9 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=30, help="epochs per fold model (default 30)")
     p.add_argument("--folds", type=int, default=4, help="k of the cross-fitting (default 4)")
     p.add_argument("--rounds", type=int, default=1, help="refinement rounds with --train (default 1; 3 in the demo)")
-    p.add_argument("--features", default="classifier", help="classifier, clip or ssl (default classifier)")
+    p.add_argument("--features", default="classifier",
+                   help="classifier, clip, ssl or efficientnet-lite0 (ImageNet-pretrained, offline) "
+                        "(default classifier)")
     p.add_argument("--clip-model", default="openai/clip-vit-large-patch14", help="CLIP model id or local folder")
     p.add_argument("--alpha", type=_unit_float("--alpha"), default=0.5, help="weight of anchor similarity (default 0.5)")
     p.add_argument("--threshold", type=_unit_float("--threshold"), default=0.6, help="relabel threshold (default 0.6)")
@@ -510,7 +512,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                    help="anchor set from synref generate (default: CIFAR: real-anchor stand-in from the clean "
                         "validation split; digits: glyph anchors)")
     p.add_argument("--clip-model", default=None, help="CLIP hub id or local folder for lra-clip")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: each step's default)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", required=True, type=Path, help="results folder (resumed when it exists)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_bench)

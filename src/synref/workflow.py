@@ -36,7 +36,7 @@ from .presets import CrossFitRefineConfig, anchor_similarity, crossfit_refinemen
 from .refine import RefinementResult, relabel, score_matrix
 from .train import TrainConfig
 
-FEATURE_CHOICES = ("classifier", "clip", "ssl")
+FEATURE_CHOICES = ("classifier", "clip", "ssl", "efficientnet-lite0")
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 
 
@@ -52,7 +52,8 @@ class RefineRunConfig(ConfigMixin):
             ``per_class``) to generate one into ``OUT/anchors``.
         classifier: a checkpoint saved with ``synref.features.save_classifier``; or ``train`` to
             train k-fold cross-fitted classifiers (``model``, ``epochs``, ``folds``, ``rounds``).
-        features: "classifier" (penultimate layer), "clip" (``clip_model``) or "ssl".
+        features: "classifier" (penultimate layer), "clip" (``clip_model``), "ssl" or
+            "efficientnet-lite0" (ImageNet-pretrained, offline; 160 px).
         alpha, threshold: the score rule; calibrate: similarity as anchor-calibrated probabilities.
         image_size: working resolution (square); None keeps the data's (most common) size.
         skip_bad: leave unreadable images out (listed in the summary) instead of stopping.
@@ -192,6 +193,8 @@ def _fixed_features(config: RefineRunConfig, dataset: LabeledImages, anchors: La
         extractor = create_extractor("classifier", model=classifier_model)
     elif config.features == "clip":
         extractor = create_extractor("clip", model=config.clip_model)
+    elif config.features == "efficientnet-lite0":
+        extractor = create_extractor("efficientnet-lite0", size=160)
     else:
         extractor = create_extractor("ssl", images=dataset.images, extra_images=anchors.images,
                                      config={"seed": config.seed})
