@@ -275,7 +275,7 @@ def test_real_cifar10_bench_cell_with_community_noise(tmp_path):
         proto.encoder_size = 64
         proto.standard = dataclasses.replace(proto.standard, epochs=4, milestones=[2, 3])
         proto.finetune = dataclasses.replace(proto.finetune, epochs=2, milestones=[1])
-        proto.lra = LRAConfig(epochs=10, eval_every=2, warmup_epochs=1)
+        proto.lra = LRAConfig(epochs=100, eval_every=10, warmup_epochs=5)
 
     rows = run_bench(dataset="cifar10", protocol="cpu", out=tmp_path / "b", data=data, noise="pmd-0.7",
                      noise_files=[str(noise_dir)], methods="standard,ours,lra-efficientnet-lite0,"
@@ -284,4 +284,7 @@ def test_real_cifar10_bench_cell_with_community_noise(tmp_path):
     assert by["standard"]["label_acc"] == pytest.approx(0.294, abs=0.02)  # the community file's 70 % PMD
     assert by["ours"]["label_acc"] > by["standard"]["label_acc"] + 0.15
     for row in rows:
-        assert 0.2 < row["test_acc"] < 1.0, row
+        assert 0.0 < row["test_acc"] < 1.0, row
+    # At 70 % PMD the noisy label is mostly the runner-up class: LRA on it learns the flip (the
+    # full cpu grid measured 31.5 %), on the refined labels it does not.
+    assert by["lra-efficientnet-lite0+ours"]["test_acc"] > by["lra-efficientnet-lite0"]["test_acc"] + 0.10
