@@ -288,3 +288,27 @@ def test_real_cifar10_bench_cell_with_community_noise(tmp_path):
     # At 70 % PMD the noisy label is mostly the runner-up class: LRA on it learns the flip (the
     # full cpu grid measured 31.5 %), on the refined labels it does not.
     assert by["lra-efficientnet-lite0+ours"]["test_acc"] > by["lra-efficientnet-lite0"]["test_acc"] + 0.10
+
+
+def test_paper_protocol_runs_the_papers_rule_on_cifar(tmp_path, monkeypatch):
+    """The paper protocol's code path (ResNet recipe shrunk): Standard, then the paper's one-pass rule on
+    the Standard model's own features, then fine-tuning."""
+    monkeypatch.setattr(bench, "load_cifar", _fake_cifar())
+    labels = np.arange(45000) % 10
+    path = tmp_path / "clean-ish.npy"
+    np.save(path, labels)
+
+    def small(proto):
+        tiny(proto)
+        proto.model = "small_cnn"
+        proto.train_size = 400
+        proto.test_size = 200
+
+    rows = run_bench(dataset="cifar10", protocol="paper", out=tmp_path / "b", data="unused", methods="standard,ours",
+                     noise_files=[str(path)], seeds=[0], protocol_overrides=small, progress=False)
+    assert len(rows) == 2 and {r["protocol"] for r in rows} == {"paper"}
+    refine = json.loads((tmp_path / "b" / "work" / "cifar10-paper" / "seed0" / "file_clean-ish" /
+                         "refined.json").read_text())
+    assert refine["rule"] == "paper" and refine["threshold"] == 0.3
+    record = json.loads((tmp_path / "b" / "bench-cifar10-paper.json").read_text())
+    assert record["protocol"]["refine"] == "paper" and record["protocol"]["train_size"] == 400
