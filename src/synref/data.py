@@ -17,12 +17,25 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .errors import InputError
 from .progress import progress as _progress_bar
+
+
+def as_image_array(images: Any, what: str = "images") -> np.ndarray:
+    """``images`` as a uint8 ``(N, H, W, C)`` array, C in {1, 3} (an ``(N, H, W)`` array gains
+    C = 1); anything else raises InputError naming ``what``."""
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
+        raise InputError(f"{what} must be uint8 (N, H, W, C) with C in 1 or 3, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise InputError(f"{what} must be uint8 (N, H, W, C), got dtype {arr.dtype}")
+    return arr
 
 
 @dataclass
@@ -55,13 +68,7 @@ class LabeledImages:
         if self.images is None and self.paths is None:
             raise InputError("a LabeledImages needs images or paths")
         if self.images is not None:
-            images = np.asarray(self.images)
-            if images.ndim == 3:
-                images = images[..., None]
-            if images.ndim != 4 or images.shape[-1] not in (1, 3):
-                raise InputError(f"images must be (N, H, W, C) with C in 1 or 3, got {images.shape}")
-            if images.dtype != np.uint8:
-                raise InputError(f"images must be uint8, got {images.dtype}")
+            images = as_image_array(self.images)
             if len(images) != n:
                 raise InputError(f"{len(images)} images but {n} labels")
             self.images = images

@@ -79,6 +79,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import as_image_array
 from .errors import InputError, MissingDependencyError
 
 __all__ = [
@@ -318,13 +319,7 @@ def efficientnet_preprocess(images: np.ndarray, size: int = 224) -> torch.Tensor
 
 
 def _preprocess(images: np.ndarray, size: int, mode: str) -> torch.Tensor:
-    arr = np.asarray(images)
-    if arr.ndim == 3:
-        arr = arr[..., None]
-    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
-        raise InputError(f"images must be uint8 (N, H, W, C) with C in 1 or 3, got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        raise InputError(f"images must be uint8 (N, H, W, C), got dtype {arr.dtype}")
+    arr = as_image_array(images)
     size = int(size)
     if size < 1:
         raise InputError(f"size must be >= 1, got {size}")

@@ -59,6 +59,7 @@ from torch import nn
 
 from . import data as _data
 from .data import LabeledImages, _check_channels, _normalize_size, materialize
+from .data import as_image_array as _as_images
 from .errors import InputError, MissingDependencyError
 from .io import atomic_path, write_json, write_npy
 from .models import ImageClassifier, create_model
@@ -178,17 +179,6 @@ def images_hash(images: ImagesLike) -> str:
 
 
 # ------------------------------------------------------------------------------- images
-def _as_images(images: Any, what: str = "images") -> np.ndarray:
-    arr = np.asarray(images)
-    if arr.ndim == 3:
-        arr = arr[..., None]
-    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
-        raise InputError(f"{what} must be uint8 (N, H, W, C) with C in 1 or 3, got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        raise InputError(f"{what} must be uint8 (N, H, W, C), got dtype {arr.dtype}")
-    return arr
-
-
 def _pixels(images: ImagesLike, progress: bool = False) -> np.ndarray:
     """uint8 ``(N, H, W, C)`` from an array or a LabeledImages (path-backed ones are decoded)."""
     if isinstance(images, LabeledImages):
