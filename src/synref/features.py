@@ -61,7 +61,7 @@ from . import data as _data
 from .data import LabeledImages, _check_channels, _normalize_size, materialize
 from .data import as_image_array as _as_images
 from .errors import InputError, MissingDependencyError
-from .io import atomic_path, write_json, write_npy
+from .io import atomic_path, read_torch_file, write_json, write_npy
 from .models import ImageClassifier, create_model
 from .progress import progress as progress_bar
 from .registry import Registry
@@ -278,13 +278,7 @@ def save_classifier(model: ImageClassifier, path: PathLike, *, name: str,
 
 def _read_checkpoint(path: PathLike) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"classifier checkpoint not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        msg = " ".join(str(exc).split())[:200]
-        raise InputError(f"cannot read classifier checkpoint {path}: {msg}") from None
+    blob = read_torch_file(path, "classifier checkpoint")
     try:
         header = json.loads(blob["header"])
         state = blob["state_dict"]

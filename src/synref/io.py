@@ -1,4 +1,5 @@
-"""Atomic file output: nothing half-written is ever left under the final name."""
+"""Atomic file output (nothing half-written is ever left under the final name), and checked
+torch file input."""
 from __future__ import annotations
 
 import contextlib
@@ -83,3 +84,21 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+def read_torch_file(path: PathLike, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU (tensors, dicts, lists, numbers only:
+    no pickled code runs). A missing or unreadable file raises a one-line InputError naming
+    ``what`` (e.g. "classifier checkpoint") and the path."""
+    import torch
+
+    from .errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        msg = " ".join(str(exc).split())[:200]
+        raise InputError(f"cannot read {what} {path}: {msg}") from None
