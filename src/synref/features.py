@@ -242,6 +242,17 @@ def extractor_names() -> List[str]:
     return FEATURE_EXTRACTORS.names()
 
 
+def _resolve_device(device: Optional[Union[str, torch.device]], who: str) -> torch.device:
+    """``device``, or ``cuda`` when available else ``cpu``; asking for CUDA without it is an
+    InputError naming ``who``."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"{who}: device={str(device)!r} but CUDA is not available")
+    return resolved
+
+
 def _batched_bar(n: int, batch_size: int, desc: str, progress: bool):
     starts = list(range(0, n, batch_size))
     return progress_bar(starts, desc=desc, total=len(starts), unit="batch",
@@ -526,11 +537,7 @@ class ClipExtractor(FeatureExtractor):
         self.model_id = str(model)
         self.is_local = Path(self.model_id).expanduser().is_dir()
         self.normalize = bool(normalize)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"clip extractor: device={str(device)!r} but CUDA is not available")
+        self.device = _resolve_device(device, "clip extractor")
         if dtype is None:
             dtype = "float16" if self.device.type == "cuda" else "float32"
         if dtype not in ("float16", "bfloat16", "float32"):
@@ -756,12 +763,7 @@ class EfficientNetExtractor(FeatureExtractor):
         self.size = int(size)
         self.weights = None if weights is None else str(weights)
         self.normalize = bool(normalize)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"efficientnet-lite0 extractor: device={str(device)!r} but CUDA is "
-                             f"not available")
+        self.device = _resolve_device(device, "efficientnet-lite0 extractor")
         self._model: Optional[nn.Module] = None
         self._fingerprint: Optional[str] = None
 
