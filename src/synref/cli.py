@@ -198,6 +198,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 from .distributed import distributed_context as _distributed_context  # noqa: E402
+from .distributed import release_distributed  # noqa: E402
 
 
 def _run_generate(args: argparse.Namespace) -> int:
@@ -247,11 +248,7 @@ def _run_generate(args: argparse.Namespace) -> int:
                 summaries = [None] * world  # type: ignore[list-item]
                 dist.all_gather_object(summaries, summary)
     finally:
-        if state is not None:
-            try:
-                state.destroy_process_group()
-            except Exception:  # pragma: no cover - best effort at shutdown
-                pass
+        release_distributed(state)
     if rank == 0:
         print(format_summary(summaries))
     return 0
@@ -355,11 +352,7 @@ def _run_features(args: argparse.Namespace) -> int:
         if barrier is not None:
             barrier()
     finally:
-        if state is not None:
-            try:
-                state.destroy_process_group()
-            except Exception:  # pragma: no cover - best effort at shutdown
-                pass
+        release_distributed(state)
     return 0
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Optional, Tuple
 
-__all__ = ["distributed_context", "world_size_from_env"]
+__all__ = ["distributed_context", "release_distributed", "world_size_from_env"]
 
 
 def world_size_from_env() -> int:
@@ -39,3 +39,14 @@ def distributed_context(device: Optional[str]
     if device is None:
         device = str(state.device)
     return state.process_index, state.num_processes, device, state.wait_for_everyone, state
+
+
+def release_distributed(state: Any) -> None:
+    """Tear down the process group of :func:`distributed_context`'s ``state`` (None: nothing to
+    do); best effort, for ``finally`` blocks at shutdown."""
+    if state is None:
+        return
+    try:
+        state.destroy_process_group()
+    except Exception:  # pragma: no cover - best effort at shutdown
+        pass
