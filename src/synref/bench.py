@@ -779,28 +779,24 @@ def run_bench(*, dataset: str = "digits", protocol: str = "digits", out: Path, d
 
     grid = [(seed, n, m) for seed in seeds for n in settings for m in method_list]
     todo = [(seed, n, m) for seed, n, m in grid if not _cell_done(out, dataset, proto.name, m, n, seed)]
-    bench: Optional[_Bench] = None
     bar = progress_bar(total=len(grid), desc=f"bench {dataset}/{proto.name}", unit="cell",
                        enabled=None if progress else False)
     bar.update(len(grid) - len(todo))
-    data_by_seed: Dict[int, BenchData] = {}
+    bench: Optional[_Bench] = None
+    runs: Dict[str, _NoiseRun] = {}
+    runs_seed: Optional[int] = None
     try:
-        for seed, setting, method in todo:
-            if seed not in data_by_seed:
-                data_by_seed = {seed: load_bench_data(dataset, proto, data=data, anchors=anchors, seed=seed,
-                                                      progress=progress)}
-                d = data_by_seed[seed]
+        for seed, setting, method in todo:  # seed-major: the data (digits: its split) is loaded once per seed
+            if bench is None or runs_seed != seed:
+                d = load_bench_data(dataset, proto, data=data, anchors=anchors, seed=seed, progress=progress)
                 _check_protocol_record(out, dataset, proto, anchors, _data_note(d, proto))
                 bench = _Bench(dataset, proto, d, out, files, device=device, clip_model=clip_model,
                                progress=progress)
-                runs: Dict[str, _NoiseRun] = {}
-            assert bench is not None
-            run = runs.setdefault(setting, _NoiseRun(bench, setting, seed))
-            if _cell_done(out, dataset, proto.name, method, setting, seed):
-                bar.update(1)
-                continue
+                runs, runs_seed = {}, seed
+            if setting not in runs:
+                runs[setting] = _NoiseRun(bench, setting, seed)
             bar.set_postfix_str(f"{method} / {setting} / seed {seed}")
-            bench.run_cell(method, run)
+            bench.run_cell(method, runs[setting])
             bar.update(1)
             _write_all(out)
     finally:
