@@ -13,8 +13,8 @@ from synref.anchors.folder import FolderGenerator
 from synref.anchors.glyph import GlyphGenerator
 from synref.anchors.store import AnchorSet, load_anchor_set
 from synref.errors import InputError
-from synref.generate import (CIFAR10_CLASSES, generate_anchor_set,
-                             parse_class_list)
+from synref.anchors.generate import (CIFAR10_CLASSES, generate_anchor_set,
+                                     parse_class_list)
 
 CLASSES = ["0", "1", "2"]
 PER_CLASS = 4
@@ -51,7 +51,6 @@ class Counting(AnchorGenerator):
 
 def run(out, gen=None, per_class=PER_CLASS, **kw):
     gen = gen or Counting()
-    kw.setdefault("progress", False)
     kw.setdefault("batch_size", 2)
     return generate_anchor_set(gen, CLASSES, per_class, out, **kw), gen
 
@@ -87,7 +86,7 @@ def test_round_trip(tmp_path):
     assert meta["generator"] == {"name": "counting", "config": {"size": [12, 12]}}
     assert "created" in meta and "synref_version" in meta
     ds, rows = load_anchor_set(out, with_manifest=True)
-    expected = gen.generate(CLASSES, PER_CLASS, progress=False)
+    expected = gen.generate(CLASSES, PER_CLASS)
     np.testing.assert_array_equal(ds.images, expected.images)
     np.testing.assert_array_equal(ds.labels, np.repeat(np.arange(3), PER_CLASS))
     assert ds.class_names == CLASSES and ds.ids[5] == "counting-1-1"
@@ -108,7 +107,7 @@ def test_round_trip(tmp_path):
 
 def test_safe_class_folder_names(tmp_path):
     gen = GlyphGenerator(size=8, texts={"sweet pepper/x": "p", "..": "d"})
-    generate_anchor_set(gen, ["sweet pepper/x", ".."], 1, tmp_path / "s", progress=False)
+    generate_anchor_set(gen, ["sweet pepper/x", ".."], 1, tmp_path / "s")
     folders = sorted(p.name for p in (tmp_path / "s" / "images").iterdir())
     assert folders == ["0_sweet_pepper_x", "1_class"]
     assert load_anchor_set(tmp_path / "s").class_names == ["sweet pepper/x", ".."]
@@ -207,7 +206,7 @@ def test_mismatched_rerun_is_refused(tmp_path, change, message):
     gen = change.get("gen", Counting())
     with pytest.raises(InputError, match=message):
         generate_anchor_set(gen, change.get("classes", CLASSES), change.get("per_class", PER_CLASS),
-                            out, seed=change.get("seed", 0), progress=False)
+                            out, seed=change.get("seed", 0))
     assert sorted(p.name for p in out.rglob("*")) == before
 
 
@@ -273,7 +272,7 @@ def test_folder_generator_imports_in_sorted_order(tmp_path):
     (root / "dog" / "notes.txt").write_text("x")
     gen = FolderGenerator(root=str(root))
     out = tmp_path / "set"
-    summary = generate_anchor_set(gen, ["cat", "dog"], 2, out, progress=False)
+    summary = generate_anchor_set(gen, ["cat", "dog"], 2, out)
     assert summary["complete"]
     ds, rows = load_anchor_set(out, with_manifest=True, verify=True)
     assert ds.images.shape == (4, 10, 12, 3) and ds.images.dtype == np.uint8
@@ -289,7 +288,7 @@ def test_folder_generator_class_mismatch(tmp_path):
     root = make_folder(tmp_path / "src", {"cat": 2, "dog": 2, "cow": 2})
     gen = FolderGenerator(root=str(root))
     with pytest.raises(InputError, match=r"missing class folders: 'bird'.*not requested: 'cow'"):
-        generate_anchor_set(gen, ["cat", "dog", "bird"], 1, tmp_path / "set", progress=False)
+        generate_anchor_set(gen, ["cat", "dog", "bird"], 1, tmp_path / "set")
     assert not (tmp_path / "set").exists()
     with pytest.raises(InputError, match="not found"):
         FolderGenerator(root=str(tmp_path / "nope"))
@@ -299,10 +298,10 @@ def test_folder_generator_too_few_images(tmp_path):
     root = make_folder(tmp_path / "src", {"cat": 3, "dog": 1})
     gen = FolderGenerator(root=str(root))
     with pytest.raises(InputError, match=r"fewer than per_class=2.*'dog' has 1"):
-        generate_anchor_set(gen, ["cat", "dog"], 2, tmp_path / "set", progress=False)
+        generate_anchor_set(gen, ["cat", "dog"], 2, tmp_path / "set")
     assert not (tmp_path / "set").exists()
     with pytest.raises(InputError, match="'dog' has 1 images"):
-        gen.generate(["cat", "dog"], 2, progress=False)
+        gen.generate(["cat", "dog"], 2)
 
 
 def test_folder_generator_mixed_sizes_need_size(tmp_path):
@@ -310,7 +309,7 @@ def test_folder_generator_mixed_sizes_need_size(tmp_path):
     Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(root / "dog" / "small.png")
     with pytest.raises(InputError, match="differ in size.*pass size"):
         FolderGenerator(root=str(root)).prepare(["cat", "dog"])
-    ds = FolderGenerator(root=str(root), size=8).generate(["cat", "dog"], 1, progress=False)
+    ds = FolderGenerator(root=str(root), size=8).generate(["cat", "dog"], 1)
     assert ds.images.shape == (2, 8, 8, 3)
 
 
@@ -353,7 +352,7 @@ def test_parse_class_list_file_errors(tmp_path):
 _KILL_SCRIPT = """
 import sys, time
 from synref.anchors.glyph import GlyphGenerator
-from synref.generate import generate_anchor_set
+from synref.anchors.generate import generate_anchor_set
 
 class Slow(GlyphGenerator):
     name = "counting"
@@ -366,7 +365,7 @@ class Slow(GlyphGenerator):
         time.sleep(0.15)
         return super().generate_one(c, name, k, seed)
 
-generate_anchor_set(Slow(size=12), ["0", "1", "2"], 4, sys.argv[1], batch_size=1, progress=False)
+generate_anchor_set(Slow(size=12), ["0", "1", "2"], 4, sys.argv[1], batch_size=1)
 """
 
 

@@ -17,7 +17,7 @@ DIGITS = [str(i) for i in range(10)]
 @pytest.fixture(scope="module")
 def digits32() -> LabeledImages:
     """10 digit classes x 100 glyph anchors at 32 px (about a second)."""
-    return create_generator("glyph", size=32).generate(DIGITS, 100, seed=0, progress=False)
+    return create_generator("glyph", size=32).generate(DIGITS, 100, seed=0)
 
 
 def _flat(images: np.ndarray) -> np.ndarray:
@@ -49,20 +49,20 @@ def test_shapes_dtypes_labels_ids(digits32):
 
 def test_rgb_nonsquare_and_invert():
     gen = create_generator("glyph", size=(16, 24), channels=3, foreground=(255, 0, 0))
-    a = gen.generate(["a", "b"], 3, progress=False)
+    a = gen.generate(["a", "b"], 3)
     assert a.images.shape == (6, 16, 24, 3)
     assert a.images[..., 1].max() == 0 and a.images[..., 0].max() == 255  # red on black
-    inv = create_generator("glyph", size=16, invert=True).generate(["7"], 2, progress=False)
+    inv = create_generator("glyph", size=16, invert=True).generate(["7"], 2)
     assert (inv.images[:, 0, 0] == 255).all() and inv.images.min() == 0  # dark on light
 
 
 def test_deterministic_and_seed_dependent(digits32):
     gen = create_generator("glyph", size=32)
-    again = gen.generate(DIGITS[:3], 5, seed=0, progress=False)
+    again = gen.generate(DIGITS[:3], 5, seed=0)
     for c in range(3):
         np.testing.assert_array_equal(again.images[c * 5:(c + 1) * 5],
                                       digits32.images[c * 100:c * 100 + 5])
-    other = gen.generate(DIGITS[:3], 5, seed=1, progress=False)
+    other = gen.generate(DIGITS[:3], 5, seed=1)
     differ = [not np.array_equal(x, y) for x, y in zip(other.images, again.images)]
     assert sum(differ) >= 14
 
@@ -101,13 +101,13 @@ def test_fonts_without_the_glyphs_are_skipped():
     cyr = {font_label(f) for f in gen.fonts_for("Ж")}
     assert "DejaVuSans" in cyr and "cmr10" not in cyr
     with pytest.raises(InputError, match="no font has glyphs"):
-        gen.generate(["中"], 1, progress=False)
+        gen.generate(["中"], 1)
 
 
 # ---------------------------------------------------------------------- usefulness of the anchors
 def test_anchors_are_class_separable_at_8px(digits32):
     a8 = match_format(digits32, size=(8, 8), channels=1)
-    direct = create_generator("glyph", size=8).generate(DIGITS, 100, seed=0, progress=False)
+    direct = create_generator("glyph", size=8).generate(DIGITS, 100, seed=0)
     for a in (a8, direct):
         x, y = _flat(a.images), a.labels
         train = np.arange(len(y)) % 2 == 0
@@ -190,18 +190,18 @@ def test_unknown_generator_and_option():
 ])
 def test_bad_class_names(names, match):
     with pytest.raises(InputError, match=match):
-        GlyphGenerator(size=8).generate(names, 2, progress=False)
+        GlyphGenerator(size=8).generate(names, 2)
 
 
 @pytest.mark.parametrize("per_class", [0, -1, 1.5, True])
 def test_bad_per_class(per_class):
     with pytest.raises(InputError, match="per_class"):
-        GlyphGenerator(size=8).generate(["a"], per_class, progress=False)
+        GlyphGenerator(size=8).generate(["a"], per_class)
 
 
 def test_bad_options():
     with pytest.raises(InputError, match="seed"):
-        GlyphGenerator(size=8).generate(["a"], 1, seed=-1, progress=False)
+        GlyphGenerator(size=8).generate(["a"], 1, seed=-1)
     with pytest.raises(InputError, match="channels"):
         GlyphGenerator(channels=2)
     with pytest.raises(InputError, match="fonts"):

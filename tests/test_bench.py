@@ -12,13 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import synref.bench as bench
-from synref.bench import (NOISE_SETTINGS, bench_protocol, format_results_md, method_base, parse_methods,
-                          parse_noise_settings, run_bench)
+import synref.experiments.recipes as recipes
+import synref.experiments.runner as runner
+from synref.experiments.bench import run_bench
+from synref.experiments.methods import method_base, parse_methods
+from synref.experiments.protocol import Protocol
+from synref.experiments.protocol import protocol_for as bench_protocol
+from synref.experiments.recipes import NOISE_SETTINGS
+from synref.experiments.results import format_results_md
+from synref.experiments.runner import parse_noise_settings
 from synref.data import LabeledImages
 from synref.errors import InputError
-from synref.ssl import SSLConfig
-from synref.train import LRAConfig, PLCConfig, TrainConfig
+from synref.train import LRAConfig, PLCConfig, SSLConfig, TrainConfig
 
 from cli_helpers import assert_one_line_error, run
 
@@ -72,7 +77,7 @@ def test_protocols_match_the_paper_and_refuse_wrong_datasets():
     with pytest.raises(InputError, match="unknown --protocol"):
         bench_protocol("gpu", "cifar10")
     # the protocol round-trips through JSON (it is recorded next to the results)
-    again = bench.BenchProtocol.from_dict(json.loads(json.dumps(cpu.to_dict())))
+    again = Protocol.from_dict(json.loads(json.dumps(cpu.to_dict())))
     assert again.to_dict() == cpu.to_dict()
 
 
@@ -86,7 +91,7 @@ def test_digits_grid_results_and_resume(tmp_path, monkeypatch):
     out = tmp_path / "bench"
     methods = "standard,ours,plc,plc+ours,lra-simclr,lra-simclr+ours"
     rows = run_bench(dataset="digits", protocol="digits", out=out, methods=methods, noise="pmd-0.35,pmd-0.35+u-0.3",
-                     seeds=[0], protocol_overrides=tiny, progress=False)
+                     seeds=[0], protocol_overrides=tiny)
     assert len(rows) == 12
     table = _read_csv(out / "results.csv")
     assert len(table) == 12
@@ -97,7 +102,7 @@ def test_digits_grid_results_and_resume(tmp_path, monkeypatch):
     for noise in ("pmd-0.35", "pmd-0.35+u-0.3"):
         folder = work / noise.replace("+", "_")
         noisy, refined = np.load(folder / "noisy.npy"), np.load(folder / "refined.npy")
-        truth = bench.load_bench_data("digits", bench_protocol("digits", "digits"), seed=0, progress=False).train.labels
+        truth = recipes.load_experiment_data("digits", bench_protocol("digits", "digits"), seed=0).train.labels
         # label_acc is the accuracy of the labels each row trained on
         for method in ("standard", "plc", "lra-simclr"):
             assert float(by[(method, noise)]["label_acc"]) == pytest.approx(np.mean(noisy == truth))
@@ -122,9 +127,9 @@ def test_digits_grid_results_and_resume(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a finished cell ran again")
 
-    monkeypatch.setattr(bench._Bench, "run_cell", boom)
+    monkeypatch.setattr(runner.Runner, "run_cell", boom)
     run_bench(dataset="digits", protocol="digits", out=out, methods=methods, noise="pmd-0.35,pmd-0.35+u-0.3",
-              seeds=[0], protocol_overrides=tiny, progress=False)
+              seeds=[0], protocol_overrides=tiny)
     assert (out / "results.csv").read_text() == before
     monkeypatch.undo()
 
@@ -132,17 +137,17 @@ def test_digits_grid_results_and_resume(tmp_path, monkeypatch):
     for method in ("plc+ours", "lra-simclr"):
         os.remove(out / "cells" / f"digits__digits__{method.replace('+', '_')}__pmd-0.35__seed0.json")
     ran = []
-    real = bench._Bench.run_cell
+    real = runner.Runner.run_cell
 
     def spy(self, method, run_):
         ran.append((method, run_.noise))
         return real(self, method, run_)
 
-    monkeypatch.setattr(bench._Bench, "run_cell", spy)
-    monkeypatch.setattr(bench._Bench, "refine", boom)  # refined labels come from the cache
-    monkeypatch.setattr(bench, "_noisy_labels", lambda *a, **k: (_ for _ in ()).throw(AssertionError("noise")))
+    monkeypatch.setattr(runner.Runner, "run_cell", spy)
+    monkeypatch.setattr(runner.Runner, "refine", boom)  # refined labels come from the cache
+    monkeypatch.setattr(runner, "noisy_labels", lambda *a, **k: (_ for _ in ()).throw(AssertionError("noise")))
     run_bench(dataset="digits", protocol="digits", out=out, methods=methods, noise="pmd-0.35,pmd-0.35+u-0.3",
-              seeds=[0], protocol_overrides=tiny, progress=False)
+              seeds=[0], protocol_overrides=tiny)
     assert sorted(ran) == [("lra-simclr", "pmd-0.35"), ("plc+ours", "pmd-0.35")]
     assert len(_read_csv(out / "results.csv")) == 12
 
@@ -150,7 +155,7 @@ def test_digits_grid_results_and_resume(tmp_path, monkeypatch):
 def test_a_changed_protocol_is_refused_in_the_same_out(tmp_path):
     out = tmp_path / "bench"
     run_bench(dataset="digits", protocol="digits", out=out, methods="standard", noise="pmd-0.35", seeds=[0],
-              protocol_overrides=tiny, progress=False)
+              protocol_overrides=tiny)
 
     def other(proto):
         tiny(proto)
@@ -158,7 +163,21 @@ def test_a_changed_protocol_is_refused_in_the_same_out(tmp_path):
 
     with pytest.raises(InputError, match="different protocol"):
         run_bench(dataset="digits", protocol="digits", out=out, methods="standard", noise="pmd-0.35", seeds=[0],
-                  protocol_overrides=other, progress=False)
+                  protocol_overrides=other)
+
+
+def test_config_json_reruns_the_grid(tmp_path, capsys):
+    out, again = tmp_path / "bench", tmp_path / "again"
+    run_bench(dataset="digits", protocol="digits", out=out, methods="standard,ours", noise="pmd-0.35", seeds=[0],
+              protocol_overrides=tiny)
+    config = json.loads((out / "config.json").read_text())
+    assert config["_class"] == "BenchConfig" and config["protocol"]["threshold"] == 0.3  # the edited protocol
+    code, _, err = run(["bench", "--config", out / "config.json", "--out", again, "--quiet"], capsys)
+    assert code == 0, err
+    first, second = _read_csv(out / "results.csv"), _read_csv(again / "results.csv")
+    for a, b in zip(first, second):
+        assert (a["method"], a["test_acc"], a["label_acc"]) == (b["method"], b["test_acc"], b["label_acc"])
+    assert len(first) == len(second) == 2
 
 
 # ------------------------------------------------------------------------------ CIFAR splits
@@ -176,10 +195,10 @@ def _fake_cifar(num_classes=10, size=8):
 
 
 def test_cifar_splits_use_a_validation_stand_in_and_community_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "load_cifar", _fake_cifar())
+    monkeypatch.setattr(recipes, "load_cifar", _fake_cifar())
     proto = bench_protocol("cpu", "cifar10")
     proto.train_size = 600
-    data = bench.load_bench_data("cifar10", proto, data="unused", seed=0, progress=False)
+    data = recipes.load_experiment_data("cifar10", proto, data="unused", seed=0)
     assert len(data.train) == 600 and len(data.test) == 10000
     # 100 anchors per class from the validation images, removed from validation
     assert len(data.anchors) == 1000 and np.bincount(data.anchors.labels).tolist() == [100] * 10
@@ -196,16 +215,16 @@ def test_cifar_splits_use_a_validation_stand_in_and_community_files(tmp_path, mo
     folder.mkdir()
     labels = (np.arange(45000) + 1) % 10
     np.save(folder / "cifar10-1-0.70.npy", labels)
-    files = bench._noise_files([str(folder)], "cifar10", NOISE_SETTINGS)
+    files = recipes.noise_files([str(folder)], "cifar10", NOISE_SETTINGS)
     assert list(files) == ["pmd-0.7"]
-    got, info = bench._noisy_labels("pmd-0.7", files, data, proto, 0, False)
+    got, info = recipes.noisy_labels("pmd-0.7", files, data, proto, 0)
     assert np.array_equal(got, labels[:600]) and "cifar10-1-0.70.npy" in info["source"]
     with pytest.raises(InputError, match="no such file"):
-        bench._noise_files([str(tmp_path / "missing")], "cifar10", NOISE_SETTINGS)
+        recipes.noise_files([str(tmp_path / "missing")], "cifar10", NOISE_SETTINGS)
 
 
 def test_cifar_cpu_grid_runs_from_a_label_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "load_cifar", _fake_cifar())
+    monkeypatch.setattr(recipes, "load_cifar", _fake_cifar())
     labels = np.arange(45000) % 10
     flip = np.random.default_rng(1).random(45000) < 0.3
     labels[flip] = (labels[flip] + 1) % 10
@@ -222,7 +241,7 @@ def test_cifar_cpu_grid_runs_from_a_label_file(tmp_path, monkeypatch):
 
     out = tmp_path / "bench"
     rows = run_bench(dataset="cifar10", protocol="cpu", out=out, data="unused", methods="standard,ours,lra-simclr",
-                     noise_files=[str(path)], seeds=[0], protocol_overrides=small, progress=False)
+                     noise_files=[str(path)], seeds=[0], protocol_overrides=small)
     assert {r["noise"] for r in rows} == {"file:my-noise"} and len(rows) == 3
     md = (out / "results.md").read_text()
     assert "my-noise" in md and "real-anchor stand-in" in md
@@ -279,7 +298,7 @@ def test_real_cifar10_bench_cell_with_community_noise(tmp_path):
 
     rows = run_bench(dataset="cifar10", protocol="cpu", out=tmp_path / "b", data=data, noise="pmd-0.7",
                      noise_files=[str(noise_dir)], methods="standard,ours,lra-efficientnet-lite0,"
-                     "lra-efficientnet-lite0+ours", seeds=[0], protocol_overrides=small, progress=False)
+                     "lra-efficientnet-lite0+ours", seeds=[0], protocol_overrides=small)
     by = {r["method"]: r for r in rows}
     assert by["standard"]["label_acc"] == pytest.approx(0.294, abs=0.02)  # the community file's 70 % PMD
     assert by["ours"]["label_acc"] > by["standard"]["label_acc"] + 0.15
@@ -293,7 +312,7 @@ def test_real_cifar10_bench_cell_with_community_noise(tmp_path):
 def test_paper_protocol_runs_the_papers_rule_on_cifar(tmp_path, monkeypatch):
     """The paper protocol's code path (ResNet recipe shrunk): Standard, then the paper's one-pass rule on
     the Standard model's own features, then fine-tuning."""
-    monkeypatch.setattr(bench, "load_cifar", _fake_cifar())
+    monkeypatch.setattr(recipes, "load_cifar", _fake_cifar())
     labels = np.arange(45000) % 10
     path = tmp_path / "clean-ish.npy"
     np.save(path, labels)
@@ -305,7 +324,7 @@ def test_paper_protocol_runs_the_papers_rule_on_cifar(tmp_path, monkeypatch):
         proto.test_size = 200
 
     rows = run_bench(dataset="cifar10", protocol="paper", out=tmp_path / "b", data="unused", methods="standard,ours",
-                     noise_files=[str(path)], seeds=[0], protocol_overrides=small, progress=False)
+                     noise_files=[str(path)], seeds=[0], protocol_overrides=small)
     assert len(rows) == 2 and {r["protocol"] for r in rows} == {"paper"}
     refine = json.loads((tmp_path / "b" / "work" / "cifar10-paper" / "seed0" / "file_clean-ish" /
                          "refined.json").read_text())

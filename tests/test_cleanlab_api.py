@@ -4,7 +4,7 @@ import pytest
 
 from synref import cleanlab_api as api
 from synref.errors import InputError
-from synref.refine import refine_labels
+from synref.refiners import refine_labels
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_pred_probs_none_needs_alpha_one(problem):
 
 
 def test_calibrate_uses_anchor_temperature(problem):
-    from synref.refine import class_prototypes, fit_similarity_temperature, prototype_similarity, relabel, \
+    from synref.refiners import class_prototypes, fit_similarity_temperature, prototype_similarity, relabel, \
         score_matrix, similarity_to_probs
 
     p = problem

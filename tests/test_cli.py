@@ -107,3 +107,23 @@ def test_console_script_entry_point_runs():
 def test_compare_cifar_needs_data_and_noise_file(capsys):
     code, _, err = run(["compare", "--dataset", "cifar10", "--quiet"], capsys)
     assert_one_line_error(code, err, "--data")
+
+
+def test_cli_choices_are_the_registries(capsys):
+    from synref.anchors import GENERATORS
+    from synref.cli import build_parser
+    from synref.features import FEATURE_EXTRACTORS
+    from synref.refiners import REFINERS
+
+    parser = build_parser()
+    helps = {}
+    for command in ("features", "refine", "generate"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        helps[command] = capsys.readouterr().out
+    for name in FEATURE_EXTRACTORS.choices():            # efficientnet-lite0 included
+        assert name in helps["features"] and name in helps["refine"]
+    for name in REFINERS.choices():
+        assert name in helps["refine"]
+    for name in GENERATORS.choices():
+        assert name in helps["generate"]

@@ -4,7 +4,7 @@ import sys
 import numpy as np
 import pytest
 
-from synref.compare import COLUMNS, compare_with_cleanlab, correction_row, format_compare_table
+from synref.experiments.compare import COLUMNS, compare_with_cleanlab, correction_row, format_compare_table
 from synref.errors import MissingDependencyError
 
 
@@ -83,18 +83,18 @@ def test_missing_cleanlab_is_a_clear_error(monkeypatch):
     noisy, true, probs, feats, afeats, alabels = _problem(n=50)
     with pytest.raises(MissingDependencyError, match=r"pip install 'synref\[cleanlab\]'"):
         compare_with_cleanlab(noisy, true, probs, feats, afeats, alabels)
-    from synref.compare import run_compare_digits
+    from synref.experiments.compare import run_compare
 
     with pytest.raises(MissingDependencyError, match="synref\\[cleanlab\\]"):
-        run_compare_digits(progress=False)  # fails before any training
+        run_compare()  # fails before any training
 
 
 def test_crossfit_spaces_rows_match_a_direct_computation():
     pytest.importorskip("cleanlab")
     from cleanlab.filter import find_label_issues
 
-    from synref.compare import compare_crossfit_spaces
-    from synref.refine import class_prototypes, prototype_similarity, relabel, score_matrix
+    from synref.experiments.compare import compare_crossfit_spaces
+    from synref.refiners import class_prototypes, prototype_similarity, relabel, score_matrix
 
     rng = np.random.default_rng(3)
     n, c, d, folds = 300, 3, 8, 2

@@ -320,7 +320,7 @@ def test_materialize_modes_and_mixed_sizes(folder):
     root, arrays = folder
     ds = load_image_folder(root)
     with pytest.warns(UserWarning, match="1 of 10 images are not 10x12"):
-        m = materialize(ds, progress=False)
+        m = materialize(ds)
     assert m.images.shape == (10, 10, 12, 3) and m.images.dtype == np.uint8
     assert m.paths == ds.paths and m.ids == ds.ids and np.array_equal(m.labels, ds.labels)
     img = dict(zip(m.ids, m.images))
@@ -348,7 +348,7 @@ def test_materialize_applies_exif_rotation(tmp_path):
     _save(tmp_path / "c" / "s.png", Image.new("RGB", (4, 8), (10, 200, 10)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # both are 8x4 once rotated: no mixed-size warning
-        m = materialize(load_image_folder(tmp_path), progress=False)
+        m = materialize(load_image_folder(tmp_path))
     assert m.images.shape == (2, 8, 4, 3)
 
 
@@ -357,17 +357,17 @@ def test_materialize_size_channels_and_auto_gray(folder):
     ds = load_image_folder(root)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        small = materialize(ds, size=(6, 5), channels=1, progress=False)
+        small = materialize(ds, size=(6, 5), channels=1)
         assert small.images.shape == (10, 6, 5, 1)
         gray = load_image_folder(root).subset([8, 9])  # L and 16-bit only -> 1 channel
-        g = materialize(gray, progress=False)
+        g = materialize(gray)
         assert g.images.shape == (2, 10, 12, 1)
         assert np.array_equal(g.images[1, ..., 0], arrays["gray/l.png"])
         sized = load_image_folder(root, size=8)
         assert not sized.is_path_backed and sized.images.shape == (10, 8, 8, 3)
         # array-backed: a no-op, or a conversion
         assert materialize(g) is g
-        rgb = materialize(g, channels=3, size=(4, 4), progress=False)
+        rgb = materialize(g, channels=3, size=(4, 4))
         assert rgb.images.shape == (2, 4, 4, 3) and rgb.ids == g.ids
     with raises_one_line("channels"):
         materialize(ds, channels=2)
@@ -391,13 +391,13 @@ def test_image_folder_bad_inputs(tmp_path, folder):
     (root / "cat" / "a.png").write_bytes(data[: len(data) // 2])
     ds = load_image_folder(root)
     with raises_one_line(str(root / "cat" / "a.png")):
-        materialize(ds, size=(10, 12), channels=3, progress=False)
+        materialize(ds, size=(10, 12), channels=3)
     (root / "cat" / "a.png").write_bytes(b"definitely not a PNG")
     with raises_one_line(str(root / "cat" / "a.png")):
-        materialize(ds, progress=False)
+        materialize(ds)
     (root / "cat" / "a.png").unlink()
     with raises_one_line(str(root / "cat" / "a.png")):
-        materialize(ds, size=4, channels=3, progress=False)
+        materialize(ds, size=4, channels=3)
 
 
 # ------------------------------------------------------------------------- CSV manifests
@@ -414,7 +414,7 @@ def test_csv_manifest_names_ints_and_roots(tmp_path):
     ds = load_csv_manifest(tmp_path / "m.csv")
     assert ds.class_names == ["cat", "dog"] and ds.labels.tolist() == [1, 0, 1]
     assert ds.paths[0] == str(tmp_path / "img" / "0.png") and ds.ids[0] == "img/0.png"
-    m = materialize(ds, progress=False)
+    m = materialize(ds)
     assert m.images.shape == (3, 4, 4, 3) and m.images[1, 0, 0, 0] == 10
 
     # given class names: by name or by index

@@ -70,7 +70,7 @@ def make(tiny_dir, **kw):
 def reference(tiny_dir):
     """2 classes x 3 images at batch size 3 (one pipeline call per class)."""
     gen = make(tiny_dir)
-    return gen, gen.generate(CLASSES, per_class=3, seed=0, progress=False)
+    return gen, gen.generate(CLASSES, per_class=3, seed=0)
 
 
 def assert_batch_equivalent(a: np.ndarray, b: np.ndarray) -> None:
@@ -125,7 +125,7 @@ def test_generate_shapes_and_ids(reference):
 
 def test_deterministic(reference, tiny_dir):
     _, anchors = reference
-    again = make(tiny_dir).generate(CLASSES, per_class=3, seed=0, progress=False)
+    again = make(tiny_dir).generate(CLASSES, per_class=3, seed=0)
     np.testing.assert_array_equal(again.images, anchors.images)
     other = make(tiny_dir).generate_one(0, "cat", 0, seed=1)
     assert not np.array_equal(other, anchors.images[0])
@@ -139,7 +139,7 @@ def test_batch_size_does_not_change_images(reference, tiny_dir):
     one = make(tiny_dir, batch_size=1).generate_batch([(1, "pickup_truck", k) for k in range(3)])
     assert_batch_equivalent(np.stack(one), anchors.images[3:])
     # batch 4 spans both classes: same images as class-by-class batches
-    four = make(tiny_dir, batch_size=4).generate(CLASSES, per_class=3, seed=0, progress=False)
+    four = make(tiny_dir, batch_size=4).generate(CLASSES, per_class=3, seed=0)
     assert_batch_equivalent(four.images, anchors.images)
 
 
@@ -261,7 +261,7 @@ def test_missing_model_offline_is_one_clear_line():
     gen = DiffusersGenerator(model="synref-test/no-such-model", device="cpu")
     t0 = time.perf_counter()
     with pytest.raises(InputError) as info:
-        gen.generate(["cat"], per_class=1, progress=False)
+        gen.generate(["cat"], per_class=1)
     assert time.perf_counter() - t0 < 30  # no network retries
     msg = str(info.value)
     assert "\n" not in msg
@@ -324,7 +324,7 @@ def test_oom_twice_is_a_clear_error(tiny_dir):
     gen = make(tiny_dir, batch_size=4)
     gen._pipe = FlakyPipe(gen.pipeline, fails=2)
     with pytest.raises(OutOfMemoryError) as info, pytest.warns(UserWarning, match="retrying"):
-        gen.generate(["cat"], per_class=4, progress=False)
+        gen.generate(["cat"], per_class=4)
     assert isinstance(info.value, SynrefError)
     msg = str(info.value)
     assert "--batch-size" in msg and "out of memory" in msg and "\n" not in msg

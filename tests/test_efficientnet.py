@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synref import efficientnet as eff
+from synref.models import efficientnet as eff
 from synref.errors import InputError, MissingDependencyError
 from synref.features import FEATURE_EXTRACTORS, cached_features, create_extractor
 
@@ -195,11 +195,10 @@ def test_extractor_cached_features_and_cache_hit(tmp_path, monkeypatch):
     assert "efficientnet-lite0" in FEATURE_EXTRACTORS
     imgs = _smooth_images(5, 32, seed=3)
     ex = create_extractor("efficientnet-lite0", size=64, device="cpu")
-    feats = np.asarray(cached_features(ex, imgs, cache_dir=tmp_path, batch_size=2,
-                                       progress=False))
+    feats = np.asarray(cached_features(ex, imgs, cache_dir=tmp_path, batch_size=2))
     assert feats.shape == (5, 1280) and feats.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-5)
-    grey = ex.extract(imgs[..., :1], batch_size=4, progress=False)
+    grey = ex.extract(imgs[..., :1], batch_size=4)
     assert grey.shape == (5, 1280)
 
     def boom(*args, **kwargs):
@@ -207,10 +206,10 @@ def test_extractor_cached_features_and_cache_hit(tmp_path, monkeypatch):
 
     monkeypatch.setattr(eff, "load_efficientnet_lite0", boom)
     again = create_extractor("efficientnet-lite0", size=64, device="cpu")
-    hit = cached_features(again, imgs, cache_dir=tmp_path, batch_size=2, progress=False)
+    hit = cached_features(again, imgs, cache_dir=tmp_path, batch_size=2)
     np.testing.assert_array_equal(np.asarray(hit), feats)
     with pytest.raises(AssertionError, match="must not be loaded"):
-        again.extract(imgs, progress=False)
+        again.extract(imgs)
 
     fps = {create_extractor("efficientnet-lite0", size=s, normalize=n).fingerprint()
            for s in (64, 96) for n in (True, False)}

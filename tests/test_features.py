@@ -14,9 +14,10 @@ import torch
 from synref.errors import InputError
 from synref.features import (FEATURE_EXTRACTORS, FeatureExtractor, cache_path, cached_features,
                              clip_preprocess, create_extractor, extractor_names,
-                             load_classifier, load_clip_preprocess_config, save_classifier)
+                             load_clip_preprocess_config)
+from synref.models import load_classifier, save_classifier
 from synref.models import create_model
-from synref.train import extract_features
+from synref.models import extract_features
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_clip import CLIP_MEAN, CLIP_STD, build_tiny_clip_vision  # noqa: E402
@@ -208,7 +209,7 @@ def test_ssl_extractor_fingerprint_and_features():
                                   config=cfg).fingerprint()
     assert fp != create_extractor("ssl", images=x, config=cfg,
                                   extra_images=x[:4]).fingerprint()
-    f = ex.extract(x[:5], progress=False)
+    f = ex.extract(x[:5])
     assert f.shape == (5, 128) and f.dtype == np.float32
     np.testing.assert_array_equal(f, extract_features(ex.model, x[:5]))
     with pytest.raises(InputError, match="images"):
@@ -229,7 +230,7 @@ class _Counting(FeatureExtractor):
     def fingerprint(self):
         return f"counting-{self.tag}"
 
-    def _extract(self, images, *, batch_size, progress):
+    def _extract(self, images, *, batch_size):
         self.calls.append(len(images))
         if self.fail_on is not None and len(self.calls) == self.fail_on:
             raise RuntimeError("simulated crash")
@@ -240,9 +241,9 @@ class _Counting(FeatureExtractor):
 def test_cache_hit_skips_extraction(tmp_path):
     x = _images(10)
     ex = _Counting()
-    a = cached_features(ex, x, cache_dir=tmp_path, batch_size=4, progress=False)
+    a = cached_features(ex, x, cache_dir=tmp_path, batch_size=4)
     assert ex.calls == [10]
-    b = cached_features(ex, x, cache_dir=tmp_path, batch_size=4, progress=False)
+    b = cached_features(ex, x, cache_dir=tmp_path, batch_size=4)
     assert ex.calls == [10]                                    # loaded, not recomputed
     assert isinstance(b, np.memmap) or not b.flags.writeable
     np.testing.assert_array_equal(a, b)
@@ -257,19 +258,18 @@ def test_cache_hit_skips_extraction(tmp_path):
 
 def test_cache_keys_differ_by_extractor_and_images(tmp_path):
     x = _images(6)
-    cached_features(_Counting("a"), x, cache_dir=tmp_path, progress=False)
+    cached_features(_Counting("a"), x, cache_dir=tmp_path)
     other = _Counting("b")
-    cached_features(other, x, cache_dir=tmp_path, progress=False)
+    cached_features(other, x, cache_dir=tmp_path)
     assert other.calls == [6]
     y = x.copy()
     y[0, 0, 0, 0] ^= 1
     third = _Counting("a")
-    cached_features(third, y, cache_dir=tmp_path, progress=False)
+    cached_features(third, y, cache_dir=tmp_path)
     assert third.calls == [6]
     assert len(list(tmp_path.glob("*.npy"))) == 3
     # a dataset key replaces the image hash in the name
-    keyed = cached_features(_Counting("a"), x, cache_dir=tmp_path, dataset_key="cifar10/train",
-                            progress=False)
+    keyed = cached_features(_Counting("a"), x, cache_dir=tmp_path, dataset_key="cifar10/train")
     assert (tmp_path / "cifar10-train__counting-a.npy").exists()
     assert keyed.shape == (6, 2)
 
@@ -281,8 +281,8 @@ def test_cache_with_real_extractors_and_labeled_images(tmp_path, tiny_clip_dir):
     ds = LabeledImages(x, np.arange(5) % 2, ["a", "b"])
     clf = create_extractor("classifier", model=_model())
     clip = create_extractor("clip", model=str(tiny_clip_dir), device="cpu")
-    f1 = cached_features(clf, ds, cache_dir=tmp_path, progress=False)
-    f2 = cached_features(clip, ds, cache_dir=tmp_path, progress=False)
+    f1 = cached_features(clf, ds, cache_dir=tmp_path)
+    f2 = cached_features(clip, ds, cache_dir=tmp_path)
     assert f1.shape == (5, 128) and f2.shape == (5, 16)
     np.testing.assert_array_equal(f1, clf.extract(x))
     assert len(list(tmp_path.glob("*.npy"))) == 2
@@ -293,7 +293,7 @@ def test_cache_is_atomic_when_extraction_fails(tmp_path):
     x = _images(10)
     ex = _Counting(fail_on=2)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        cached_features(ex, x, cache_dir=tmp_path, chunk_size=4, progress=False)
+        cached_features(ex, x, cache_dir=tmp_path, chunk_size=4)
     final = cache_path(ex, x, cache_dir=tmp_path)
     assert not final.exists() and not final.with_suffix(".json").exists()
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
@@ -306,27 +306,26 @@ def test_cache_resumes_from_finished_chunks(tmp_path):
     x = _images(10)
     crashing = _Counting(fail_on=3)                      # chunks 0 and 1 finish, 2 crashes
     with pytest.raises(RuntimeError):
-        cached_features(crashing, x, cache_dir=tmp_path, chunk_size=4, progress=False)
+        cached_features(crashing, x, cache_dir=tmp_path, chunk_size=4)
     assert crashing.calls == [4, 4, 2]
     resumed = _Counting()
-    out = cached_features(resumed, x, cache_dir=tmp_path, chunk_size=4, progress=False)
+    out = cached_features(resumed, x, cache_dir=tmp_path, chunk_size=4)
     assert resumed.calls == [2]                          # only the missing chunk
     np.testing.assert_array_equal(out, _Counting().extract(x))
     final = cache_path(resumed, x, cache_dir=tmp_path)
     assert final.exists() and not Path(str(final) + ".partial").exists()
     # a different chunk size invalidates stale chunks instead of mixing them
     with pytest.raises(RuntimeError):
-        cached_features(_Counting("z", fail_on=2), x, cache_dir=tmp_path, chunk_size=4,
-                        progress=False)
+        cached_features(_Counting("z", fail_on=2), x, cache_dir=tmp_path, chunk_size=4)
     fresh = _Counting("z")
-    cached_features(fresh, x, cache_dir=tmp_path, chunk_size=5, progress=False)
+    cached_features(fresh, x, cache_dir=tmp_path, chunk_size=5)
     assert fresh.calls == [5, 5]
 
 
 def test_cache_recomputes_when_a_reused_key_has_other_row_count(tmp_path):
     ex = _Counting()
-    cached_features(ex, _images(6), cache_dir=tmp_path, dataset_key="k", progress=False)
-    out = cached_features(ex, _images(8), cache_dir=tmp_path, dataset_key="k", progress=False)
+    cached_features(ex, _images(6), cache_dir=tmp_path, dataset_key="k")
+    out = cached_features(ex, _images(8), cache_dir=tmp_path, dataset_key="k")
     assert out.shape == (8, 2) and ex.calls == [6, 8]
 
 

@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import synref.features as F
+import synref.data.stream as stream_mod
+import synref.features.cache as F
 from synref.cli import main
 from synref.data import load_image_folder, materialize
 from synref.errors import InputError
-from synref.features import (FeatureExtractor, cached_features, create_extractor,
-                             extract_features_distributed, save_classifier)
+from synref.features import (FeatureExtractor, cached_features, compute_features, create_extractor,
+                             extract_features_distributed)
+from synref.models import save_classifier
 from synref.models import create_model
 
 from cli_helpers import assert_one_line_error
@@ -49,7 +51,7 @@ class _Mean(FeatureExtractor):
     def fingerprint(self):
         return "mean-1"
 
-    def _extract(self, images, *, batch_size, progress):
+    def _extract(self, images, *, batch_size):
         x = images.reshape(len(images), -1).astype(np.float32)
         return np.stack([x.mean(1), x.max(1)], 1)
 
@@ -60,14 +62,14 @@ def test_streaming_equals_materialized(tmp_path, monkeypatch, workers):
     ds = load_image_folder(_folder(tmp_path / "data"))
     assert ds.is_path_backed
     ex = create_extractor("classifier", model=_model())
-    arr = materialize(ds, progress=False).images            # reference, decoded before patching
+    arr = materialize(ds).images            # reference, decoded before patching
 
     def no_materialize(*a, **k):
         raise AssertionError("the whole set was materialized")
 
     monkeypatch.setattr(F, "materialize", no_materialize)
     got = cached_features(ex, ds, cache_dir=tmp_path / "c", batch_size=4, chunk_size=8,
-                          num_workers=workers, progress=False)
+                          num_workers=workers)
     np.testing.assert_array_equal(got, ex.extract(arr, batch_size=4))
     side = json.loads(next((tmp_path / "c").glob("*.json")).read_text())
     assert side["image_size"] == [10, 12] and side["channels"] == 3 and side["skipped"] == []
@@ -75,10 +77,10 @@ def test_streaming_equals_materialized(tmp_path, monkeypatch, workers):
 
     # an explicit working size: same as materialize at that size; a separate cache entry
     monkeypatch.undo()
-    small = materialize(ds, size=(16, 16), progress=False).images
+    small = materialize(ds, size=(16, 16)).images
     monkeypatch.setattr(F, "materialize", no_materialize)
     got16 = cached_features(ex, ds, cache_dir=tmp_path / "c", batch_size=4, chunk_size=8,
-                            size=(16, 16), num_workers=workers, progress=False)
+                            size=(16, 16), num_workers=workers)
     np.testing.assert_array_equal(got16, ex.extract(small, batch_size=4))
     assert len(list((tmp_path / "c").glob("*.npy"))) == 2
 
@@ -87,7 +89,7 @@ def test_decoded_images_alive_are_bounded(tmp_path, monkeypatch):
     ds = load_image_folder(_folder(tmp_path / "data", per_class=20))
     lock = threading.Lock()
     state = {"decoded": 0, "consumed": 0, "max_ahead": 0, "batches": []}
-    real = F._decode_image
+    real = stream_mod.decode_file
 
     def counting(path, size, channels):
         out = real(path, size, channels)
@@ -97,15 +99,15 @@ def test_decoded_images_alive_are_bounded(tmp_path, monkeypatch):
         return out
 
     class Watching(_Mean):
-        def _extract(self, images, *, batch_size, progress):
+        def _extract(self, images, *, batch_size):
             with lock:
                 state["consumed"] += len(images)
             state["batches"].append(len(images))
-            return super()._extract(images, batch_size=batch_size, progress=progress)
+            return super()._extract(images, batch_size=batch_size)
 
-    monkeypatch.setattr(F, "_decode_image", counting)
+    monkeypatch.setattr(stream_mod, "decode_file", counting)
     got = cached_features(Watching(), ds, cache_dir=tmp_path / "c", batch_size=3, chunk_size=12,
-                          num_workers=2, progress=False)
+                          num_workers=2)
     assert got.shape == (40, 2) and state["decoded"] == 40
     assert max(state["batches"]) <= 3
     assert state["max_ahead"] <= 3 * 3        # current batch + 2 prefetched, never the whole set
@@ -119,25 +121,23 @@ def test_corrupt_file_raises_or_is_skipped(tmp_path):
     ds = load_image_folder(root)
     ex = _Mean()
     with pytest.raises(InputError, match="cat/002.png"):       # found reading headers (auto size)
-        cached_features(ex, ds, cache_dir=tmp_path / "c", progress=False)
+        cached_features(ex, ds, cache_dir=tmp_path / "c")
     with pytest.raises(InputError, match="cat/002.png"):       # found decoding (size given)
-        cached_features(ex, ds, cache_dir=tmp_path / "c", size=(10, 12), channels=3, progress=False)
+        cached_features(ex, ds, cache_dir=tmp_path / "c", size=(10, 12), channels=3)
 
-    skipped = []
-    got = cached_features(ex, ds, cache_dir=tmp_path / "c2", chunk_size=4, batch_size=2,
-                          skip_bad=True, skipped=skipped, progress=False)
+    got, skipped = compute_features(ex, ds, cache_dir=tmp_path / "c2", chunk_size=4, batch_size=2,
+                                    skip_bad=True)
     bad = {2: "cat/002.png", 8: "dog/003.png"}
     assert [s["index"] for s in skipped] == sorted(bad)
     assert all(s["file"].endswith(bad[s["index"]]) and s["reason"] for s in skipped)
     assert not got[sorted(bad)].any()
     keep = [i for i in range(len(ds)) if i not in bad]
-    ref = ex.extract(materialize(ds.subset(keep), progress=False).images)
+    ref = ex.extract(materialize(ds.subset(keep)).images)
     np.testing.assert_array_equal(got[keep], ref)
     side = json.loads(next((tmp_path / "c2").glob("*.json")).read_text())
     assert [s["index"] for s in side["skipped"]] == sorted(bad)
-    again = []                                        # a cache hit reports them too
-    cached_features(ex, ds, cache_dir=tmp_path / "c2", chunk_size=4, batch_size=2,
-                    skip_bad=True, skipped=again, progress=False)
+    again = compute_features(ex, ds, cache_dir=tmp_path / "c2", chunk_size=4, batch_size=2,
+                             skip_bad=True).skipped          # a cache hit reports them too
     assert again == skipped
 
 
@@ -162,7 +162,7 @@ def _run_ranks(world, fn):
 def test_distributed_chunks_threads_resume_and_errors(tmp_path):
     ds = load_image_folder(_folder(tmp_path / "data", per_class=9))
     ex = _Mean()
-    ref = ex.extract(materialize(ds, progress=False).images)
+    ref = ex.extract(materialize(ds).images)
     out = tmp_path / "f" / "features.npy"
     # a previous run left chunk 1 behind: it must not be recomputed
     part = Path(str(out) + ".partial")
@@ -174,7 +174,7 @@ def test_distributed_chunks_threads_resume_and_errors(tmp_path):
     F.write_npy(part / "chunk-000001.npy", ref[4:8])
     results, errors = _run_ranks(3, lambda rank, wait: extract_features_distributed(
         ex, ds, path=out, process_index=rank, num_processes=3, barrier=wait, chunk_size=4,
-        batch_size=2, progress=False))
+        batch_size=2))
     assert errors == [None] * 3, errors
     for r in results:
         np.testing.assert_array_equal(r, ref)
@@ -186,7 +186,7 @@ def test_distributed_chunks_threads_resume_and_errors(tmp_path):
     (Path(ds.paths[5])).write_bytes(b"garbage")
     results, errors = _run_ranks(2, lambda rank, wait: extract_features_distributed(
         ex, ds, path=tmp_path / "g" / "features.npy", process_index=rank, num_processes=2,
-        barrier=wait, chunk_size=4, size=(10, 12), channels=3, progress=False))
+        barrier=wait, chunk_size=4, size=(10, 12), channels=3))
     assert all(isinstance(e, InputError) and "cat/005.png" in str(e) for e in errors), errors
 
 

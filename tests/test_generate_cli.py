@@ -15,7 +15,7 @@ from synref.anchors.glyph import GlyphGenerator
 from synref.anchors.store import load_anchor_set
 
 from cli_helpers import assert_one_line_error, run
-from synref.generate import generate_anchor_set
+from synref.anchors.generate import generate_anchor_set
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def test_generate_glyph_happy_path_and_resume(tmp_path, capsys):
         f"images/{c}_{n}/{k}.png" for c, n in enumerate(["cat", "dog"]) for k in range(3)]
     ds = load_anchor_set(out, verify=True)
     assert ds.images.shape == (6, 16, 16, 1)
-    expected = GlyphGenerator(size=16).generate(["cat", "dog"], 3, progress=False)
+    expected = GlyphGenerator(size=16).generate(["cat", "dog"], 3)
     np.testing.assert_array_equal(ds.images, expected.images)
     code, stdout, _ = run(args, capsys)
     assert code == 0 and "generated 0, kept 6" in stdout
@@ -130,7 +130,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
         keys += [(r["class_index"], r["k"]) for r in rows]
     assert sorted(keys) == [(c, k) for c in range(3) for k in range(5)]  # each exactly once
     single = tmp_path / "one"
-    generate_anchor_set(GlyphGenerator(size=12), ["a", "b", "c"], 5, single, progress=False)
+    generate_anchor_set(GlyphGenerator(size=12), ["a", "b", "c"], 5, single)
     two, rows2 = load_anchor_set(out, verify=True, with_manifest=True)
     one, rows1 = load_anchor_set(single, verify=True, with_manifest=True)
     np.testing.assert_array_equal(two.images, one.images)

@@ -80,7 +80,7 @@ def test_learns_clean_labels_from_noisy():
     noisy_acc, vote_acc = (noisy == y).mean(), (vote == y).mean()
     assert vote_acc > noisy_acc + 0.2  # data sanity: the retrieval signal is there
     cfg = LRAConfig(epochs=25, batch_size=32, hidden=64, warmup_epochs=1, lr=5e-3, cosine_epochs=25)
-    res = train_lra(x, noisy, num_classes=3, config=cfg, progress=False)
+    res = train_lra(x, noisy, num_classes=3, config=cfg)
     acc = (predict_lra(res.model, x, config=cfg) == y).mean()
     print("noisy", noisy_acc, "knn-vote", vote_acc, "lra", acc)
     assert acc > noisy_acc + 0.1
@@ -92,10 +92,8 @@ def test_learns_clean_labels_from_noisy():
 def test_ddim_shape_determinism_and_val():
     x, y, noisy = _clusters(n=120)
     cfg = LRAConfig(epochs=2, batch_size=40, hidden=16, warmup_epochs=0, eval_every=1, seed=3)
-    r1 = train_lra(x, noisy, num_classes=3, config=cfg, val_features=x[:30], val_labels=noisy[:30],
-                   progress=False)
-    r2 = train_lra(x, noisy, num_classes=3, config=cfg, val_features=x[:30], val_labels=noisy[:30],
-                   progress=False)
+    r1 = train_lra(x, noisy, num_classes=3, config=cfg, val_features=x[:30], val_labels=noisy[:30])
+    r2 = train_lra(x, noisy, num_classes=3, config=cfg, val_features=x[:30], val_labels=noisy[:30])
     p1, p2 = predict_lra(r1.model, x, config=cfg), predict_lra(r2.model, x, config=cfg)
     assert p1.shape == (120,) and p1.dtype == np.int64 and np.array_equal(p1, p2)
     assert np.array_equal(p1, predict_lra(r1.model, x, config=cfg))

@@ -48,7 +48,7 @@ def run(problem, cfg=None, seed=0):
     x, y, noisy, xv, yv = problem
     model = create_model("small_cnn", num_classes=3, in_channels=1, seed=seed)
     return train_plc(model, x, noisy, val_images=xv, val_labels=yv,
-                     config=cfg or small_cfg(), true_labels=y, progress=False)
+                     config=cfg or small_cfg(), true_labels=y)
 
 
 # ------------------------------------------------------------------------- correction rule
@@ -140,8 +140,7 @@ def test_requires_validation(problem):
     x, _, noisy, _, _ = problem
     model = create_model("small_cnn", num_classes=3, in_channels=1, seed=0)
     with pytest.raises(InputError):
-        train_plc(model, x, noisy, val_images=None, val_labels=None, config=small_cfg(),
-                  progress=False)
+        train_plc(model, x, noisy, val_images=None, val_labels=None, config=small_cfg())
 
 
 # --------------------------------------------------------------------------------- config

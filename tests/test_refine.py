@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from synref.errors import InputError
-from synref.refine import (
+from synref.refiners import (
     class_prototypes,
     prototype_similarity,
     refine_labels,
@@ -94,7 +94,7 @@ def test_threshold_keeps_label_below(problem):
 
 
 def test_chunking_equals_single_block(problem, monkeypatch):
-    import synref.refine as refine_mod
+    import synref.refiners.kernel as refine_mod
     p = problem
     kwargs = dict(pred_probs=p["probs"], features=p["feats"], anchor_features=p["anchor_feats"],
                   anchor_labels=p["anchor_labels"], alpha=0.6, threshold=0.55)
@@ -165,7 +165,7 @@ def test_relabel_on_scores_directly():
 
 
 def test_similarity_to_probs_rows_sum_to_one_and_keep_order():
-    from synref.refine import similarity_to_probs
+    from synref.refiners import similarity_to_probs
     sim = np.array([[0.9, 0.8, 0.1], [0.2, 0.3, 0.25]], dtype=np.float32)
     p = similarity_to_probs(sim, 0.05)
     np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-6)
@@ -176,7 +176,7 @@ def test_similarity_to_probs_rows_sum_to_one_and_keep_order():
 
 
 def test_fitted_temperature_tracks_cluster_spread():
-    from synref.refine import fit_similarity_temperature
+    from synref.refiners import fit_similarity_temperature
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(4, 32))
     labels = np.repeat(np.arange(4), 30)

@@ -131,7 +131,7 @@ def test_odd_image_modes_are_converted(folder, tmp_path, capsys):
                                   "missing_data", "features"])
 def test_bad_input_one_line_exit_2_no_output(folder, tmp_path, capsys, case):
     from synref.anchors import create_generator
-    from synref.generate import generate_anchor_set
+    from synref.anchors.generate import generate_anchor_set
 
     root, _ = folder
     out = tmp_path / "out"
@@ -139,7 +139,7 @@ def test_bad_input_one_line_exit_2_no_output(folder, tmp_path, capsys, case):
     needle = ""
     if case in ("anchor_names", "missing_class_anchors"):
         names = ["zero", "one", "seven"] if case == "anchor_names" else ["0", "1"]
-        generate_anchor_set(create_generator("glyph", size=8), names, 3, tmp_path / "anchors", progress=False)
+        generate_anchor_set(create_generator("glyph", size=8), names, 3, tmp_path / "anchors")
         args += ["--anchors", tmp_path / "anchors"]
         needle = "has no anchors"
     else:
@@ -167,3 +167,20 @@ def test_bad_input_one_line_exit_2_no_output(folder, tmp_path, capsys, case):
     lines = io.err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in io.err, io.err
     assert not out.exists()
+
+
+def test_config_json_reruns_the_folder_byte_for_byte(folder, tmp_path, capsys):
+    """OUT/config.json re-runs the results folder: the same refined_labels.csv, byte for byte."""
+    root, _ = folder
+    out, again = tmp_path / "first", tmp_path / "again"
+    code, io = _refine(["refine", "--data", root, "--out", out, "--refiner", "paper"] + FAST, capsys)
+    assert code == 0, io.err
+    config = json.loads((out / "config.json").read_text())
+    assert config["_class"] == "RefineRunConfig" and config["refiner"] == "paper"
+    code, io = _refine(["refine", "--config", out / "config.json", "--out", again, "--quiet"], capsys)
+    assert code == 0, io.err
+    assert (again / "refined_labels.csv").read_bytes() == (out / "refined_labels.csv").read_bytes()
+    assert json.loads((again / "config.json").read_text()) == config
+    # --config replaces the other options
+    code, io = _refine(["refine", "--config", out / "config.json", "--out", tmp_path / "x", "--alpha", "0.2"], capsys)
+    assert code == 2 and "--alpha" in io.err and not (tmp_path / "x").exists()

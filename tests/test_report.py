@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synref import report
+from synref.apps import report
 from synref.cli import main
 from synref.errors import InputError
-from synref.report import render_report, write_report
+from synref.apps.report import render_report, write_report
 
 CLASSES = ["cat", "dog <b>", "a&b"]
 COLUMNS = ("index,id,path,given_label,given_class,suggested_label,suggested_class,best_score,"

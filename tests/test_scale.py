@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from synref.errors import InputError
-from synref.refine import (
+from synref.refiners import (
     class_prototypes,
     prototype_similarity,
     refine_labels,

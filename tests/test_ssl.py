@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from synref.errors import InputError
-from synref.ssl import (SSLConfig, extract_ssl_features, knn_cv_accuracy, nt_xent_loss,
-                        prototype_accuracy, ssl_augment, train_simclr)
+from synref.models import extract_features as extract_ssl_features
+from synref.refiners import prototype_accuracy
+from synref.train.simclr import SSLConfig, knn_cv_accuracy, nt_xent_loss, ssl_augment, train_simclr
 
 
 def _blobs(n: int = 64, size: int = 8, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -81,15 +82,15 @@ def test_nt_xent_prefers_matching_views():
 def test_loss_decreases_and_deterministic():
     imgs = _blobs(48)
     cfg = SSLConfig(epochs=10, lr=3e-3, seed=3, **FAST)
-    m1 = train_simclr(imgs, config=cfg, progress=False)
+    m1 = train_simclr(imgs, config=cfg)
     hist = [h["loss"] for h in m1.ssl_history]
     assert len(hist) == 10
     assert np.mean(hist[-3:]) < hist[0] - 0.2
-    m2 = train_simclr(imgs, config=cfg, progress=False)
+    m2 = train_simclr(imgs, config=cfg)
     s1, s2 = m1.state_dict(), m2.state_dict()
     assert s1.keys() == s2.keys()
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
-    m3 = train_simclr(imgs, config=SSLConfig(epochs=1, seed=4, **FAST), progress=False)
+    m3 = train_simclr(imgs, config=SSLConfig(epochs=1, seed=4, **FAST))
     assert not torch.equal(m3.state_dict()["blocks.0.0.weight"], s1["blocks.0.0.weight"])
 
 
@@ -97,14 +98,13 @@ def test_loss_decreases_and_deterministic():
 def test_output_shapes(hw, c):
     imgs = _blobs(12, hw, c)
     extra = _blobs(6, hw, c, seed=1)
-    m = train_simclr(imgs, config=SSLConfig(epochs=1, **FAST), extra_images=extra, progress=False)
+    m = train_simclr(imgs, config=SSLConfig(epochs=1, **FAST), extra_images=extra)
     f = extract_ssl_features(m, imgs)
     assert f.shape == (12, m.feature_dim) and f.dtype == np.float32
     assert np.isfinite(f).all()
     assert not m.training
     with pytest.raises(InputError):
-        train_simclr(imgs, config=SSLConfig(epochs=1, **FAST), extra_images=_blobs(4, hw + 1, c),
-                     progress=False)
+        train_simclr(imgs, config=SSLConfig(epochs=1, **FAST), extra_images=_blobs(4, hw + 1, c))
 
 
 def test_training_makes_views_more_similar():
@@ -124,12 +124,12 @@ def test_training_makes_views_more_similar():
         return float(pos - neg)
 
     from synref.models import create_model
-    from synref.train import channel_stats
+    from synref.models import channel_stats
     init = create_model("small_cnn", num_classes=1, in_channels=1, seed=0)
     init.set_normalization(*channel_stats(imgs))
     init.eval()
     before = view_agreement(init)
-    trained = train_simclr(imgs, config=cfg, progress=False)
+    trained = train_simclr(imgs, config=cfg)
     after = view_agreement(trained)
     assert after > before + 0.05
 

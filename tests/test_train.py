@@ -9,19 +9,15 @@ import pytest
 import torch
 
 from synref.errors import InputError
-from synref.models import create_model
+from synref.models import (channel_stats, create_model, evaluate_accuracy, extract_features, predict_logits,
+                           predict_proba)
 from synref.train import (
     TrainConfig,
     augment_batch,
-    channel_stats,
     cross_fit,
-    evaluate_accuracy,
-    extract_features,
     fine_tune,
     fit,
     lr_at,
-    predict_logits,
-    predict_proba,
 )
 
 
@@ -92,7 +88,7 @@ def test_lr_schedule_milestones_gamma_and_warmup():
     # the lr recorded in the history follows the schedule
     x, y = squares(40)
     res = fit(create_model("small_cnn", num_classes=4, in_channels=1, seed=0), x, y,
-              config=quick(epochs=3, lr=0.02, milestones=[1, 2], gamma=0.5), progress=False)
+              config=quick(epochs=3, lr=0.02, milestones=[1, 2], gamma=0.5))
     assert [h["lr"] for h in res.history] == pytest.approx([0.02, 0.01, 0.005])
 
 
@@ -130,7 +126,7 @@ def test_channel_stats():
 def test_fit_learns_a_separable_problem_and_sets_normalisation():
     x, y = squares(200)
     model = create_model("small_cnn", num_classes=4, in_channels=1, seed=0)
-    res = fit(model, x, y, config=quick(epochs=4), progress=True)
+    res = fit(model, x, y, config=quick(epochs=4))
     assert res.model is model and res.best_val_acc is None and res.best_epoch == 3
     assert len(res.history) == 4
     assert set(res.history[0]) == {"epoch", "lr", "train_loss", "train_acc", "val_acc"}
@@ -146,7 +142,7 @@ def test_fit_is_deterministic_per_seed():
 
     def run(seed):
         m = create_model("small_cnn", num_classes=4, in_channels=3, seed=seed)
-        fit(m, x, y, config=quick(seed=seed, augment_pad=1, hflip=True), progress=False)
+        fit(m, x, y, config=quick(seed=seed, augment_pad=1, hflip=True))
         return m
 
     a, b, c = run(0), run(0), run(1)
@@ -154,7 +150,7 @@ def test_fit_is_deterministic_per_seed():
     assert not states_equal(a, c)
     # same init, different data-order / augmentation seed also differs
     d = create_model("small_cnn", num_classes=4, in_channels=3, seed=0)
-    fit(d, x, y, config=quick(seed=5, augment_pad=1, hflip=True), progress=False)
+    fit(d, x, y, config=quick(seed=5, augment_pad=1, hflip=True))
     assert not states_equal(a, d)
 
 
@@ -165,7 +161,7 @@ def test_best_validation_checkpoint_is_that_epochs_weights():
     vx, vy = squares(60, seed=2)
     cfg = quick(epochs=8, lr=0.1, batch_size=16)
     res = fit(create_model("small_cnn", num_classes=4, in_channels=1, seed=0), x, y,
-              val_images=vx, val_labels=vy, config=cfg, progress=False)
+              val_images=vx, val_labels=vy, config=cfg)
     accs = [h["val_acc"] for h in res.history]
     assert len(set(accs)) > 2                            # a non-trivial choice of epoch
     assert res.best_val_acc == max(accs)
@@ -173,12 +169,11 @@ def test_best_validation_checkpoint_is_that_epochs_weights():
     assert evaluate_accuracy(res.model, vx, vy) == pytest.approx(res.best_val_acc)
     # deterministic re-run stopped at the best epoch reproduces the checkpoint bit for bit
     again = create_model("small_cnn", num_classes=4, in_channels=1, seed=0)
-    fit(again, x, y, config=quick(epochs=res.best_epoch + 1, lr=0.1, batch_size=16),
-        progress=False)
+    fit(again, x, y, config=quick(epochs=res.best_epoch + 1, lr=0.1, batch_size=16))
     assert states_equal(res.model, again)
     if res.best_epoch < cfg.epochs - 1:                  # and it is not the last epoch's
         last = create_model("small_cnn", num_classes=4, in_channels=1, seed=0)
-        fit(last, x, y, config=cfg, progress=False)
+        fit(last, x, y, config=cfg)
         assert not states_equal(res.model, last)
 
 
@@ -186,17 +181,17 @@ def test_fit_rejects_bad_input():
     model = create_model("small_cnn", num_classes=4, in_channels=1)
     x, y = squares(10)
     with pytest.raises(InputError, match="uint8"):
-        fit(model, x.astype(np.float32), y, config=quick(), progress=False)
+        fit(model, x.astype(np.float32), y, config=quick())
     with pytest.raises(InputError, match="sample 0"):
-        fit(model, x, np.full(10, 9), config=quick(), progress=False)
+        fit(model, x, np.full(10, 9), config=quick())
     with pytest.raises(InputError, match="together"):
-        fit(model, x, y, val_images=x, config=quick(), progress=False)
+        fit(model, x, y, val_images=x, config=quick())
 
 
 def test_trailing_single_sample_batch_is_merged():
     x, y = squares(33)   # 32 + 1: a lone BatchNorm sample would fail in train mode
     res = fit(create_model("resnet18", num_classes=4, in_channels=1, seed=0), x, y,
-              config=quick(epochs=1, batch_size=32), progress=False)
+              config=quick(epochs=1, batch_size=32))
     assert len(res.history) == 1
 
 
@@ -204,11 +199,11 @@ def test_trailing_single_sample_batch_is_merged():
 def test_fine_tune_reinitialises_head_and_keeps_backbone_and_normalisation():
     x, y = squares(96)
     base = create_model("small_cnn", num_classes=4, in_channels=1, seed=0)
-    fit(base, x, y, config=quick(epochs=2), progress=False)
+    fit(base, x, y, config=quick(epochs=2))
     base.set_normalization([0.3], [0.7])           # not the data's statistics
     snapshot = {k: v.clone() for k, v in base.state_dict().items()}
     res = fine_tune(base, x, y, val_images=x[:32], val_labels=y[:32],
-                    config=TrainConfig.paper_finetune(epochs=1, batch_size=32), progress=False)
+                    config=TrainConfig.paper_finetune(epochs=1, batch_size=32))
     tuned = res.model
     assert tuned is not base
     assert all(torch.equal(v, base.state_dict()[k]) for k, v in snapshot.items())  # untouched
@@ -224,7 +219,7 @@ def test_fine_tune_reinitialises_head_and_keeps_backbone_and_normalisation():
             assert rel < 0.05, (k, rel)
     # the head re-init is seeded by config.seed
     res2 = fine_tune(base, x, y, val_images=x[:32], val_labels=y[:32],
-                     config=TrainConfig.paper_finetune(epochs=1, batch_size=32), progress=False)
+                     config=TrainConfig.paper_finetune(epochs=1, batch_size=32))
     assert states_equal(res.model, res2.model)
 
 
@@ -232,7 +227,7 @@ def test_fine_tune_reinitialises_head_and_keeps_backbone_and_normalisation():
 def test_predict_helpers_shapes_and_consistency():
     x, y = squares(50, size=16, channels=3)
     model = create_model("small_cnn", num_classes=4, in_channels=3, seed=0)
-    fit(model, x, y, config=quick(epochs=1), progress=False)
+    fit(model, x, y, config=quick(epochs=1))
     model.train()
     logits = predict_logits(model, x, batch_size=7)
     probs = predict_proba(model, x)
@@ -263,11 +258,11 @@ def test_cross_fit_is_out_of_sample():
     cfg = quick(epochs=40, batch_size=30, lr=0.05, augment_pad=0, hflip=False)
     # in-sample: the network memorises the noise
     full = create_model("small_cnn", num_classes=k, in_channels=1, seed=0)
-    fit(full, x, y, config=cfg, progress=False)
+    fit(full, x, y, config=cfg)
     assert evaluate_accuracy(full, x, y) >= 0.9
     # out-of-sample: near chance
     res = cross_fit(x, y, model_name="small_cnn", num_classes=k, in_channels=1, config=cfg,
-                    folds=4, seed=0, progress=False)
+                    folds=4, seed=0)
     assert res.pred_probs.shape == (n, k) and res.features.shape == (n, 128)
     assert res.fold_of.shape == (n,) and set(res.fold_of.tolist()) == {0, 1, 2, 3}
     np.testing.assert_allclose(res.pred_probs.sum(1), 1.0, rtol=1e-5)
@@ -288,11 +283,10 @@ def test_cross_fit_falls_back_to_kfold_and_is_deterministic():
     with warnings.catch_warnings():
         warnings.simplefilter("error")       # sklearn would warn about the tiny class
         a = cross_fit(x, y, model_name="small_cnn", num_classes=4, config=cfg, folds=3,
-                      seed=1, progress=False)
+                      seed=1)
     b = cross_fit(x, y, model_name="small_cnn", num_classes=4, config=cfg, folds=3,
-                  seed=1, progress=False)
+                  seed=1)
     assert np.array_equal(a.fold_of, b.fold_of) and np.array_equal(a.pred_probs, b.pred_probs)
     assert np.bincount(a.fold_of).tolist() == [14, 13, 13]
     with pytest.raises(InputError, match="folds"):
-        cross_fit(x, y, model_name="small_cnn", num_classes=4, config=cfg, folds=1,
-                  progress=False)
+        cross_fit(x, y, model_name="small_cnn", num_classes=4, config=cfg, folds=1)

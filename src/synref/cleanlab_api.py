@@ -25,14 +25,15 @@ Mapping to cleanlab (2.x)
 
 What cleanlab does not give: a *correction*. :func:`suggest_labels` returns the refined labels
 (the best class where the mask is True, the given label elsewhere), and
-:func:`label_refinement` returns the whole :class:`~synref.refine.RefinementResult` (mask,
+:func:`label_refinement` returns the whole :class:`~synref.refiners.RefinementResult` (mask,
 quality, ranking and correction from one pass).
 
 With ``pred_probs=None`` and ``alpha=1`` the decision uses the anchors alone.
 ``calibrate=True`` (or an explicit ``temperature``) turns the cosine into probabilities with a
 temperature fitted on held-out anchors, so both terms of the score are probabilities (synref's
-default preset). Every function streams the samples in chunks (see
-:func:`synref.refine.refine_labels_chunked`): no (N, C) temporaries, memory-mapped inputs work.
+default preset). Every function builds an :class:`~synref.evidence.Evidence` and calls
+:func:`synref.refiners.refine` (``paper``, or ``crossfit`` in one round when calibrated), which
+streams the samples in chunks: no (N, C) temporaries, memory-mapped inputs work.
 """
 from __future__ import annotations
 
@@ -41,67 +42,16 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .errors import InputError
-from .refine import (
-    DEFAULT_ALPHA,
-    DEFAULT_THRESHOLD,
-    RefinementResult,
-    class_prototypes,
-    fit_similarity_temperature,
-    refine_labels_chunked,
-)
+from .evidence import Evidence
+from .refiners import DEFAULT_ALPHA, DEFAULT_THRESHOLD, RefinementResult, fit_similarity_temperature, refine
+from .validation import as_labels, check_pred_probs, infer_num_classes
 
 __all__ = ["find_label_issues", "get_label_quality_scores", "suggest_labels", "label_refinement",
            "check_pred_probs", "RANKINGS"]
 
 RANKINGS = ("severity", "normalized_margin", "self_confidence", "label_quality")
-_SUM_ROWS = 65536
 
 ArrayLike = Union[np.ndarray, Sequence]
-
-
-def check_pred_probs(pred_probs: ArrayLike, num_samples: Optional[int] = None) -> np.ndarray:
-    """Validate cleanlab-style ``pred_probs``: (N, C) floats in [0, 1], rows summing to ~1.
-
-    Lists and any float/int dtype are accepted (float16/float32/float64 arrays are kept, not
-    copied; memory-mapped arrays are read in chunks). Raises InputError naming the first bad row.
-    """
-    probs = np.asarray(pred_probs)
-    if probs.dtype == object or not (np.issubdtype(probs.dtype, np.floating)
-                                     or np.issubdtype(probs.dtype, np.integer)):
-        raise InputError(f"pred_probs must be numbers, got dtype {probs.dtype}")
-    if probs.ndim != 2:
-        raise InputError(f"pred_probs must be 2-D (N samples, C classes), got shape {probs.shape}")
-    if num_samples is not None and len(probs) != num_samples:
-        raise InputError(f"pred_probs has {len(probs)} rows but there are {num_samples} labels")
-    if probs.shape[1] < 2:
-        raise InputError(f"pred_probs needs at least 2 class columns, got {probs.shape[1]}")
-    tol = 1e-2 if probs.dtype == np.float16 else 1e-3
-    for start in range(0, len(probs), _SUM_ROWS):
-        block = np.asarray(probs[start:start + _SUM_ROWS], dtype=np.float64)
-        sums = block.sum(axis=1)
-        bad = ~(np.abs(sums - 1.0) <= tol)  # NaN fails too
-        low = block.min(axis=1) < -tol
-        if bad.any() or low.any():
-            i = int(np.flatnonzero(bad | low)[0])
-            row = start + i
-            if not np.isfinite(block[i]).all():
-                raise InputError(f"pred_probs: sample {row} has a NaN or infinite value")
-            if low[i]:
-                raise InputError(f"pred_probs: sample {row} has a negative value ({block[i].min():.4g}); pass "
-                                 f"softmax probabilities (e.g. scipy.special.softmax(logits, axis=1)), not logits")
-            raise InputError(f"pred_probs: row {row} sums to {sums[i]:.4g}, not 1; pass softmax probabilities "
-                             f"(e.g. scipy.special.softmax(logits, axis=1)), not logits or scores")
-    return probs
-
-
-def _check_labels_1d(labels: ArrayLike) -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise InputError(f"labels must be 1-D (one class index per sample), got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not (np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
-            raise InputError(f"labels must be integer class indices, got dtype {arr.dtype}")
-    return arr.astype(np.int64)
 
 
 def label_refinement(labels: ArrayLike, pred_probs: Optional[ArrayLike], *, features: np.ndarray,
@@ -124,7 +74,7 @@ def label_refinement(labels: ArrayLike, pred_probs: Optional[ArrayLike], *, feat
             class); ``temperature`` sets it directly.
         class_names: used in error messages.
     """
-    labels_arr = _check_labels_1d(labels)
+    labels_arr = as_labels(labels, integral_floats=True)
     feats = np.asarray(features) if not isinstance(features, np.ndarray) else features
     if feats.ndim != 2:
         raise InputError(f"features must be 2-D (N samples, D dimensions), got shape {feats.shape}")
@@ -132,31 +82,31 @@ def label_refinement(labels: ArrayLike, pred_probs: Optional[ArrayLike], *, feat
         raise InputError(f"{len(labels_arr)} labels but {len(feats)} feature rows")
     probs = None if pred_probs is None else check_pred_probs(pred_probs, len(labels_arr))
     anchor_labels_arr = None if anchor_labels is None else np.asarray(anchor_labels)
-    if probs is not None:
-        num_classes = probs.shape[1]
-    elif prototypes is not None:
-        num_classes = len(prototypes)
-    elif anchor_labels_arr is not None:
-        num_classes = int(max(np.max(anchor_labels_arr), np.max(labels_arr, initial=0))) + 1
-    else:
-        raise InputError("give anchor_features and anchor_labels (or prototypes)")
-    if temperature is None and calibrate:
-        if anchor_features is None or anchor_labels_arr is None:
-            raise InputError("calibrate=True needs anchor_features and anchor_labels")
-        temperature = fit_similarity_temperature(anchor_features, anchor_labels_arr, num_classes,
-                                                 class_names=class_names)
+    num_classes = infer_num_classes(pred_probs=probs, prototypes=prototypes, anchor_labels=anchor_labels_arr,
+                                    labels=labels_arr)
+    have_anchors = anchor_features is not None and anchor_labels_arr is not None
     if prototypes is None:
-        if anchor_features is None or anchor_labels_arr is None:
+        if not have_anchors:
             raise InputError("give anchor_features and anchor_labels (or prototypes)")
         anchor_feats = np.asarray(anchor_features)
         if anchor_feats.ndim == 2 and anchor_feats.shape[1] != feats.shape[1]:
             raise InputError(f"anchor_features have {anchor_feats.shape[1]} dimensions, "
                              f"features have {feats.shape[1]}")
-        prototypes = class_prototypes(anchor_feats, anchor_labels_arr, num_classes, class_names=class_names)
-    result = refine_labels_chunked(labels_arr, pred_probs=probs, features=feats, prototypes=prototypes,
-                                   alpha=alpha, threshold=threshold, temperature=temperature,
-                                   chunk_rows=chunk_rows, num_threads=num_threads, keep_scores=keep_scores)
-    return result
+        space = (anchor_feats, anchor_labels_arr)
+    else:  # each given prototype is its class's one anchor
+        space = (np.asarray(prototypes), np.arange(len(prototypes)))
+        if temperature is None and calibrate:
+            if not have_anchors:
+                raise InputError("calibrate=True needs anchor_features and anchor_labels")
+            temperature = fit_similarity_temperature(anchor_features, anchor_labels_arr, num_classes,
+                                                     class_names=class_names)
+    evidence = Evidence(labels_arr, num_classes, space[1], features=feats, anchor_features=space[0],
+                        pred_probs=probs, class_names=None if class_names is None else list(class_names))
+    options = dict(alpha=alpha, threshold=threshold, keep_scores=keep_scores, chunk_rows=chunk_rows,
+                   num_threads=num_threads)
+    if temperature is None and not calibrate:
+        return refine(evidence, "paper", **options)
+    return refine(evidence, "crossfit", rounds=1, calibrate=True, temperature=temperature, **options)
 
 
 def rank_issues(result: RefinementResult, by: str = "severity") -> np.ndarray:

@@ -5,12 +5,19 @@ User errors (``synref.errors.InputError``) print one line ``synref: error: ...``
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .anchors import GENERATORS, generator_options
 from .errors import InputError, SynrefError
+from .experiments.demo import PRESETS
+from .experiments.protocol import PROTOCOLS
+from .experiments.recipes import DATASETS
+from .features import DEFAULT_CLIP_MODEL, FEATURE_EXTRACTORS
+from .models import MODELS
+from .progress import progress_setting
+from .refiners import DEFAULT_REFINER, REFINERS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,7 +55,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                         "its length must equal the training split's")
     p.add_argument("--pmd-type", type=int, choices=(1, 2, 3), default=1, help="PMD type (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, noise and training (default 0)")
-    p.add_argument("--preset", choices=("both", "paper", "synref"), default="both",
+    p.add_argument("--preset", choices=("both",) + PRESETS, default="both",
                    help="which refinement to run (default: both rows)")
     p.add_argument("--anchors-per-class", type=int, default=100, help="synthetic anchors per class (default 100)")
     p.add_argument("--out", type=Path, default=Path("synref-demo"), help="output folder (default ./synref-demo)")
@@ -57,13 +64,16 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .pipeline import DemoConfig, format_demo_table, run_demo
+    import dataclasses
 
+    from .experiments.demo import DemoConfig, format_demo_table, run_demo
+    from .experiments.protocol import digits_protocol
+
+    protocol = dataclasses.replace(digits_protocol(), anchors_per_class=args.anchors_per_class)
     config = DemoConfig(noise=args.noise, rate=args.rate, pmd_type=args.pmd_type, seed=args.seed,
                         noise_file=None if args.noise_file is None else str(args.noise_file),
-                        presets=("paper", "synref") if args.preset == "both" else (args.preset,),
-                        anchors_per_class=args.anchors_per_class)
-    metrics = run_demo(config, out=args.out, progress=not args.quiet)
+                        presets=PRESETS if args.preset == "both" else (args.preset,), protocol=protocol)
+    metrics = run_demo(config, out=args.out)
     print(format_demo_table(metrics))
     print(f"wrote {args.out / 'metrics.json'}")
     return 0
@@ -99,17 +109,6 @@ def _add_noise(sub: argparse._SubParsersAction) -> None:
     m.set_defaults(func=_run_noise_pmd)
 
 
-def _load_npy(path: Path, what: str):
-    import numpy as np
-
-    if not path.is_file():
-        raise InputError(f"{what} file not found: {path}")
-    try:
-        return np.load(path, allow_pickle=False)
-    except Exception as exc:  # numpy raises several types for a bad file
-        raise InputError(f"cannot read {what} file {path}: {exc}") from None
-
-
 def _run_noise_hybrid(args: argparse.Namespace) -> int:
     from . import noise
     from .data import load_labels_file
@@ -117,8 +116,8 @@ def _run_noise_hybrid(args: argparse.Namespace) -> int:
 
     if args.num_classes < 2:
         raise InputError(f"--num-classes must be at least 2, got {args.num_classes}")
-    if args.kind not in ("uniform", "asymmetric"):
-        raise InputError(f"unknown noise kind {args.kind!r} for --kind; choose uniform or asymmetric")
+    if args.kind not in noise.NOISE_KINDS:
+        raise InputError(f"unknown noise kind {args.kind!r} for --kind; choose {' or '.join(noise.NOISE_KINDS)}")
     labels = load_labels_file(args.labels, num_samples=None, num_classes=args.num_classes)
     class_map = None
     if args.class_map is not None:
@@ -135,9 +134,9 @@ def _run_noise_hybrid(args: argparse.Namespace) -> int:
 
 def _run_noise_pmd(args: argparse.Namespace) -> int:
     from . import noise
-    from .io import write_npy
+    from .io import read_npy, write_npy
 
-    probs = _load_npy(args.probs, "--probs")
+    probs = read_npy(args.probs, "--probs")
     if args.factor is not None:
         factor = args.factor
     else:
@@ -150,17 +149,11 @@ def _run_noise_pmd(args: argparse.Namespace) -> int:
     return 0
 
 
-#: The generator options each --generator accepts (CLI flag -> constructor option).
+#: The CLI flag of each generator option (the options a generator accepts are its factory's).
 _GENERATOR_FLAGS = {
     "model": "--model", "templates": "--prompt", "class_prompts_file": "--class-prompts",
     "steps": "--steps", "guidance": "--guidance", "size": "--size", "batch_size": "--batch-size",
     "device": "--device", "root": "--root",
-}
-_GENERATOR_OPTIONS = {
-    "glyph": ("size",),
-    "diffusers": ("model", "templates", "class_prompts_file", "steps", "guidance", "size",
-                  "batch_size", "device"),
-    "folder": ("root", "size"),
 }
 
 
@@ -171,7 +164,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                     "manifest with sha256 and provenance, anchorset.json). Re-running the same "
                     "command finishes only what is missing; a larger --per-class adds images. "
                     "Under `accelerate launch` the images are split between the processes.")
-    p.add_argument("--generator", required=True, choices=tuple(_GENERATOR_OPTIONS),
+    p.add_argument("--generator", required=True, choices=GENERATORS.choices(),
                    help="glyph (rendered class text, offline), diffusers (text-to-image model), "
                         "folder (import your own images: --root/<class name>/...)")
     p.add_argument("--classes", required=True,
@@ -197,21 +190,18 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_generate)
 
 
-from .distributed import distributed_context as _distributed_context  # noqa: E402
-from .distributed import release_distributed  # noqa: E402
-
-
 def _run_generate(args: argparse.Namespace) -> int:
-    from .anchors.base import validate_count
-    from .generate import format_summary, generate_anchor_set, parse_class_list
+    from .anchors.generate import format_summary, generate_anchor_set, parse_class_list
+    from .distributed import distributed_context, release_distributed
+    from .validation import check_count
 
     names = parse_class_list(args.classes)
-    validate_count(args.per_class, "--per-class")
-    validate_count(args.seed, "--seed", minimum=0)
+    check_count(args.per_class, "--per-class")
+    check_count(args.seed, "--seed", minimum=0)
     for flag, value in (("--batch-size", args.batch_size), ("--steps", args.steps),
                         ("--size", args.size)):
         if value is not None:
-            validate_count(value, flag)
+            check_count(value, flag)
     if args.class_prompts is not None and not args.class_prompts.is_file():
         raise InputError(f"--class-prompts file not found: {args.class_prompts}")
     given = {"model": args.model, "templates": args.prompt,
@@ -219,7 +209,7 @@ def _run_generate(args: argparse.Namespace) -> int:
              "steps": args.steps, "guidance": args.guidance, "size": args.size,
              "batch_size": args.batch_size, "device": args.device,
              "root": None if args.root is None else str(args.root)}
-    accepted = _GENERATOR_OPTIONS[args.generator]
+    accepted = generator_options(args.generator) or list(given)
     for option, value in given.items():
         if value is not None and option not in accepted and option not in ("batch_size", "device"):
             raise InputError(f"{_GENERATOR_FLAGS[option]} does not apply to "
@@ -229,16 +219,16 @@ def _run_generate(args: argparse.Namespace) -> int:
     if args.generator == "folder" and args.root is None:
         raise InputError("--generator folder needs --root (one sub-folder per class)")
 
-    from .anchors import create_generator  # registers glyph, folder and diffusers
+    from .anchors import create_generator
 
-    rank, world, device, barrier, state = _distributed_context(args.device)
+    rank, world, device, barrier, state = distributed_context(args.device)
     given["device"] = device
     options = {k: v for k, v in given.items() if k in accepted and v is not None}
     try:
         generator = create_generator(args.generator, **options)
         summary = generate_anchor_set(generator, names, args.per_class, args.out, seed=args.seed,
                                       batch_size=args.batch_size, process_index=rank,
-                                      num_processes=world, progress=not args.quiet,
+                                      num_processes=world,
                                       barrier=barrier)
         summaries = [summary]
         if world > 1:
@@ -266,11 +256,11 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True,
                    help="digits, a CIFAR folder, an image folder or a CSV manifest")
     p.add_argument("--split", default="train", help="split of --data (default train)")
-    p.add_argument("--extractor", required=True, choices=("classifier", "clip", "ssl"),
-                   help="classifier (needs --checkpoint), clip (--clip-model), ssl (SimCLR trained "
-                        "on --data; one process only)")
+    p.add_argument("--extractor", required=True, choices=FEATURE_EXTRACTORS.choices(),
+                   help="classifier (needs --checkpoint), clip (--clip-model), ssl / simclr (SimCLR trained "
+                        "on --data; one process only), efficientnet-lite0 (ImageNet-pretrained, offline)")
     p.add_argument("--checkpoint", type=Path, default=None,
-                   help="classifier checkpoint (synref.features.save_classifier)")
+                   help="classifier checkpoint (synref.models.save_classifier)")
     p.add_argument("--clip-model", default=None,
                    help="CLIP model id or local folder (default openai/clip-vit-large-patch14)")
     p.add_argument("--image-size", type=int, default=None,
@@ -290,9 +280,11 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_features(args: argparse.Namespace) -> int:
-    from .data import load_dataset
-    from .features import DEFAULT_CLIP_MODEL, create_extractor, extract_features_distributed
-    from .io import write_npy, write_text
+    from .data import load_dataset, materialize
+    from .device import default_device
+    from .distributed import distributed_context, release_distributed
+    from .features import ExtractorContext, compute_features, extractor_from_context
+    from .io import check_output_dir, write_npy, write_text
 
     for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--chunk-size", args.chunk_size, 1),
                                  ("--image-size", args.image_size, 1), ("--workers", args.workers, 0)):
@@ -306,42 +298,32 @@ def _run_features(args: argparse.Namespace) -> int:
         raise InputError(f"--clip-model does not apply to --extractor {args.extractor}")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise InputError(f"classifier checkpoint not found: {args.checkpoint}")
-    if args.out.exists() and not args.out.is_dir():
-        raise InputError(f"--out {args.out} exists and is not a folder")
+    check_output_dir(args.out)
     dataset = load_dataset(args.data, split=args.split)
     size = None if args.image_size is None else (args.image_size, args.image_size)
-    progress = not args.quiet
+    name = FEATURE_EXTRACTORS.canonical(args.extractor)
 
-    rank, world, device, barrier, state = _distributed_context(args.device)
+    rank, world, device, barrier, state = distributed_context(args.device)
     try:
-        channels = None
-        if args.extractor == "classifier":
-            import torch
-
-            if device is None:
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            extractor = create_extractor("classifier", checkpoint=args.checkpoint, device=device)
-            channels = int(extractor.model.in_channels)
-        elif args.extractor == "clip":
-            extractor = create_extractor("clip", model=args.clip_model or DEFAULT_CLIP_MODEL,
-                                         device=device)
-            channels = 3
-        else:
+        context = ExtractorContext(checkpoint=args.checkpoint, clip_model=args.clip_model,
+                                   device=device or default_device())
+        channels: Optional[int] = 3
+        if name == "ssl":
             if world > 1:
-                raise InputError("--extractor ssl trains its encoder in the process; run it "
+                raise InputError(f"--extractor {args.extractor} trains its encoder in the process; run it "
                                  "without accelerate launch (one process)")
-            from .data import materialize
-
-            train = materialize(dataset, size=size, progress=progress, skip_bad=args.skip_bad)
+            train = materialize(dataset, size=size, skip_bad=args.skip_bad)
             channels = int(train.images.shape[-1])
             size = tuple(train.images.shape[1:3])
-            extractor = create_extractor("ssl", images=train.images)
-        skipped: list = []
-        feats = extract_features_distributed(
+            context.images = train.images
+        extractor = extractor_from_context(name, context)
+        if name == "classifier":
+            channels = int(extractor.model.in_channels)
+        feats, skipped = compute_features(
             extractor, dataset, path=args.out / "features.npy", process_index=rank,
             num_processes=world, barrier=barrier, batch_size=args.batch_size,
             chunk_size=args.chunk_size, size=size, channels=channels, num_workers=args.workers,
-            skip_bad=args.skip_bad, skipped=skipped, progress=progress)
+            skip_bad=args.skip_bad)
         if rank == 0:
             write_text(args.out / "ids.txt", "".join(f"{i}\n" for i in dataset.ids))
             write_npy(args.out / "labels.npy", dataset.labels)
@@ -370,7 +352,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .apps.report import write_report
 
     for flag, value in (("--max-gallery", args.max_gallery), ("--anchors-per-side", args.anchors_per_side)):
         if value < 0:
@@ -383,31 +365,37 @@ def _run_report(args: argparse.Namespace) -> int:
 def _add_refine(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("refine", help="find and correct wrong labels in your own labelled images",
                        description="Score every image against synthetic class anchors and a classifier's "
-                                   "out-of-sample softmax; write refined_labels.csv, summary.json and report.html.")
-    p.add_argument("--data", required=True, help="image folder (one sub-folder per class), CSV manifest "
-                                                 "(path,label), CIFAR python layout, or 'digits'")
+                                   "out-of-sample softmax; write refined_labels.csv, summary.json and report.html. "
+                                   "--config OUT/config.json re-runs a results folder into a new --out.")
+    p.add_argument("--config", type=Path, default=None, help="re-run the config.json of a results folder "
+                                                              "(then give only --out and --quiet)")
+    p.add_argument("--data", default=None, help="image folder (one sub-folder per class), CSV manifest "
+                                                "(path,label), CIFAR python layout, or 'digits'")
     p.add_argument("--split", default="train", help="split of --data (CIFAR train/test, split folders, CSV split column)")
     p.add_argument("--labels", type=Path, default=None, help="label file replacing the dataset's labels (.npy or one per line)")
-    anchors = p.add_mutually_exclusive_group(required=True)
+    anchors = p.add_mutually_exclusive_group()
     anchors.add_argument("--anchors", type=Path, help="anchor set from synref generate")
     anchors.add_argument("--generate", action="store_true", help="generate anchors into OUT/anchors (see --generator)")
-    p.add_argument("--generator", default="glyph", help="with --generate: glyph, diffusers or folder (default glyph)")
+    p.add_argument("--generator", default="glyph", choices=GENERATORS.choices(),
+                   help="with --generate: glyph, diffusers or folder (default glyph)")
     p.add_argument("--generator-model", default=None, help="with --generator diffusers: model id or local folder")
     p.add_argument("--generator-root", default=None, help="with --generator folder: folder with one sub-folder per class")
     p.add_argument("--prompt", action="append", default=None, help="with --generator diffusers: prompt template(s)")
     p.add_argument("--per-class", type=int, default=100, help="anchors per class to generate (default 100)")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--classifier", type=Path, help="classifier checkpoint (synref.features.save_classifier)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--classifier", type=Path, help="classifier checkpoint (synref.models.save_classifier)")
     source.add_argument("--train", action="store_true",
                         help="train k-fold cross-fitted classifiers for out-of-sample pred_probs (as cleanlab advises)")
-    p.add_argument("--arch", default="small_cnn", help="network for --train (small_cnn, resnet18, resnet34, ...)")
+    p.add_argument("--arch", default="small_cnn", choices=MODELS.names(), help="network for --train (default small_cnn)")
     p.add_argument("--epochs", type=int, default=30, help="epochs per fold model (default 30)")
     p.add_argument("--folds", type=int, default=4, help="k of the cross-fitting (default 4)")
     p.add_argument("--rounds", type=int, default=1, help="refinement rounds with --train (default 1; 3 in the demo)")
-    p.add_argument("--features", default="classifier",
-                   help="classifier, clip, ssl or efficientnet-lite0 (ImageNet-pretrained, offline) "
+    p.add_argument("--features", default="classifier", choices=FEATURE_EXTRACTORS.choices(),
+                   help="classifier, clip, ssl (simclr) or efficientnet-lite0 (ImageNet-pretrained, offline) "
                         "(default classifier)")
-    p.add_argument("--clip-model", default="openai/clip-vit-large-patch14", help="CLIP model id or local folder")
+    p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="CLIP model id or local folder")
+    p.add_argument("--refiner", default=DEFAULT_REFINER, choices=REFINERS.choices(),
+                   help=f"the refinement rule (default {DEFAULT_REFINER}; paper = the published rule, raw cosine)")
     p.add_argument("--alpha", type=_unit_float("--alpha"), default=0.5, help="weight of anchor similarity (default 0.5)")
     p.add_argument("--threshold", type=_unit_float("--threshold"), default=0.6, help="relabel threshold (default 0.6)")
     p.add_argument("--no-calibrate", action="store_true", help="use raw cosine similarity (the paper) instead of "
@@ -417,46 +405,70 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="results folder (re-run the same command to resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run_refine)
+    p.set_defaults(func=_run_refine, parser=p)
+
+
+def _saved_config(args: argparse.Namespace, cls: type) -> object:
+    """The ``cls`` saved in ``--config``; the other options (but --out and --quiet) must be left
+    at their defaults, as the config replaces them."""
+    from .config import load_config
+
+    given = ["--" + dest.replace("_", "-") for dest, value in vars(args).items()
+             if dest not in ("out", "quiet", "func", "parser", "config", "command")
+             and value != args.parser.get_default(dest)]
+    if given:
+        raise InputError(f"--config re-runs a saved config: give only --out (and --quiet), not {', '.join(given)}")
+    return load_config(args.config, cls)
 
 
 def _run_refine(args: argparse.Namespace) -> int:
-    from .workflow import RefineRunConfig, format_refine_summary, run_refine
+    from .apps.refine_run import RefineRunConfig, format_refine_summary, run_refine
 
-    generator_options: dict = {}
-    if args.generate:
-        if args.generator == "diffusers":
-            if not args.generator_model:
-                raise InputError("--generator diffusers needs --generator-model (a model id or local folder)")
-            generator_options["model"] = args.generator_model
-            if args.prompt:
-                generator_options["templates"] = list(args.prompt)
-        elif args.generator == "folder":
-            if not args.generator_root:
-                raise InputError("--generator folder needs --generator-root")
-            generator_options["root"] = args.generator_root
-    config = RefineRunConfig(
-        data=args.data, split=args.split, labels=None if args.labels is None else str(args.labels),
-        anchors=None if args.anchors is None else str(args.anchors),
-        generator=args.generator if args.generate else None, generator_options=generator_options,
-        per_class=args.per_class, classifier=None if args.classifier is None else str(args.classifier),
-        train=args.train, model=args.arch, epochs=args.epochs, folds=args.folds, rounds=args.rounds,
-        features=args.features, clip_model=args.clip_model, alpha=args.alpha, threshold=args.threshold,
-        calibrate=not args.no_calibrate, image_size=args.image_size, skip_bad=args.skip_bad, seed=args.seed)
-    summary = run_refine(config, out=args.out, progress=not args.quiet)
+    if args.config is not None:
+        config = _saved_config(args, RefineRunConfig)
+    else:
+        config = RefineRunConfig(
+            data=args.data or "", split=args.split, labels=None if args.labels is None else str(args.labels),
+            anchors=None if args.anchors is None else str(args.anchors),
+            generator=args.generator if args.generate else None, generator_options=_generator_options(args),
+            per_class=args.per_class, classifier=None if args.classifier is None else str(args.classifier),
+            train=args.train, model=args.arch, epochs=args.epochs, folds=args.folds, rounds=args.rounds,
+            features=args.features, clip_model=args.clip_model, refiner=args.refiner, alpha=args.alpha,
+            threshold=args.threshold, calibrate=not args.no_calibrate, image_size=args.image_size,
+            skip_bad=args.skip_bad, seed=args.seed)
+    summary = run_refine(config, out=args.out)
     print(format_refine_summary(summary, args.out))
     return 0
+
+
+def _generator_options(args: argparse.Namespace) -> dict:
+    """The generator options of ``synref refine --generate``."""
+    options: dict = {}
+    if not args.generate:
+        return options
+    if args.generator == "diffusers":
+        if not args.generator_model:
+            raise InputError("--generator diffusers needs --generator-model (a model id or local folder)")
+        options["model"] = args.generator_model
+        if args.prompt:
+            options["templates"] = list(args.prompt)
+    elif args.generator == "folder":
+        if not args.generator_root:
+            raise InputError("--generator folder needs --generator-root")
+        options["root"] = args.generator_root
+    return options
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="synref next to cleanlab on the same out-of-sample pred_probs "
                                        "(needs synref[cleanlab])")
-    p.add_argument("--dataset", choices=("digits", "cifar10", "cifar100"), default="digits",
+    p.add_argument("--dataset", choices=DATASETS, default="digits",
                    help="dataset with known clean labels (default digits)")
     p.add_argument("--noise", default="pmd-0.7", help="digits: noise setting, e.g. pmd-0.7 or 'pmd-0.35+u-0.3'")
     p.add_argument("--data", default=None, help="CIFAR: folder with the official python layout")
     p.add_argument("--noise-file", default=None, help="CIFAR: noisy labels of the first 45,000 training images")
-    p.add_argument("--subset", type=int, default=10000, help="CIFAR: first N of the 45,000 (CPU protocol; default 10000)")
+    p.add_argument("--subset", type=int, default=10000,
+                   help="CIFAR: first N of the 45,000 (CPU protocol; default 10000)")
     p.add_argument("--epochs", type=int, default=15, help="CIFAR: epochs per fold model (default 15)")
     p.add_argument("--seed", type=int, default=0, help="seed for split, noise and training (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -464,18 +476,17 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from .compare import format_compare_table, run_compare_cifar, run_compare_digits
+    from .experiments.compare import format_compare_table, run_compare
 
     if args.dataset == "digits":
-        rows = run_compare_digits(noise=args.noise, seed=args.seed, progress=not args.quiet)
         title = f"digits, noise {args.noise}"
     else:
         if not args.data or not args.noise_file:
             raise InputError(f"--dataset {args.dataset} needs --data (official python layout) and --noise-file")
-        rows = run_compare_cifar(args.data, args.noise_file, subset=args.subset, epochs=args.epochs, seed=args.seed,
-                                 progress=not args.quiet)
         title = (f"{args.dataset}, first {args.subset} training images, labels {Path(args.noise_file).name}, "
                  f"real-anchor stand-in")
+    rows = run_compare(args.dataset, noise=args.noise, seed=args.seed, data=args.data, noise_file=args.noise_file,
+                       subset=args.subset, epochs=args.epochs)
     print(format_compare_table(rows, title=title))
     return 0
 
@@ -485,10 +496,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                        description="Run (or resume) a grid of methods (standard, ours, plc, plc+ours, "
                                    "lra-<encoder>[+ours]) x noise settings x seeds; writes OUT/results.csv and "
                                    "OUT/results.md. Finished cells are kept: re-run the same command to resume.")
-    p.add_argument("--protocol", choices=("paper", "cpu", "digits"), default=None,
+    p.add_argument("--config", type=Path, default=None, help="re-run the config.json of a bench folder "
+                                                              "(then give only --out and --quiet)")
+    p.add_argument("--protocol", choices=PROTOCOLS.names(), default=None,
                    help="paper: the paper's CIFAR settings (GPU); cpu: 10,000-image subset, small CNN, short "
                         "schedules; digits: the built-in data (default: digits for --dataset digits, else cpu)")
-    p.add_argument("--dataset", choices=("digits", "cifar10", "cifar100"), default="digits")
+    p.add_argument("--dataset", choices=DATASETS, default="digits")
     p.add_argument("--data", default=None, help="CIFAR: folder with the official python layout")
     p.add_argument("--methods", default=None,
                    help="comma-separated rows (default: standard,ours,plc,plc+ours and lra-<encoder>[+ours] for "
@@ -508,20 +521,23 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", required=True, type=Path, help="results folder (resumed when it exists)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run_bench)
+    p.set_defaults(func=_run_bench, parser=p)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from .experiments.bench import BenchConfig, run_bench
 
-    protocol = args.protocol or ("digits" if args.dataset == "digits" else "cpu")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise InputError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    run_bench(dataset=args.dataset, protocol=protocol, out=args.out, data=args.data, methods=args.methods,
-              noise=args.noise, seeds=seeds, noise_files=args.noise_file, anchors=args.anchors, device=args.device,
-              clip_model=args.clip_model, progress=not args.quiet)
+    if args.config is not None:
+        run_bench(_saved_config(args, BenchConfig), out=args.out)
+    else:
+        protocol = args.protocol or ("digits" if args.dataset == "digits" else "cpu")
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise InputError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+        run_bench(dataset=args.dataset, protocol=protocol, out=args.out, data=args.data, methods=args.methods,
+                  noise=args.noise, seeds=seeds, noise_files=args.noise_file, anchors=args.anchors,
+                  device=args.device, clip_model=args.clip_model)
     print((args.out / "results.md").read_text())
     print(f"results: {args.out / 'results.csv'}, {args.out / 'results.md'}")
     return 0
@@ -550,10 +566,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # usage errors (2) and --help / --version (0)
         return int(exc.code or 0)
-    if getattr(args, "quiet", False):
-        os.environ["SYNREF_NO_PROGRESS"] = "1"
     try:
-        return int(args.func(args) or 0)
+        with progress_setting(False if getattr(args, "quiet", False) else None):
+            return int(args.func(args) or 0)
     except (InputError, SynrefError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"synref: error: {message}", file=sys.stderr)

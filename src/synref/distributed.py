@@ -30,7 +30,10 @@ def distributed_context(device: Optional[str]
     if world_size_from_env() <= 1:
         return 0, 1, device, None, None
     import torch
-    from accelerate import PartialState
+
+    from .optional import require
+
+    PartialState = require("accelerate", "a multi-process run (accelerate launch / torchrun / MPI)").PartialState
 
     use_cpu = (os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
                or (device is not None and device.startswith("cpu"))

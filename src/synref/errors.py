@@ -15,3 +15,10 @@ class InputError(SynrefError, ValueError):
 
 class MissingDependencyError(SynrefError, ImportError):
     """An optional extra is needed; the message says which one to install."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``"<ExceptionType>: <message on one line>"`` (just the type when there is no message): a
+    third-party exception folded into one of synref's one-line messages."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

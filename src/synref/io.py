@@ -1,5 +1,5 @@
-"""Atomic file output (nothing half-written is ever left under the final name), and checked
-torch file input."""
+"""Atomic file output (nothing half-written is ever left under the final name), checked input
+of torch / numpy files, and the output-folder check every command makes before any work."""
 from __future__ import annotations
 
 import contextlib
@@ -59,7 +59,7 @@ def _umask() -> int:
 def write_json(path: PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_open(path, "w", encoding="utf-8") as handle:
-        json.dump(obj, handle, indent=2, sort_keys=False, default=_json_default)
+        json.dump(obj, handle, indent=2, sort_keys=False, default=json_default)
         handle.write("\n")
 
 
@@ -74,7 +74,7 @@ def write_text(path: PathLike, text: str) -> None:
         handle.write(text)
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating):
@@ -102,3 +102,48 @@ def read_torch_file(path: PathLike, what: str) -> Any:
     except Exception as exc:
         msg = " ".join(str(exc).split())[:200]
         raise InputError(f"cannot read {what} {path}: {msg}") from None
+
+
+def read_npy(path: PathLike, what: str) -> np.ndarray:
+    """``np.load(path)`` without pickles; a missing or unreadable file is a one-line InputError
+    naming ``what`` (e.g. "--probs") and the path."""
+    from .errors import InputError, one_line
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} file not found: {path}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises several types for a bad file
+        raise InputError(f"cannot read {what} file {path}: {one_line(exc)}") from None
+
+
+def check_output_dir(out: PathLike, option: str = "--out") -> None:
+    """Fail before any work if ``out`` cannot become a writable folder (nothing is created)."""
+    from .errors import InputError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{option} {out} exists and is not a folder")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {out}: {probe} is not a writable folder")
+
+
+def read_json_object(path: PathLike, what: str) -> dict:
+    """The JSON object in ``path``; an unreadable file, bad JSON or another JSON value is a
+    one-line InputError naming ``what`` and the path."""
+    from .errors import InputError, one_line
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path}")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"cannot read {what} {path}: {one_line(exc)}") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{what} {path} must hold a JSON object, got {type(obj).__name__}")
+    return obj

@@ -21,6 +21,7 @@ from ..data import LabeledImages
 from ..errors import InputError
 from ..progress import progress as progress_bar
 from ..registry import Registry
+from ..validation import check_channels, check_count, check_seed, check_size
 
 Size = Union[int, Tuple[int, int], Sequence[int]]
 
@@ -71,41 +72,38 @@ class AnchorGenerator(ABC):
     @staticmethod
     def rng(class_index: int, k: int, seed: int) -> np.random.Generator:
         """The random generator of one image, derived from ``(seed, class_index, k)`` only."""
-        entropy = [validate_seed(seed), validate_count(class_index, "class_index", minimum=0),
-                   validate_count(k, "k", minimum=0)]
+        entropy = [check_seed(seed), check_count(class_index, "class_index", minimum=0),
+                   check_count(k, "k", minimum=0)]
         return np.random.default_rng(np.random.SeedSequence(entropy))
 
     def sample_id(self, class_name: str, k: int) -> str:
         return f"{self.name}-{class_name}-{k}"
 
     # ------------------------------------------------------------------ the batch entry point
-    def generate(self, class_names: Sequence[str], per_class: int, *, seed: int = 0,
-                 progress: bool = True) -> LabeledImages:
+    def generate(self, class_names: Sequence[str], per_class: int, *, seed: int = 0) -> LabeledImages:
         """``per_class`` anchors for each class, class-major.
 
         Args:
             class_names: the C class names (distinct, non-empty); label = index in this list.
             per_class: images per class, >= 1.
             seed: non-negative integer; image ``k`` of class ``c`` depends only on (seed, c, k).
-            progress: show a progress bar (also silenced by SYNREF_NO_PROGRESS=1).
 
         Returns:
             LabeledImages with uint8 images ``(C * per_class, H, W, ch)``, labels
             ``repeat(arange(C), per_class)`` and ids ``"<name>-<class>-<k>"``.
         """
         names = validate_class_names(class_names)
-        per_class = validate_count(per_class, "per_class")
-        seed = validate_seed(seed)
+        per_class = check_count(per_class, "per_class")
+        seed = check_seed(seed)
         self.prepare(names)
         total = len(names) * per_class
         images: Optional[np.ndarray] = None
         ids: List[str] = []
-        bar = progress_bar(total=total, desc=f"{self.name} anchors", unit="img",
-                           enabled=None if progress else False)
+        bar = progress_bar(total=total, desc=f"{self.name} anchors", unit="img")
         try:
             for c, cname in enumerate(names):
                 for k in range(per_class):
-                    img = _as_hwc(self.generate_one(c, cname, k, seed), self.name)
+                    img = as_hwc(self.generate_one(c, cname, k, seed), self.name)
                     if images is None:
                         images = np.empty((total,) + img.shape, dtype=np.uint8)
                     elif img.shape != images.shape[1:]:
@@ -128,24 +126,31 @@ class AnchorGenerator(ABC):
 GENERATORS: Registry[AnchorGenerator] = Registry("generator")
 
 
+def generator_options(name: str) -> Optional[List[str]]:
+    """The options the generator ``name`` takes (its factory's keyword parameters); None when it
+    takes any."""
+    factory = GENERATORS.get(name)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    return [p for p, v in params.items() if v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD) and p != "self"]
+
+
 def create_generator(name: str, **options: Any) -> AnchorGenerator:
     """The generator registered as ``name``, built with ``options`` (e.g. ``size=32``).
 
     Unknown names and unknown options raise InputError listing the valid choices.
     """
-    factory = GENERATORS.get(name)
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
-        params = None
-    if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        valid = [p for p, v in params.items()
-                 if v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD) and p != "self"]
+    valid = generator_options(name)
+    if valid is not None:
         unknown = sorted(set(options) - set(valid))
         if unknown:
             raise InputError(f"generator {name!r} has no option {unknown[0]!r}; "
                              f"options: {', '.join(valid)}")
-    return factory(**options)
+    return GENERATORS.get(name)(**options)
 
 
 # ---------------------------------------------------------------------- validation
@@ -170,39 +175,8 @@ def validate_class_names(class_names: Sequence[str]) -> List[str]:
     return out
 
 
-def validate_count(value: Any, option: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{option} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def validate_seed(seed: Any) -> int:
-    return validate_count(seed, "seed", minimum=0)
-
-
-def normalize_size(size: Size, option: str = "size") -> Tuple[int, int]:
-    """``32`` -> ``(32, 32)``; ``(H, W)`` -> ``(H, W)``; InputError otherwise."""
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        hw = (int(size), int(size))
-    else:
-        try:
-            hw = tuple(int(s) for s in size)  # type: ignore[union-attr]
-        except (TypeError, ValueError):
-            raise InputError(f"{option} must be an int or (height, width), got {size!r}") from None
-        if len(hw) != 2:
-            raise InputError(f"{option} must be an int or (height, width), got {size!r}")
-    if min(hw) < 1:
-        raise InputError(f"{option} must be positive, got {size!r}")
-    return hw  # type: ignore[return-value]
-
-
-def validate_channels(channels: Any, option: str = "channels") -> int:
-    if isinstance(channels, bool) or channels not in (1, 3):
-        raise InputError(f"{option} must be 1 or 3, got {channels!r}")
-    return int(channels)
-
-
-def _as_hwc(img: np.ndarray, who: str) -> np.ndarray:
+def as_hwc(img: np.ndarray, who: str) -> np.ndarray:
+    """One generated image as uint8 ``(H, W, 1|3)``; anything else is a bug in the generator."""
     img = np.asarray(img)
     if img.ndim == 2:
         img = img[..., None]
@@ -250,8 +224,8 @@ def match_format(anchors: LabeledImages, *, size: Size, channels: int) -> Labele
 
     Labels, class names and ids are kept. See :func:`resize_image` and :func:`convert_channels`.
     """
-    hw = normalize_size(size)
-    channels = validate_channels(channels)
+    hw = check_size(size)
+    channels = check_channels(channels)
     if anchors.images is None:
         raise InputError("match_format needs in-memory anchor images, got a path-backed set")
     imgs = anchors.images

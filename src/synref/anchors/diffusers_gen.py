@@ -27,11 +27,14 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..data import LabeledImages
-from ..errors import InputError, MissingDependencyError, SynrefError
+from ..errors import InputError, SynrefError
 from ..progress import progress as progress_bar
 from ..progress import progress_enabled
-from .base import (GENERATORS, AnchorGenerator, Size, _as_hwc, normalize_size, validate_class_names,
-                   validate_count, validate_seed)
+from ..device import resolve_device
+from ..hub import hf_cache_dir, hf_offline
+from ..optional import require
+from ..validation import check_count, check_seed, check_size
+from .base import GENERATORS, AnchorGenerator, Size, as_hwc, validate_class_names
 from .prompts import PromptSpec, build_prompt_spec
 
 DEFAULT_MODEL = "stabilityai/sdxl-turbo"
@@ -51,8 +54,8 @@ def image_seed(seed: int, class_index: int, k: int) -> int:
     """The torch seed of image ``k`` of class ``class_index``: a 63-bit integer derived from
     ``(seed, class_index, k)`` only (numpy ``SeedSequence``), the same entropy as
     :meth:`AnchorGenerator.rng`."""
-    entropy = [validate_seed(seed), validate_count(class_index, "class_index", minimum=0),
-               validate_count(k, "k", minimum=0)]
+    entropy = [check_seed(seed), check_count(class_index, "class_index", minimum=0),
+               check_count(k, "k", minimum=0)]
     lo, hi = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
     return ((int(hi) << 32) | int(lo)) & ((1 << 63) - 1)
 
@@ -91,19 +94,7 @@ def _resolve_dtype(dtype: Any, device: str) -> Any:
 
 
 def _resolve_device(device: Any) -> str:
-    import torch
-
-    if device is None or str(device) == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    dev = str(device)
-    try:
-        parsed = torch.device(dev)
-    except (RuntimeError, ValueError):
-        raise InputError(f"device {dev!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {dev!r} asked for, but torch sees no CUDA GPU "
-                         "(this torch build or machine has none); use --device cpu")
-    return dev
+    return str(resolve_device(device, "--device"))
 
 
 def _looks_like_path(model: str) -> bool:
@@ -175,15 +166,15 @@ class DiffusersGenerator(AnchorGenerator):
         self.prompts = build_prompt_spec(prompts, templates, class_prompts_file, class_prompts)
         self.class_prompts_file = None if class_prompts_file is None else os.fspath(
             class_prompts_file)
-        self.steps = validate_count(steps, "steps")
+        self.steps = check_count(steps, "steps")
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.floating)) \
                 or not np.isfinite(guidance) or guidance < 0:
             raise InputError(f"guidance must be a number >= 0, got {guidance!r}")
         self.guidance = float(guidance)
-        self.size = normalize_size(size)
+        self.size = check_size(size)
         if any(s % 8 for s in self.size):
             raise InputError(f"size must be a multiple of 8 for diffusion models, got {size!r}")
-        self.batch_size = validate_count(batch_size, "batch_size")
+        self.batch_size = check_count(batch_size, "batch_size")
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise InputError(f"negative_prompt must be a string, got {negative_prompt!r}")
         self.negative_prompt = negative_prompt
@@ -229,13 +220,7 @@ class DiffusersGenerator(AnchorGenerator):
         return self._pipe
 
     def _load(self) -> Any:
-        try:
-            import torch
-            from diffusers import AutoPipelineForText2Image
-        except ImportError as exc:
-            raise MissingDependencyError(
-                f"the diffusers generator needs diffusers and transformers ({exc}); "
-                "install them with: pip install 'synref[diffusers]'") from None
+        AutoPipelineForText2Image = require("diffusers", "the diffusers generator").AutoPipelineForText2Image
         model = self.model
         local = os.path.isdir(os.path.expanduser(model))
         if local:
@@ -248,7 +233,7 @@ class DiffusersGenerator(AnchorGenerator):
         elif _looks_like_path(model):
             raise InputError(f"--model {model}: no such folder (for a hub model give its id, "
                              f"e.g. {DEFAULT_MODEL})")
-        offline = _hub_offline()
+        offline = hf_offline()
         kwargs: Dict[str, Any] = {_dtype_keyword(): self.dtype}
         if self.variant:
             kwargs["variant"] = self.variant
@@ -299,7 +284,7 @@ class DiffusersGenerator(AnchorGenerator):
                        seed: int = 0) -> List[np.ndarray]:
         """uint8 ``(H, W, 3)`` images for ``(class_index, class_name, k)`` items, in order,
         ``batch_size`` per pipeline call (each image with its own generator)."""
-        seed = validate_seed(seed)
+        seed = check_seed(seed)
         work = []
         for item in items:
             try:
@@ -307,8 +292,8 @@ class DiffusersGenerator(AnchorGenerator):
             except (TypeError, ValueError):
                 raise InputError(f"generate_batch items must be (class_index, class_name, k), "
                                  f"got {item!r}") from None
-            work.append((validate_count(c, "class_index", minimum=0), str(cname),
-                         validate_count(k, "k", minimum=0)))
+            work.append((check_count(c, "class_index", minimum=0), str(cname),
+                         check_count(k, "k", minimum=0)))
         out: List[np.ndarray] = []
         start = 0
         while start < len(work):
@@ -317,19 +302,17 @@ class DiffusersGenerator(AnchorGenerator):
             start += len(chunk)
         return out
 
-    def generate(self, class_names: Sequence[str], per_class: int, *, seed: int = 0,
-                 progress: bool = True) -> LabeledImages:
+    def generate(self, class_names: Sequence[str], per_class: int, *, seed: int = 0) -> LabeledImages:
         """Batched :meth:`AnchorGenerator.generate`: same rows, ``batch_size`` images per call
         (batches may span classes)."""
         names = validate_class_names(class_names)
-        per_class = validate_count(per_class, "per_class")
-        seed = validate_seed(seed)
+        per_class = check_count(per_class, "per_class")
+        seed = check_seed(seed)
         self.prepare(names)
         items = [(c, cname, k) for c, cname in enumerate(names) for k in range(per_class)]
         h, w = self.size
         images = np.empty((len(items), h, w, 3), dtype=np.uint8)
-        bar = progress_bar(total=len(items), desc=f"{self.name} anchors", unit="img",
-                           enabled=None if progress else False)
+        bar = progress_bar(total=len(items), desc=f"{self.name} anchors", unit="img")
         try:
             start = 0
             while start < len(items):
@@ -403,7 +386,7 @@ class DiffusersGenerator(AnchorGenerator):
         if len(out) != len(chunk):  # pragma: no cover - a pipeline that ignores the batch
             raise SynrefError(f"diffusers: pipeline returned {len(out)} images for "
                               f"{len(chunk)} prompts")
-        return [_as_hwc(img, self.name) for img in out]
+        return [as_hwc(img, self.name) for img in out]
 
 
 # ---------------------------------------------------------------------- helpers
@@ -428,24 +411,6 @@ def _empty_cache() -> None:
         pass
 
 
-def _hub_offline() -> bool:
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # pragma: no cover
-        return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
-def _hub_cache() -> str:
-    try:
-        from huggingface_hub import constants
-
-        return str(constants.HF_HUB_CACHE)
-    except Exception:  # pragma: no cover
-        return os.path.join(os.path.expanduser("~"), ".cache", "huggingface", "hub")
-
-
 def _dtype_keyword() -> str:
     """``dtype`` on diffusers versions that deprecate ``torch_dtype``, else ``torch_dtype``."""
     try:
@@ -461,7 +426,7 @@ def _dtype_keyword() -> str:
 def _not_found_message(model: str, offline: bool, exc: BaseException) -> str:
     why = ("HF_HUB_OFFLINE is set, so nothing is downloaded" if offline
            else f"and it could not be downloaded ({_first_line(exc)[:160]})")
-    return (f"--model {model}: not found in the Hugging Face cache {_hub_cache()} "
+    return (f"--model {model}: not found in the Hugging Face cache {hf_cache_dir()} "
             f"(set by HF_HOME / HF_HUB_CACHE); {why}. Download it on a machine with network "
             f"(e.g. `hf download {model}`, then copy the cache or run "
             "pipeline.save_pretrained(DIR)) and pass --model DIR, or point HF_HUB_CACHE at a "

@@ -18,9 +18,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..data import _decode, _is_image_file, _probe
+from ..data.decode import decode_image, is_image_file, probe_image
 from ..errors import InputError
-from .base import GENERATORS, AnchorGenerator, Size, normalize_size
+from ..validation import check_size
+from .base import GENERATORS, AnchorGenerator, Size
 
 
 def _short(names: Sequence[str], limit: int = 8) -> str:
@@ -46,7 +47,7 @@ class FolderGenerator(AnchorGenerator):
         self.root = Path(os.path.expanduser(str(root))).resolve()
         if not self.root.is_dir():
             raise InputError(f"folder: anchor folder not found: {self.root}")
-        self.size: Optional[Tuple[int, int]] = None if size is None else normalize_size(size)
+        self.size: Optional[Tuple[int, int]] = None if size is None else check_size(size)
         self._files: Dict[str, List[Path]] = {}
         self._checked: set = set()
 
@@ -78,7 +79,7 @@ class FolderGenerator(AnchorGenerator):
             for dirpath, dirnames, filenames in os.walk(folder):
                 dirnames[:] = [d for d in dirnames if not d.startswith(".")]
                 rel = Path(dirpath).relative_to(folder)
-                found.extend((rel / f).as_posix() for f in filenames if _is_image_file(f))
+                found.extend((rel / f).as_posix() for f in filenames if is_image_file(f))
             files = [folder / rel for rel in sorted(found)]
             self._files[class_name] = files
         return files
@@ -111,7 +112,7 @@ class FolderGenerator(AnchorGenerator):
             example: Dict[Tuple[int, int], Path] = {}
             for name in class_names:
                 for path in self.files(name):
-                    _, hw = _probe(str(path))
+                    _, hw = probe_image(str(path))
                     sizes[hw] += 1
                     example.setdefault(hw, path)
             if len(sizes) > 1:
@@ -128,4 +129,4 @@ class FolderGenerator(AnchorGenerator):
         if k >= len(files):
             raise InputError(f"folder: class {class_name!r} has {len(files)} images in "
                              f"{self.root / class_name}, fewer than the {k + 1} requested")
-        return _decode(str(files[k]), self.size, 3)
+        return decode_image(str(files[k]), self.size, 3)

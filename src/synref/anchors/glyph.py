@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ..errors import InputError
-from .base import (GENERATORS, AnchorGenerator, Size, normalize_size, validate_channels)
+from ..validation import check_channels, check_size
+from .base import GENERATORS, AnchorGenerator, Size
 
 Color = Union[int, Tuple[int, int, int], Sequence[int]]
 Range = Union[float, Tuple[float, float], Sequence[float]]
@@ -205,8 +206,8 @@ class GlyphGenerator(AnchorGenerator):
                  fill: Range = (0.8, 1.0), aspect: Range = (0.8, 1.2), rotation: float = 15.0,
                  shift: float = 0.03, stroke: Range = (0.06, 0.15), blur: Range = (0.0, 0.012),
                  autocontrast: bool = True) -> None:
-        self.size = normalize_size(size)
-        self.channels = validate_channels(channels)
+        self.size = check_size(size)
+        self.channels = check_channels(channels)
         if texts is None:
             texts = {}
         if not isinstance(texts, Mapping):

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import io
 import json
 import os
@@ -47,7 +46,8 @@ import numpy as np
 
 from ..data import LabeledImages
 from ..errors import InputError
-from ..io import _json_default, write_json, atomic_open
+from ..hashing import sha256_bytes, sha256_file
+from ..io import atomic_open, json_default, write_json
 
 PathLike = Union[str, os.PathLike]
 Key = Tuple[int, int]  # (class_index, k)
@@ -88,18 +88,6 @@ def manifest_name(process_index: int, num_processes: int) -> str:
     return MANIFEST_FILE if num_processes == 1 else f"manifest.{process_index}.jsonl"
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def encode_png(img: np.ndarray) -> bytes:
     """uint8 ``(H, W, 1|3)`` (or ``(H, W)``) as PNG bytes (gray "L" or "RGB")."""
     from PIL import Image
@@ -138,7 +126,7 @@ def _now() -> str:
 
 def _jsonable(obj: Any) -> Any:
     """``obj`` as it reads back from JSON (tuples -> lists, numpy scalars -> numbers)."""
-    return json.loads(json.dumps(obj, default=_json_default))
+    return json.loads(json.dumps(obj, default=json_default))
 
 
 def _short_list(names: Iterable[Any], limit: int = 8) -> str:
@@ -546,7 +534,7 @@ class ManifestWriter:
         return row
 
     def _add_row(self, row: Dict[str, Any]) -> Dict[str, Any]:
-        line = json.dumps(row, default=_json_default, ensure_ascii=False) + "\n"
+        line = json.dumps(row, default=json_default, ensure_ascii=False) + "\n"
         self._append(line.encode("utf-8"))
         self.store.rows[(row["class_index"], row["k"])] = row
         return row

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigMixin
 from ..errors import InputError
-from .loop import _fold_splits
+from .loop import fold_splits
 
 __all__ = ["LinearHeadConfig", "fit_linear_head", "cross_fit_linear"]
 
@@ -80,7 +80,7 @@ def cross_fit_linear(features: np.ndarray, labels: np.ndarray, *, num_classes: i
     if not 2 <= folds <= len(labels) // 2:
         raise InputError(f"folds must be in [2, {len(labels) // 2}] for {len(labels)} samples, got {folds}")
     out = np.zeros((len(labels), num_classes), np.float32)
-    for train_idx, held_idx in _fold_splits(labels, folds, seed):
+    for train_idx, held_idx in fold_splits(labels, folds, seed):
         head = fit_linear_head(x[train_idx].numpy(), labels[train_idx], num_classes, config)
         with torch.no_grad():
             out[held_idx] = torch.softmax(head(x[held_idx]), dim=1).numpy()

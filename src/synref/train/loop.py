@@ -1,4 +1,5 @@
-"""Training loop: fit / fine-tune / predict / features / k-fold cross-fit, plain torch.
+"""Training loop: fit / fine-tune / k-fold cross-fit, plain torch (inference lives in
+:mod:`synref.models.inference`).
 
 Images at this boundary are numpy uint8 ``(N, H, W, C)`` (``(N, H, W)`` is read as one channel),
 labels int ``(N,)``. Models are :class:`synref.models.ImageClassifier` s: they take ``[0, 1]``
@@ -22,11 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import check_labels
 from ..config import ConfigMixin
+from ..device import resolve_device
 from ..errors import InputError
 from ..models import create_model
+from ..models.inference import channel_stats, evaluate_accuracy, proba_and_features
 from ..progress import progress as progress_bar
+from ..validation import as_image_array, as_labels
 
 __all__ = [
     "TrainConfig",
@@ -34,14 +37,12 @@ __all__ = [
     "CrossFitResult",
     "lr_at",
     "augment_batch",
-    "channel_stats",
     "fit",
     "fine_tune",
-    "predict_logits",
-    "predict_proba",
-    "extract_features",
-    "evaluate_accuracy",
     "cross_fit",
+    "fold_splits",
+    "sub_seed",
+    "split_batches",
 ]
 
 
@@ -174,67 +175,14 @@ def augment_batch(x: torch.Tensor, *, pad: int, hflip: bool,
 
 
 # ----------------------------------------------------------------------------------- helpers
-def _as_images(images: Any, what: str = "images") -> np.ndarray:
-    arr = np.asarray(images)
-    if arr.ndim == 3:
-        arr = arr[..., None]
-    if arr.ndim != 4:
-        raise InputError(f"{what} must be (N, H, W, C) uint8, got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        raise InputError(f"{what} must be uint8 (N, H, W, C), got dtype {arr.dtype}")
-    return arr
-
-
-def _as_labels(labels: Any, n: int, num_classes: int, what: str = "labels") -> np.ndarray:
-    lab = np.asarray(labels)
-    if lab.ndim != 1 or len(lab) != n:
-        raise InputError(f"{what}: expected {n} labels, got shape {lab.shape}")
-    if lab.size and not np.issubdtype(lab.dtype, np.integer):
-        raise InputError(f"{what} must be integers, got dtype {lab.dtype}")
-    lab = lab.astype(np.int64, copy=False)
-    check_labels(lab, num_classes, what=what)
-    return lab
-
-
-def channel_stats(images: np.ndarray, chunk: int = 4096) -> Tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of uint8 ``(N, H, W, C)`` images in the ``[0, 1]`` scale.
-
-    Computed in float64 in chunks (no full float copy). A constant channel gets std 1.
-    """
-    images = _as_images(images)
-    c = images.shape[-1]
-    s = np.zeros(c, np.float64)
-    ss = np.zeros(c, np.float64)
-    count = 0
-    for i in range(0, len(images), chunk):
-        block = images[i:i + chunk].reshape(-1, c).astype(np.float64) / 255.0
-        s += block.sum(0)
-        ss += np.square(block).sum(0)
-        count += block.shape[0]
-    if count == 0:
-        raise InputError("images: cannot compute statistics of an empty set")
-    mean = s / count
-    var = np.maximum(ss / count - mean ** 2, 0.0)
-    std = np.sqrt(var)
-    std[std < 1e-6] = 1.0
-    return mean, std
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
-def _sub_seed(seed: int, stream: int) -> int:
+def sub_seed(seed: int, stream: int) -> int:
     """An independent 63-bit seed for ``stream`` derived from ``seed``."""
     return int(np.random.SeedSequence([int(seed) % (2**63), stream]).generate_state(1, np.uint64)[0]
                % (2**63))
 
 
-def _batches(perm: torch.Tensor, batch_size: int) -> List[torch.Tensor]:
+def split_batches(perm: torch.Tensor, batch_size: int) -> List[torch.Tensor]:
+    """``perm`` in mini-batches of ``batch_size``; a trailing batch of one joins the previous one."""
     chunks = list(torch.split(perm, batch_size))
     if len(chunks) > 1 and len(chunks[-1]) == 1:   # BatchNorm cannot train on one sample
         chunks[-2] = torch.cat([chunks[-2], chunks[-1]])
@@ -247,67 +195,6 @@ def _num_steps(n: int, batch_size: int) -> int:
     if steps > 1 and n % batch_size == 1:
         steps -= 1
     return steps
-
-
-@torch.no_grad()
-def _infer(model: nn.Module, images: Any, batch_size: int,
-           heads: Callable[[nn.Module, torch.Tensor], Tuple[torch.Tensor, ...]]
-           ) -> Tuple[np.ndarray, ...]:
-    """Eval-mode, no-grad batched inference; ``heads`` maps a uint8 NCHW batch to outputs."""
-    images = _as_images(images)
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    device = _model_device(model)
-    was_training = model.training
-    model.eval()
-    outs: List[List[np.ndarray]] = []
-    try:
-        starts = range(0, len(images), batch_size) if len(images) else [0]
-        for i in starts:
-            xb = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(device)
-            res = heads(model, xb.permute(0, 3, 1, 2))
-            if not outs:
-                outs = [[] for _ in res]
-            for acc, r in zip(outs, res):
-                acc.append(r.float().cpu().numpy())
-    finally:
-        model.train(was_training)
-    return tuple(np.concatenate(acc).astype(np.float32, copy=False) for acc in outs)
-
-
-def predict_logits(model: nn.Module, images: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
-    """Logits ``(N, num_classes)`` float32 (eval mode, no grad, batched)."""
-    return _infer(model, images, batch_size, lambda m, x: (m(x),))[0]
-
-
-def predict_proba(model: nn.Module, images: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
-    """Softmax probabilities ``(N, num_classes)`` float32."""
-    return _infer(model, images, batch_size, lambda m, x: (torch.softmax(m(x).float(), 1),))[0]
-
-
-def extract_features(model: nn.Module, images: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
-    """Global-pooled penultimate features ``(N, feature_dim)`` float32 (``model.features``)."""
-    return _infer(model, images, batch_size, lambda m, x: (m.features(x),))[0]
-
-
-def _proba_and_features(model: nn.Module, images: np.ndarray, batch_size: int = 512
-                        ) -> Tuple[np.ndarray, np.ndarray]:
-    def heads(m: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        f = m.features(x)
-        return torch.softmax(m.classifier(f).float(), 1), f
-    p, f = _infer(model, images, batch_size, heads)
-    return p, f
-
-
-def evaluate_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
-                      batch_size: int = 512) -> float:
-    """Top-1 accuracy in ``[0, 1]`` of ``argmax(logits)`` against ``labels``."""
-    images = _as_images(images)
-    labels = np.asarray(labels).astype(np.int64)
-    if len(labels) != len(images) or len(labels) == 0:
-        raise InputError(f"evaluate_accuracy: {len(images)} images but {len(labels)} labels")
-    logits = predict_logits(model, images, batch_size=batch_size)
-    return float(np.mean(logits.argmax(1) == labels))
 
 
 # -------------------------------------------------------------------------------------- fit
@@ -338,7 +225,7 @@ class TrainResult:
 
 def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
         val_images: Optional[np.ndarray] = None, val_labels: Optional[np.ndarray] = None,
-        config: Optional[TrainConfig] = None, progress: bool = True,
+        config: Optional[TrainConfig] = None,
         normalize_from_data: bool = True, desc: str = "train",
         on_batch: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
         on_epoch_end: Optional[EpochEndHook] = None) -> TrainResult:
@@ -351,7 +238,6 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
         val_images / val_labels: optional validation set; the epoch with the highest
             validation accuracy wins (earliest on ties).
         config: :class:`TrainConfig` (default ``TrainConfig()``).
-        progress: show an epoch bar with loss / accuracy.
         normalize_from_data: set the model's normalisation to the training images' per-channel
             mean / std first (``fine_tune`` keeps the original model's instead).
         desc: progress bar label.
@@ -363,26 +249,24 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
             such as PLC are built this way).
     """
     config = config if config is not None else TrainConfig()
-    images = _as_images(images)
+    images = as_image_array(images)
     num_classes = int(getattr(model, "num_classes"))
-    labels = _as_labels(labels, len(images), num_classes)
+    labels = as_labels(labels, num_classes, n=len(images))
     if len(images) < 2:
         raise InputError(f"images: need at least 2 training images, got {len(images)}")
     has_val = val_images is not None
     if has_val != (val_labels is not None):
         raise InputError("val_images and val_labels must be given together")
     if has_val:
-        val_images = _as_images(val_images, "val_images")
-        val_labels = _as_labels(val_labels, len(val_images), num_classes, "val_labels")
+        val_images = as_image_array(val_images, "val_images")
+        val_labels = as_labels(val_labels, num_classes, n=len(val_images), what="val_labels")
         if len(val_images) == 0:
             raise InputError("val_images: empty validation set")
         if val_images.shape[1:] != images.shape[1:]:
             raise InputError(f"val_images are {val_images.shape[1:]}, training images "
                              f"{images.shape[1:]}")
 
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"train config: device={config.device!r} but CUDA is not available")
+    device = resolve_device(config.device, "train config")
     model.to(device=device, memory_format=torch.channels_last)   # ~1.3-2x faster convs on CPU
     if normalize_from_data:
         mean, std = channel_stats(images)
@@ -392,8 +276,8 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
     pad = config.pad_for(h)
     x_all = torch.from_numpy(np.ascontiguousarray(images)).to(device)   # uint8 NHWC
     y_all = torch.from_numpy(labels).to(device)
-    g_order = torch.Generator().manual_seed(_sub_seed(config.seed, 0))
-    g_aug = torch.Generator().manual_seed(_sub_seed(config.seed, 1))
+    g_order = torch.Generator().manual_seed(sub_seed(config.seed, 0))
+    g_aug = torch.Generator().manual_seed(sub_seed(config.seed, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.nesterov)
     steps_per_epoch = _num_steps(n, config.batch_size)
@@ -403,15 +287,14 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
     best_epoch, best_acc = -1, -1.0
     best_state: Optional[Dict[str, torch.Tensor]] = None
     t0 = time.perf_counter()
-    bar = progress_bar(range(config.epochs), desc=desc, unit="epoch",
-                       enabled=None if progress else False)
+    bar = progress_bar(range(config.epochs), desc=desc, unit="epoch")
     for epoch in bar:
         model.train()
         perm = torch.randperm(n, generator=g_order)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         lr = config.lr
-        for step, batch_idx in enumerate(_batches(perm, config.batch_size)):
+        for step, batch_idx in enumerate(split_batches(perm, config.batch_size)):
             lr = lr_at(config, epoch, step, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -439,7 +322,7 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
         if on_epoch_end is not None:
             new_labels, extra = on_epoch_end(epoch)
             if new_labels is not None:
-                y_all = torch.from_numpy(_as_labels(new_labels, n, num_classes, "new labels")).to(device)
+                y_all = torch.from_numpy(as_labels(new_labels, num_classes, n=n, what="new labels")).to(device)
         val_acc = evaluate_accuracy(model, val_images, val_labels) if has_val else None
         history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss,
                         "train_acc": train_acc, "val_acc": val_acc, **extra})
@@ -466,7 +349,7 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
 def fine_tune(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
               val_images: Optional[np.ndarray] = None, val_labels: Optional[np.ndarray] = None,
               config: Optional[TrainConfig] = None, num_classes: Optional[int] = None,
-              progress: bool = True, desc: str = "fine-tune") -> TrainResult:
+              desc: str = "fine-tune") -> TrainResult:
     """Fine-tune a copy of ``model``: re-initialise its final layer (seeded from
     ``config.seed``; optionally with ``num_classes`` outputs), keep the backbone weights and
     the original normalisation, then :func:`fit` with ``config`` (default
@@ -474,9 +357,9 @@ def fine_tune(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
     config = config if config is not None else TrainConfig.paper_finetune()
     tuned = copy.deepcopy(model)
     tuned.reset_classifier(num_classes,
-                           generator=torch.Generator().manual_seed(_sub_seed(config.seed, 2)))
+                           generator=torch.Generator().manual_seed(sub_seed(config.seed, 2)))
     return fit(tuned, images, labels, val_images=val_images, val_labels=val_labels,
-               config=config, progress=progress, normalize_from_data=False, desc=desc)
+               config=config, normalize_from_data=False, desc=desc)
 
 
 # -------------------------------------------------------------------------------- cross-fit
@@ -502,7 +385,7 @@ class CrossFitResult:
     extra_features: Optional[np.ndarray] = None
 
 
-def _fold_splits(labels: np.ndarray, folds: int, seed: int) -> List[Tuple[np.ndarray, np.ndarray]]:
+def fold_splits(labels: np.ndarray, folds: int, seed: int) -> List[Tuple[np.ndarray, np.ndarray]]:
     from sklearn.model_selection import KFold, StratifiedKFold
 
     counts = np.bincount(labels)
@@ -516,7 +399,7 @@ def _fold_splits(labels: np.ndarray, folds: int, seed: int) -> List[Tuple[np.nda
 
 def cross_fit(images: np.ndarray, labels: np.ndarray, *, model_name: str, num_classes: int,
               in_channels: Optional[int] = None, config: Optional[TrainConfig] = None,
-              folds: int = 4, seed: int = 0, progress: bool = True,
+              folds: int = 4, seed: int = 0,
               val_images: Optional[np.ndarray] = None, val_labels: Optional[np.ndarray] = None,
               batch_size: int = 512, extra_images: Optional[np.ndarray] = None) -> CrossFitResult:
     """K-fold out-of-sample softmax and features.
@@ -529,15 +412,15 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, *, model_name: str, num_cl
     (M, H, W, C) are passed through every fold model (see ``CrossFitResult.extra_*``).
     """
     config = config if config is not None else TrainConfig()
-    images = _as_images(images)
-    labels = _as_labels(labels, len(images), int(num_classes))
+    images = as_image_array(images)
+    labels = as_labels(labels, int(num_classes), n=len(images))
     in_channels = images.shape[-1] if in_channels is None else int(in_channels)
     if in_channels != images.shape[-1]:
         raise InputError(f"in_channels={in_channels} but images have {images.shape[-1]} channels")
     if not 2 <= folds <= len(images) // 2:
         raise InputError(f"folds must be in [2, {len(images) // 2}] for {len(images)} images, "
                          f"got {folds}")
-    splits = _fold_splits(labels, folds, seed)
+    splits = fold_splits(labels, folds, seed)
     pred_probs: Optional[np.ndarray] = None
     features: Optional[np.ndarray] = None
     fold_of = np.full(len(images), -1, np.int64)
@@ -545,18 +428,16 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, *, model_name: str, num_cl
     extra_p: List[np.ndarray] = []
     extra_f: List[np.ndarray] = []
     if extra_images is not None:
-        extra_images = _as_images(extra_images, "extra_images")
-    bar = progress_bar(range(folds), desc="cross-fit", unit="fold",
-                       enabled=None if progress else False)
+        extra_images = as_image_array(extra_images, "extra_images")
+    bar = progress_bar(range(folds), desc="cross-fit", unit="fold")
     for k in bar:
         train_idx, held_idx = splits[k]
         fold_cfg = dataclasses.replace(config, seed=config.seed + k)
         model = create_model(model_name, num_classes=num_classes, in_channels=in_channels,
                              seed=fold_cfg.seed)
         res = fit(model, images[train_idx], labels[train_idx], val_images=val_images,
-                  val_labels=val_labels, config=fold_cfg, progress=progress,
-                  desc=f"fold {k + 1}/{folds}")
-        p, f = _proba_and_features(res.model, images[held_idx], batch_size)
+                  val_labels=val_labels, config=fold_cfg, desc=f"fold {k + 1}/{folds}")
+        p, f = proba_and_features(res.model, images[held_idx], batch_size)
         if pred_probs is None or features is None:
             pred_probs = np.zeros((len(images), p.shape[1]), np.float32)
             features = np.zeros((len(images), f.shape[1]), np.float32)
@@ -565,7 +446,7 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, *, model_name: str, num_cl
         fold_of[held_idx] = k
         histories.append(res.history)
         if extra_images is not None:
-            ep, ef = _proba_and_features(res.model, extra_images, batch_size)
+            ep, ef = proba_and_features(res.model, extra_images, batch_size)
             extra_p.append(ep)
             extra_f.append(ef)
         del model, res

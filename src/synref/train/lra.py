@@ -40,6 +40,7 @@ from torch import nn
 from ..config import ConfigMixin
 from ..errors import InputError
 from ..progress import progress
+from ..validation import as_labels
 
 __all__ = [
     "LRAConfig",
@@ -85,6 +86,9 @@ class LRAConfig(ConfigMixin):
         """The authors' CIFAR settings (train_CIFAR.py defaults)."""
         return cls(timesteps=1000, k=10, ddim_steps=10, hidden=512, epochs=200, batch_size=200,
                    lr=1e-3, warmup_epochs=5, cosine_epochs=1000, grad_clip=1.0, eval_every=5)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         for name in ("timesteps", "k", "ddim_steps", "hidden", "epochs", "batch_size", "eval_every"):
@@ -293,19 +297,8 @@ def _lr_at(cfg: LRAConfig, epoch_float: float) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch_float - cfg.warmup_epochs) / span))
 
 
-def _check_labels(labels, n: int, num_classes: int, name: str) -> np.ndarray:
-    lab = np.asarray(labels)
-    if lab.ndim != 1 or lab.shape[0] != n:
-        raise InputError(f"{name}: expected shape ({n},), got {lab.shape}")
-    if not np.issubdtype(lab.dtype, np.integer):
-        raise InputError(f"{name}: expected integer class indices, got dtype {lab.dtype}")
-    if n and (lab.min() < 0 or lab.max() >= num_classes):
-        raise InputError(f"{name}: class indices must lie in [0, {num_classes - 1}]")
-    return lab.astype(np.int64)
-
-
 def train_lra(features, labels, *, num_classes: int, config: Optional[LRAConfig] = None,
-              val_features=None, val_labels=None, progress: bool = True) -> LRAResult:
+              val_features=None, val_labels=None) -> LRAResult:
     """Train LRA-diffusion on frozen features (N, D) float and noisy labels (N,) int.
 
     With ``val_features``/``val_labels`` the model is evaluated (DDIM accuracy) every
@@ -318,7 +311,7 @@ def train_lra(features, labels, *, num_classes: int, config: Optional[LRAConfig]
         raise InputError(f"num_classes: must be >= 2, got {num_classes}")
     feats = _as_float_tensor(features, "features")
     n, d = feats.shape
-    lab = _check_labels(labels, n, num_classes, "labels")
+    lab = as_labels(labels, num_classes, n=n, what="labels")
     if n < 2:
         raise InputError("features: need at least 2 samples")
     has_val = val_features is not None or val_labels is not None
@@ -328,7 +321,7 @@ def train_lra(features, labels, *, num_classes: int, config: Optional[LRAConfig]
         vfeats = _as_float_tensor(val_features, "val_features")
         if vfeats.shape[1] != d:
             raise InputError(f"val_features: feature dimension {vfeats.shape[1]} != {d}")
-        vlab = _check_labels(val_labels, vfeats.shape[0], num_classes, "val_labels")
+        vlab = as_labels(val_labels, num_classes, n=vfeats.shape[0], what="val_labels")
 
     start = time.time()
     k = min(cfg.k, n - 1)
@@ -348,7 +341,7 @@ def train_lra(features, labels, *, num_classes: int, config: Optional[LRAConfig]
 
     history: List[Dict[str, float]] = []
     best_state, best_epoch, best_acc = None, cfg.epochs - 1, None
-    bar = _progress_bar(cfg.epochs, progress)
+    bar = progress(desc="lra-diffusion", total=cfg.epochs, unit="epoch")
     for epoch in range(cfg.epochs):
         model.train()
         perm = torch.randperm(n, generator=gen)
@@ -391,10 +384,6 @@ def train_lra(features, labels, *, num_classes: int, config: Optional[LRAConfig]
     model.eval()
     return LRAResult(model=model, best_epoch=best_epoch, best_val_acc=best_acc, history=history,
                      seconds=time.time() - start)
-
-
-def _progress_bar(total: int, enabled: bool):
-    return progress(desc="lra-diffusion", total=total, unit="epoch", enabled=None if enabled else False)
 
 
 def _predict(model: LRADiffusion, feats: torch.Tensor, cfg: LRAConfig, chunk: int = 4096) -> np.ndarray:

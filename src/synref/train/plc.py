@@ -32,7 +32,8 @@ from torch import nn
 
 from ..config import ConfigMixin
 from ..errors import InputError
-from .loop import TrainConfig, _as_images, _as_labels, fit
+from ..validation import as_image_array, as_labels
+from .loop import TrainConfig, fit
 
 __all__ = ["PLCConfig", "PLCResult", "lrt_correct", "next_delta", "train_plc"]
 
@@ -67,8 +68,6 @@ class PLCConfig(ConfigMixin):
     min_change_fraction: float = 0.001
 
     def __post_init__(self) -> None:
-        if isinstance(self.train, dict):
-            self.train = TrainConfig.from_dict(self.train)
         if not isinstance(self.train, TrainConfig):
             raise InputError(f"plc config: train must be a TrainConfig, got {type(self.train)}")
         checks = [
@@ -163,8 +162,7 @@ def next_delta(num_changed: int, n: int, delta: float, *, step: float = 0.1,
 def train_plc(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
               val_images: np.ndarray, val_labels: np.ndarray,
               config: Optional[PLCConfig] = None, true_labels: Optional[np.ndarray] = None,
-              progress: bool = True, normalize_from_data: bool = True,
-              desc: str = "plc") -> PLCResult:
+              normalize_from_data: bool = True, desc: str = "plc") -> PLCResult:
     """Train ``model`` in place with progressive label correction.
 
     Args:
@@ -173,18 +171,18 @@ def train_plc(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
         val_images / val_labels: validation set that picks the best epoch (required).
         config: :class:`PLCConfig` (default :meth:`PLCConfig.paper`).
         true_labels: optional clean ``(N,)`` labels, only to log ``label_acc`` per epoch.
-        progress: epoch bar. normalize_from_data: model normalisation from ``images``.
+        normalize_from_data: model normalisation from ``images``.
     Built on :func:`fit` (its hooks record the training-time softmax and correct the labels
     after each epoch), so it is deterministic per ``config.train.seed`` like ``fit``.
     """
     config = config if config is not None else PLCConfig.paper()
-    images = _as_images(images)
+    images = as_image_array(images)
     n = len(images)
     num_classes = int(getattr(model, "num_classes"))
-    given = _as_labels(labels, n, num_classes)
+    given = as_labels(labels, num_classes, n=n)
     if val_images is None or val_labels is None:
         raise InputError("train_plc needs val_images and val_labels (best-validation model)")
-    truth = None if true_labels is None else _as_labels(true_labels, n, num_classes, "true_labels")
+    truth = None if true_labels is None else as_labels(true_labels, num_classes, n=n, what="true_labels")
 
     # Training-time softmax of the last `window` epochs, one slot per epoch (CPU).
     record = torch.zeros((config.window, n, num_classes), dtype=torch.float32)
@@ -212,7 +210,7 @@ def train_plc(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
         return new, extra
 
     result = fit(model, images, given, val_images=val_images, val_labels=val_labels, config=config.train,
-                 progress=progress, normalize_from_data=normalize_from_data, desc=desc,
+                 normalize_from_data=normalize_from_data, desc=desc,
                  on_batch=on_batch, on_epoch_end=on_epoch_end)
     return PLCResult(model=result.model, best_epoch=result.best_epoch, best_val_acc=result.best_val_acc,
                      corrected_labels=state["current"].copy(), history=result.history, seconds=result.seconds)

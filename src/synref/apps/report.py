@@ -1,0 +1,773 @@
+"""The HTML report of a results folder (``synref report OUT``).
+
+:func:`write_report` reads what ``synref refine --out OUT`` wrote (``summary.json``,
+``refined_labels.csv``, optional ``scores.npy``, ``cache/images.npy``, ``cache/anchors.npz``;
+formats in DEVELOPERS.md) and writes ``OUT/report.html`` atomically. :func:`render_report` is
+the pure part: data in, one HTML string out.
+
+The page is a single self-contained file -- inline CSS, every image a base64 ``data:`` PNG, no
+script and no external request -- with: the run's settings, the counts per class before and
+after, the given -> suggested transition heatmap, score histograms with the threshold marked,
+and a gallery of the changed samples (most confident first) beside anchors of their given and
+suggested classes. Every class name, path and id is HTML-escaped.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .. import __version__
+from ..errors import InputError, one_line
+from ..io import read_json_object, write_text
+from ..validation import check_count
+
+PathLike = Union[str, os.PathLike]
+
+#: Columns refined_labels.csv must have (the others are optional for the report).
+REQUIRED_COLUMNS = ("index", "given_label", "suggested_label", "best_score", "given_score", "changed")
+
+#: Pixel size the longer side of a gallery image / an anchor thumbnail is brought to.
+IMAGE_PX = 96
+ANCHOR_PX = 48
+#: Classes above which the heatmap has no per-cell numbers.
+ANNOTATE_MAX_CLASSES = 20
+
+
+# =============================================================================== loading
+def _read_summary(path: Path, out: Path) -> Dict[str, Any]:
+    if not path.is_file():
+        raise InputError(f"{out} has no summary.json: run synref refine first")
+    return read_json_object(path, "summary")
+
+
+def _read_rows(path: Path, out: Path) -> List[Dict[str, str]]:
+    if not path.is_file():
+        raise InputError(f"{out} has no refined_labels.csv: run synref refine first")
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            fields = reader.fieldnames or []
+            missing = [c for c in REQUIRED_COLUMNS if c not in fields]
+            if missing:
+                raise InputError(f"{path} has no column {missing[0]!r} (columns: {', '.join(fields) or 'none'})")
+            return [dict(row) for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read {path}: {one_line(exc)}") from None
+
+
+def _read_npy(path: Path, out: Path, *, required: bool = True) -> Optional[np.ndarray]:
+    if not path.is_file():
+        if not required:
+            return None
+        raise InputError(f"{out} has no {path.relative_to(out)}: run synref refine first")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises several types for a bad file
+        raise InputError(f"cannot read {path}: {one_line(exc)}") from None
+
+
+def _read_anchors(path: Path, out: Path) -> Tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise InputError(f"{out} has no cache/anchors.npz: run synref refine first")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "images" not in npz.files or "labels" not in npz.files:
+                raise InputError(f"{path} must hold arrays 'images' and 'labels', has {sorted(npz.files)}")
+            return np.asarray(npz["images"]), np.asarray(npz["labels"])
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot read {path}: {one_line(exc)}") from None
+
+
+def load_results(out_dir: PathLike) -> Dict[str, Any]:
+    """Read a results folder: ``{summary, rows, images, anchor_images, anchor_labels, scores}``.
+
+    ``rows`` are the CSV rows as string dicts; ``scores`` is None without ``scores.npy``.
+    Raises InputError naming the missing or unreadable file.
+    """
+    out = Path(out_dir)
+    if not out.exists():
+        raise InputError(f"results folder not found: {out}")
+    if not out.is_dir():
+        raise InputError(f"not a results folder (not a directory): {out}")
+    summary = _read_summary(out / "summary.json", out)
+    rows = _read_rows(out / "refined_labels.csv", out)
+    images = _read_npy(out / "cache" / "images.npy", out)
+    anchor_images, anchor_labels = _read_anchors(out / "cache" / "anchors.npz", out)
+    scores = _read_npy(out / "scores.npy", out, required=False)
+    return {"summary": summary, "rows": rows, "images": images, "anchor_images": anchor_images,
+            "anchor_labels": anchor_labels, "scores": scores,
+            "_files": {"images": out / "cache" / "images.npy", "anchors": out / "cache" / "anchors.npz",
+                       "scores": out / "scores.npy", "rows": out / "refined_labels.csv",
+                       "summary": out / "summary.json"}}
+
+
+def write_report(out_dir: PathLike, *, max_gallery: int = 60, anchors_per_side: int = 4) -> Path:
+    """Write ``OUT/report.html`` for the results folder ``out_dir``; returns its path.
+
+    Nothing is written unless the whole page rendered (atomic write). Raises InputError
+    naming the file when a piece of the folder is missing or corrupt.
+    """
+
+    check_count(max_gallery, "max_gallery", minimum=0)
+    check_count(anchors_per_side, "anchors_per_side", minimum=0)
+    out = Path(out_dir)
+    data = load_results(out)
+    files = data.pop("_files")
+    text = render_report(data["summary"], data["rows"], data["images"], data["anchor_images"],
+                         data["anchor_labels"], data["scores"], max_gallery=max_gallery,
+                         anchors_per_side=anchors_per_side, _files=files)
+    path = out / "report.html"
+    write_text(path, text)
+    return path
+
+
+# =============================================================================== validation
+_TRUE = {"yes", "true", "1", "y"}
+_FALSE = {"no", "false", "0", "n", ""}
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"expected yes/no, got {value!r}")
+
+
+def _parse_float(value: Any) -> float:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return float("nan")
+    return float(value)
+
+
+def _normalize_rows(rows: Sequence[Mapping[str, Any]], num_classes: int, num_images: int,
+                    source: str) -> List[Dict[str, Any]]:
+    """Typed copies of the rows; InputError naming ``source`` and the row on a bad value."""
+    out: List[Dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        where = f"{source} row {i + 1}"
+        missing = [c for c in REQUIRED_COLUMNS if c not in row]
+        if missing:
+            raise InputError(f"{where} has no {missing[0]!r}")
+        try:
+            index = int(str(row["index"]).strip())
+            given = int(str(row["given_label"]).strip())
+            suggested = int(str(row["suggested_label"]).strip())
+            best = _parse_float(row["best_score"])
+            given_score = _parse_float(row["given_score"])
+            quality = _parse_float(row.get("label_quality"))
+            changed = _parse_bool(row["changed"])
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{where}: bad value ({one_line(exc)})") from None
+        for name, label in (("given_label", given), ("suggested_label", suggested)):
+            if not 0 <= label < num_classes:
+                raise InputError(f"{where}: {name} {label} is outside [0, {num_classes})")
+        if num_images >= 0 and not 0 <= index < num_images:
+            raise InputError(f"{where}: index {index} is outside the {num_images} cached images")
+        out.append({"index": index, "id": str(row.get("id") or index), "path": str(row.get("path") or ""),
+                    "given_label": given, "suggested_label": suggested, "best_score": best,
+                    "given_score": given_score, "label_quality": quality,
+                    "changed": bool(changed or given != suggested)})
+    return out
+
+
+def _as_images(array: Any, what: str) -> np.ndarray:
+    images = np.asarray(array)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise InputError(f"{what} must be (N, H, W, C) with C in 1 or 3, got shape {images.shape}")
+    if images.dtype != np.uint8:
+        if np.issubdtype(images.dtype, np.floating) and images.size and float(np.nanmax(images)) <= 1.0:
+            images = images * 255.0
+        images = np.clip(np.nan_to_num(images), 0, 255).astype(np.uint8)
+    return images
+
+
+def _class_names(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    names = summary.get("class_names")
+    if isinstance(names, (list, tuple)) and names:
+        return [str(n) for n in names]
+    num = summary.get("num_classes")
+    if isinstance(num, int) and num > 0:
+        return [str(i) for i in range(num)]
+    top = -1
+    for row in rows:
+        for key in ("given_label", "suggested_label"):
+            try:
+                top = max(top, int(str(row[key]).strip()))
+            except (KeyError, ValueError):
+                pass
+    return [str(i) for i in range(top + 1)]
+
+
+# =============================================================================== images
+def _png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _to_pil(image: np.ndarray, target: int):
+    """A PIL image whose longer side is about ``target`` px: small images are upscaled by an
+    integer factor with NEAREST (crisp pixels), large ones shrunk with LANCZOS."""
+    from PIL import Image
+
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    pil = Image.fromarray(np.ascontiguousarray(arr))
+    h, w = arr.shape[:2]
+    side = max(h, w, 1)
+    if side < target:
+        factor = max(1, int(round(target / side)))
+        pil = pil.resize((w * factor, h * factor), Image.NEAREST)
+    elif side > target * 1.5:
+        scale = target / side
+        pil = pil.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS)
+    return pil
+
+
+def image_data_uri(image: np.ndarray, target: int = IMAGE_PX) -> str:
+    """One (H, W, C) uint8 image as a ``data:image/png;base64,...`` URI, about ``target`` px."""
+    buf = io.BytesIO()
+    _to_pil(image, target).save(buf, format="PNG", optimize=True)
+    return _png_uri(buf.getvalue())
+
+
+def _strip_uri(images: Sequence[np.ndarray], target: int, gap: int = 3) -> Tuple[str, int, int]:
+    """Several images side by side on white, as one PNG data URI; returns (uri, width, height)."""
+    from PIL import Image
+
+    tiles = [_to_pil(img, target).convert("RGB") for img in images]
+    height = max(t.height for t in tiles)
+    width = sum(t.width for t in tiles) + gap * (len(tiles) - 1)
+    strip = Image.new("RGB", (width, height), (255, 255, 255))
+    x = 0
+    for tile in tiles:
+        strip.paste(tile, (x, (height - tile.height) // 2))
+        x += tile.width + gap
+    buf = io.BytesIO()
+    strip.save(buf, format="PNG", optimize=True)
+    return _png_uri(buf.getvalue()), width, height
+
+
+def _pick_anchors(anchor_labels: np.ndarray, num_classes: int, k: int) -> Dict[int, np.ndarray]:
+    """Up to ``k`` anchor indices per class, spread evenly over that class's anchors."""
+    picks: Dict[int, np.ndarray] = {}
+    for c in range(num_classes):
+        idx = np.flatnonzero(anchor_labels == c)
+        if idx.size and k:
+            take = np.unique(np.linspace(0, idx.size - 1, num=min(k, idx.size)).round().astype(int))
+            picks[c] = idx[take]
+    return picks
+
+
+# =============================================================================== plots
+def _mpl_text(name: str, limit: int = 18) -> str:
+    """A class name for matplotlib: shortened, with ``$`` escaped (no mathtext)."""
+    name = str(name)
+    if len(name) > limit:
+        name = name[: limit - 1] + "\u2026"
+    return name.replace("$", r"\$")
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100)
+
+
+def _fig_uri(fig) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    return _png_uri(buf.getvalue())
+
+
+def _tick_fontsize(num: int) -> float:
+    return 9.0 if num <= 12 else 7.0 if num <= 30 else 5.0 if num <= 60 else 4.0
+
+
+def _plot_counts(names: Sequence[str], before: np.ndarray, after: np.ndarray) -> str:
+    c = len(names)
+    fig = (_figure(max(6.0, 0.45 * c + 1.5), 3.4) if c <= ANNOTATE_MAX_CLASSES
+           else _figure(min(max(8.0, 0.11 * c + 2.0), 11.5), 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(c)
+    width = 0.4
+    ax.bar(x - width / 2, before, width, label="before (given)", color="#9db4d3")
+    ax.bar(x + width / 2, after, width, label="after (refined)", color="#2b6cb0")
+    ax.set_xticks(x)
+    ax.set_xticklabels([_mpl_text(n) for n in names], fontsize=_tick_fontsize(c),
+                       rotation=0 if c <= 10 and max((len(n) for n in names), default=0) <= 6 else 90)
+    ax.set_xlim(-0.7, c - 0.3)
+    ax.set_ylabel("samples")
+    ax.set_ylim(0, max(1, int(max(before.max(initial=0), after.max(initial=0)))) * 1.22)
+    ax.set_title("Samples per class, before and after refinement", fontsize=10)
+    ax.legend(fontsize=8, frameon=False, ncol=2, loc="upper center")
+    ax.spines[["top", "right"]].set_visible(False)
+    return _fig_uri(fig)
+
+
+def _plot_transitions(names: Sequence[str], transitions: np.ndarray) -> str:
+    c = len(names)
+    side = min(max(4.5, 0.42 * c + 2.0), 11.0)
+    fig = _figure(side + 1.2, side)
+    ax = fig.add_subplot(1, 1, 1)
+    data = np.ma.masked_equal(transitions.astype(float), 0)
+    vmax = max(1.0, float(transitions.max()) if transitions.size else 1.0)
+    im = ax.imshow(data, cmap="Blues", vmin=0, vmax=vmax, interpolation="nearest", aspect="equal")
+    ax.set_facecolor("#f7f7f7")
+    labels = [_mpl_text(n) for n in names]
+    fs = _tick_fontsize(c)
+    if c <= 100:
+        ax.set_xticks(np.arange(c))
+        ax.set_yticks(np.arange(c))
+        ax.set_xticklabels(labels, fontsize=fs, rotation=90)
+        ax.set_yticklabels(labels, fontsize=fs)
+    ax.set_xlabel("suggested class")
+    ax.set_ylabel("given class")
+    ax.set_title("Changed labels: given \u2192 suggested", fontsize=10)
+    if c <= ANNOTATE_MAX_CLASSES:
+        for (i, j), value in np.ndenumerate(transitions):
+            if value:
+                ax.text(j, i, str(int(value)), ha="center", va="center", fontsize=8 if c <= 12 else 6,
+                        color="white" if value > 0.55 * vmax else "#1a202c")
+    if c <= 40:
+        ax.set_xticks(np.arange(-0.5, c, 1), minor=True)
+        ax.set_yticks(np.arange(-0.5, c, 1), minor=True)
+        ax.grid(which="minor", color="white", linewidth=0.8)
+        ax.tick_params(which="minor", length=0)
+    from matplotlib.ticker import MaxNLocator
+
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="samples",
+                 ticks=MaxNLocator(nbins=6, integer=True))
+    return _fig_uri(fig)
+
+
+def _hist_bins(values: np.ndarray, threshold: Optional[float]) -> np.ndarray:
+    finite = values[np.isfinite(values)]
+    lo = float(finite.min()) if finite.size else 0.0
+    hi = float(finite.max()) if finite.size else 1.0
+    if threshold is not None and math.isfinite(threshold):
+        lo, hi = min(lo, threshold), max(hi, threshold)
+    if hi - lo < 1e-6:
+        lo, hi = lo - 0.5, hi + 0.5
+    return np.linspace(lo, hi, 41)
+
+
+def _plot_hist(values: np.ndarray, changed: np.ndarray, threshold: Optional[float], *, title: str,
+               xlabel: str) -> str:
+    fig = _figure(5.6, 3.2)
+    ax = fig.add_subplot(1, 1, 1)
+    values = np.asarray(values, dtype=float)
+    bins = _hist_bins(values, threshold)
+    ok = np.isfinite(values)
+    ax.hist([values[ok & ~changed], values[ok & changed]], bins=bins, stacked=True,
+            color=["#a0aec0", "#dd6b20"], label=[f"unchanged ({int((~changed).sum())})",
+                                                 f"changed ({int(changed.sum())})"])
+    if threshold is not None and math.isfinite(threshold):
+        ax.axvline(threshold, color="#c53030", linestyle="--", linewidth=1.5)
+        right = threshold <= bins[0] + 0.7 * (bins[-1] - bins[0])
+        ax.annotate(f"threshold = {threshold:g}", xy=(threshold, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(4 if right else -4, -4), textcoords="offset points", color="#c53030",
+                    fontsize=8, va="top", ha="left" if right else "right",
+                    bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85})
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("samples")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.1)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, frameon=False, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    ax.spines[["top", "right"]].set_visible(False)
+    return _fig_uri(fig)
+
+
+# =============================================================================== HTML
+_CSS = """
+:root{--fg:#1a202c;--muted:#5a6678;--line:#e2e8f0;--bg:#f5f7fa;--card:#fff;--accent:#2b6cb0;
+--given:#c05621;--sugg:#2f855a}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--fg);font:14px/1.45 system-ui,-apple-system,"Segoe UI",
+Roboto,"Helvetica Neue",Arial,sans-serif}
+.container{max-width:1200px;margin:0 auto;padding:24px 20px 48px}
+header h1{margin:0 0 4px;font-size:26px}
+header .sub{margin:0 0 16px;color:var(--muted);word-break:break-all}
+h2{font-size:19px;margin:0 0 12px;padding-bottom:6px;border-bottom:1px solid var(--line)}
+section{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:18px 20px;
+margin:18px 0}
+nav{display:flex;flex-wrap:wrap;gap:6px 16px;margin:8px 0 0;font-size:13px}
+nav a{color:var(--accent);text-decoration:none}
+.facts{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:10px;margin:0}
+.fact{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:8px 12px;min-width:0}
+.fact dt{font-size:11px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted)}
+.fact dd{margin:2px 0 0;font-weight:600;overflow-wrap:anywhere}
+.fact.big dd{font-size:20px}
+.note{color:var(--muted);font-size:13px;margin:8px 0}
+.warn{background:#fffaf0;border:1px solid #f6ad55;border-radius:6px;padding:6px 10px;font-size:13px}
+.plot{max-width:100%;height:auto;display:block;margin:0 auto}
+.row{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
+.row>.grow{flex:1 1 480px;min-width:0}
+.row>.side{flex:0 1 380px;min-width:280px}
+.below{max-width:640px;margin:14px auto 0}
+.table-wrap{max-height:380px;overflow:auto;border:1px solid var(--line);border-radius:6px}
+table{border-collapse:collapse;font-size:13px;width:100%}
+th,td{padding:4px 10px;text-align:right;border-bottom:1px solid var(--line);white-space:nowrap}
+th{background:#edf2f7;position:sticky;top:0}
+td.name,th.name{text-align:left;white-space:normal;overflow-wrap:break-word;max-width:260px}
+td.up{color:var(--sugg)} td.down{color:var(--given)}
+.hists{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:12px}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:14px}
+.card{display:flex;gap:14px;border:1px solid var(--line);border-radius:10px;padding:12px;background:#fff;
+min-width:0}
+.card .main{flex:0 0 auto;text-align:center}
+.card .main img{display:block;border:1px solid var(--line);border-radius:4px;image-rendering:pixelated;
+background:#fff}
+.card .rank{font-size:11px;color:var(--muted);margin-top:4px}
+.card .body{flex:1 1 auto;min-width:0}
+.label-line{font-size:14px;margin:0 0 4px}
+.given{color:var(--given);font-weight:600}
+.sugg{color:var(--sugg);font-weight:600}
+.arrow{color:var(--muted);padding:0 4px}
+.meta{font-size:12px;color:var(--muted);overflow-wrap:anywhere;margin:0 0 6px}
+.strip{margin:4px 0 0}
+.strip .cap{font-size:11px;color:var(--muted);margin-bottom:2px;overflow-wrap:anywhere}
+.strip .cap b{color:var(--fg);font-weight:600}
+.strip img{display:block;max-width:100%;height:auto;image-rendering:pixelated;border-radius:3px}
+.strip.none{font-size:12px;color:var(--muted)}
+footer{color:var(--muted);font-size:12px;text-align:center;margin-top:24px}
+@media (max-width:600px){.gallery{grid-template-columns:1fr}.card{flex-direction:column}
+.hists{grid-template-columns:1fr}}
+"""
+
+
+_SEP = " \u00b7 "
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "\u2014"
+    if isinstance(value, float):
+        return "\u2014" if not math.isfinite(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _fmt_setting(value: Any) -> str:
+    if value is None or value == "":
+        return "\u2014"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _fmt_seconds(value: Any) -> str:
+    try:
+        s = float(value)
+    except (TypeError, ValueError):
+        return "\u2014"
+    if not math.isfinite(s):
+        return "\u2014"
+    if s < 120:
+        return f"{s:.1f} s"
+    m, s = divmod(s, 60)
+    if m < 120:
+        return f"{int(m)} min {int(s)} s"
+    h, m = divmod(m, 60)
+    return f"{int(h)} h {int(m)} min"
+
+
+def _threshold(summary: Mapping[str, Any]) -> Optional[float]:
+    try:
+        value = float(summary.get("threshold"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _header(summary: Mapping[str, Any], n: int, c: int, num_changed: int, version: str) -> str:
+    pct = 100.0 * num_changed / n if n else 0.0
+    size = summary.get("image_size")
+    size_text = (f"{size[0]}\u00d7{size[1]}" if isinstance(size, (list, tuple)) and len(size) == 2
+                 else _fmt_setting(size))
+    if summary.get("channels") is not None:
+        size_text += f" \u00d7 {summary.get('channels')} ch"
+    temp = summary.get("temperature")
+    facts = [
+        ("samples (N)", f"{n:,}", True),
+        ("classes (C)", f"{c:,}", True),
+        ("labels changed", f"{num_changed:,} ({pct:.1f}%)", True),
+        ("threshold", _fmt_setting(summary.get("threshold")), True),
+        ("alpha", _fmt_setting(summary.get("alpha")), False),
+        ("temperature", "none" if temp is None else _fmt_setting(temp), False),
+        ("features", _fmt_setting(summary.get("features")), False),
+        ("classifier", _fmt_setting(summary.get("classifier")), False),
+        ("anchors", _fmt_setting(summary.get("anchors")), False),
+        ("anchor images", _fmt_setting(summary.get("num_anchors")), False),
+        ("labels file", _fmt_setting(summary.get("labels_file")), False),
+        ("working image size", size_text, False),
+        ("run time", _fmt_seconds(summary.get("seconds")), False),
+        ("synref version", version, False),
+    ]
+    cells = "".join(f'<div class="fact{" big" if big else ""}"><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>'
+                    for k, v, big in facts)
+    dataset = _fmt_setting(summary.get("data"))
+    nav = ("<nav><a href='#counts'>Counts per class</a><a href='#transitions'>Transitions</a>"
+           "<a href='#scores'>Scores</a><a href='#gallery'>Changed samples</a></nav>")
+    skipped = summary.get("skipped") or []
+    skipped_html = ""
+    if isinstance(skipped, list) and skipped:
+        items = "".join(f"<li>{_e(s.get('file', '?') if isinstance(s, dict) else s)}: "
+                        f"{_e(s.get('reason', '') if isinstance(s, dict) else '')}</li>" for s in skipped[:50])
+        more = f"<li>\u2026 and {len(skipped) - 50} more</li>" if len(skipped) > 50 else ""
+        skipped_html = (f'<details class="warn" style="margin-top:12px"><summary>{len(skipped)} input '
+                        f'file(s) skipped</summary><ul>{items}{more}</ul></details>')
+    return (f'<header id="summary"><h1>synref report</h1><p class="sub">dataset: <b>{_e(dataset)}</b></p>'
+            f'<dl class="facts">{cells}</dl>{skipped_html}{nav}</header>')
+
+
+def _plot_and_table(img: str, table: str, *, wide: bool) -> str:
+    """Plot beside its table; for many classes the plot takes the full width, the table below."""
+    if wide:
+        return f'<div>{img}</div><div class="below">{table}</div>'
+    return (f'<div class="row"><div class="grow">{img}</div>'
+            f'<div class="side">{table}</div></div>')
+
+
+def _counts_section(names: Sequence[str], before: np.ndarray, after: np.ndarray, warning: str) -> str:
+    rows = []
+    for i, name in enumerate(names):
+        delta = int(after[i]) - int(before[i])
+        cls = "up" if delta > 0 else "down" if delta < 0 else ""
+        rows.append(f'<tr><td>{i}</td><td class="name">{_e(name)}</td><td class="before">{int(before[i])}</td>'
+                    f'<td class="after">{int(after[i])}</td><td class="{cls}">{delta:+d}</td></tr>')
+    table = ('<div class="table-wrap"><table class="counts"><thead><tr><th>#</th><th class="name">class</th>'
+             '<th>before</th><th>after</th><th>change</th></tr></thead><tbody>'
+             + "".join(rows) + "</tbody></table></div>")
+    plot = _plot_counts(names, before, after)
+    warn = f'<p class="warn">{_e(warning)}</p>' if warning else ""
+    img = f'<img class="plot" alt="samples per class before and after" src="{plot}">'
+    return (f'<section id="counts"><h2>Counts per class</h2>{warn}'
+            f'{_plot_and_table(img, table, wide=len(names) > ANNOTATE_MAX_CLASSES)}</section>')
+
+
+def _transitions_section(names: Sequence[str], transitions: np.ndarray) -> str:
+    total = int(transitions.sum())
+    if total == 0:
+        return ('<section id="transitions"><h2>Transitions (given \u2192 suggested)</h2>'
+                '<p class="note">No labels were changed.</p></section>')
+    plot = _plot_transitions(names, transitions)
+    flat = [(int(transitions[i, j]), i, j) for i, j in zip(*np.nonzero(transitions))]
+    flat.sort(key=lambda t: (-t[0], t[1], t[2]))
+    top = "".join(f'<tr><td class="name">{_e(names[i])}</td><td class="name">{_e(names[j])}</td>'
+                  f'<td>{n}</td><td>{100.0 * n / total:.1f}%</td></tr>' for n, i, j in flat[:15])
+    note = (f'<p class="note">{len(names)} classes: per-cell counts are in the table.</p>'
+            if len(names) > ANNOTATE_MAX_CLASSES else "")
+    table = ('<div class="table-wrap" style="max-height:none"><table class="transitions"><thead><tr><th class="name">given</th>'
+             '<th class="name">suggested</th><th>samples</th><th>share</th></tr></thead><tbody>'
+             + top + "</tbody></table></div>")
+    img = f'<img class="plot" alt="transition heatmap" src="{plot}">'
+    return (f'<section id="transitions"><h2>Transitions (given \u2192 suggested)</h2>'
+            f'<p class="note">{total:,} changed labels over {len(flat):,} class pairs; rows are the given '
+            f'class, columns the suggested one. The most frequent pairs are listed.</p>{note}'
+            f'{_plot_and_table(img, table, wide=len(names) > ANNOTATE_MAX_CLASSES)}</section>')
+
+
+def _scores_section(best: np.ndarray, given: np.ndarray, changed: np.ndarray,
+                    threshold: Optional[float]) -> str:
+    h1 = _plot_hist(best, changed, threshold, title="Best score (all samples)", xlabel="best score")
+    h2 = _plot_hist(given, changed, threshold, title="Score of the given label", xlabel="given-label score")
+    thr = "not recorded" if threshold is None else f"{threshold:g}"
+    return (f'<section id="scores"><h2>Scores</h2><p class="note">A label is changed to the best class when '
+            f'its score reaches the threshold (<b class="threshold">{_e(thr)}</b>, dashed line) and the best '
+            f'class differs from the given one.</p><div class="hists">'
+            f'<img class="plot" alt="best score histogram" src="{h1}">'
+            f'<img class="plot" alt="given-label score histogram" src="{h2}"></div></section>')
+
+
+def _gallery_section(order: List[Dict[str, Any]], num_changed: int, names: Sequence[str],
+                     images: np.ndarray, strips: Dict[int, Tuple[str, int, int]],
+                     scores: Optional[np.ndarray]) -> str:
+    if num_changed == 0:
+        return ('<section id="gallery"><h2>Changed samples</h2><p class="note">No labels were changed.'
+                '</p></section>')
+    cards = []
+    for rank, row in enumerate(order, 1):
+        g, s = row["given_label"], row["suggested_label"]
+        img = image_data_uri(images[row["index"]], IMAGE_PX)
+        meta = [f"id: {_e(row['id'])}"]
+        if row["path"] and row["path"] != row["id"]:
+            meta.append(f"path: {_e(row['path'])}")
+        meta.append(f"index {row['index']}")
+        if math.isfinite(row["label_quality"]):
+            meta.append(f"label quality {row['label_quality']:.3f}")
+        top_html = ""
+        if scores is not None:
+            srow = scores[row["index"]]
+            top = np.argsort(-srow, kind="stable")[:3]
+            top_html = ('<p class="meta">top scores: '
+                        + ", ".join(f"{_e(names[k])} {float(srow[k]):.3f}" for k in top) + "</p>")
+
+        def strip(label: int, role: str, css: str) -> str:
+            if label not in strips:
+                return f'<div class="strip none">no anchors of {_e(names[label])}</div>'
+            uri, w, h = strips[label]
+            return (f'<div class="strip {css}"><div class="cap">anchors of {role} class <b>'
+                    f'{_e(names[label])}</b></div><img alt="anchors of {_e(names[label])}" '
+                    f'width="{w}" height="{h}" src="{uri}"></div>')
+
+        cards.append(
+            f'<article class="card" data-index="{row["index"]}" data-rank="{rank}">'
+            f'<div class="main"><img alt="sample {_e(row["id"])}" src="{img}"><div class="rank">#{rank}</div></div>'
+            f'<div class="body"><p class="label-line">given: <span class="given">{_e(names[g])}</span> '
+            f'(score {_fmt(row["given_score"])})<span class="arrow">\u2192</span>suggested: '
+            f'<span class="sugg">{_e(names[s])}</span> (score {_fmt(row["best_score"])})</p>'
+            f'<p class="meta">{_SEP.join(meta)}</p>{top_html}'
+            f'{strip(g, "given", "given-anchors")}{strip(s, "suggested", "suggested-anchors")}</div></article>')
+    shown = len(order)
+    note = (f'<p class="note more">Showing the {shown:,} most confident of {num_changed:,} changed samples '
+            f'(raise the limit with <code>synref report OUT --max-gallery N</code>; all of them are in '
+            f'refined_labels.csv).</p>' if shown < num_changed
+            else f'<p class="note">All {num_changed:,} changed samples, most confident first.</p>')
+    return (f'<section id="gallery"><h2>Changed samples</h2><p class="note">Ordered by confidence: the '
+            f'suggested class\'s score minus the given label\'s score, highest first.</p>{note}'
+            f'<div class="gallery">{"".join(cards)}</div></section>')
+
+
+def _confidence_key(row: Mapping[str, Any]) -> Tuple[float, float, int]:
+    """Sort key, most confident first: best - given score (desc), best score (desc), index."""
+    margin = row["best_score"] - row["given_score"]
+    return (-margin if math.isfinite(margin) else math.inf,
+            -row["best_score"] if math.isfinite(row["best_score"]) else math.inf, row["index"])
+
+
+def _gallery_order(typed: Sequence[Dict[str, Any]], limit: int) -> List[Dict[str, Any]]:
+    return sorted((r for r in typed if r["changed"]), key=_confidence_key)[:limit]
+
+
+def render_report(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], images: np.ndarray,
+                  anchor_images: Optional[np.ndarray], anchor_labels: Optional[np.ndarray],
+                  scores: Optional[np.ndarray] = None, *, max_gallery: int = 60,
+                  anchors_per_side: int = 4, _files: Optional[Mapping[str, Path]] = None) -> str:
+    """The report as one self-contained HTML string.
+
+    Args:
+        summary: the ``summary.json`` dict (class_names, threshold, alpha, ... see DEVELOPERS.md).
+        rows: the ``refined_labels.csv`` rows as dicts (strings as read by ``csv.DictReader``, or
+            already typed values); ``index`` points into ``images``.
+        images: (N, H, W, C) uint8 images at the working size, C in {1, 3}.
+        anchor_images: (M, H, W, C) uint8 anchors, or None (no anchor strips).
+        anchor_labels: (M,) int class of each anchor.
+        scores: optional (N, C) score matrix (adds each card's top-3 classes).
+        max_gallery: the most changed samples shown (most confident first).
+        anchors_per_side: anchors shown for the given and for the suggested class.
+    Counts, transitions and #changed are computed from ``rows`` (the CSV is the truth); a
+    disagreement with the summary's numbers is shown as a warning. Raises InputError on
+    inconsistent inputs.
+    """
+
+    max_gallery = check_count(max_gallery, "max_gallery", minimum=0)
+    anchors_per_side = check_count(anchors_per_side, "anchors_per_side", minimum=0)
+    files = dict(_files or {})
+    src = lambda key, default: str(files.get(key, default))  # noqa: E731
+    if not isinstance(summary, Mapping):
+        raise InputError(f"{src('summary', 'summary')} must be a JSON object")
+    images = _as_images(images, src("images", "images"))
+    names = _class_names(summary, rows)
+    c = len(names)
+    if c < 1:
+        raise InputError(f"{src('summary', 'summary')} names no classes")
+    typed = _normalize_rows(rows, c, len(images), src("rows", "refined_labels.csv"))
+    n = len(typed)
+
+    scores_arr: Optional[np.ndarray] = None
+    if scores is not None:
+        scores_arr = np.asarray(scores)
+        if (scores_arr.ndim != 2 or scores_arr.shape[1] != c
+                or any(r["index"] >= scores_arr.shape[0] for r in typed)):
+            raise InputError(f"{src('scores', 'scores')} has shape {scores_arr.shape}, expected "
+                             f"({len(images)}, {c})")
+
+    strips: Dict[int, Tuple[str, int, int]] = {}
+    if anchor_images is not None and anchor_labels is not None and anchors_per_side:
+        a_imgs = _as_images(anchor_images, src("anchors", "anchor images"))
+        a_lab = np.asarray(anchor_labels).reshape(-1)
+        if len(a_lab) != len(a_imgs):
+            raise InputError(f"{src('anchors', 'anchors')}: {len(a_imgs)} anchor images but "
+                             f"{len(a_lab)} labels")
+        try:
+            a_lab = a_lab.astype(np.int64)
+        except (TypeError, ValueError):
+            raise InputError(f"{src('anchors', 'anchors')}: labels must be integers") from None
+        needed = set()
+        for r in _gallery_order(typed, max_gallery):
+            needed.update((r["given_label"], r["suggested_label"]))
+        for cls, idx in _pick_anchors(a_lab, c, anchors_per_side).items():
+            if cls in needed:
+                strips[cls] = _strip_uri([a_imgs[i] for i in idx], ANCHOR_PX)
+
+    given = np.array([r["given_label"] for r in typed], dtype=np.int64)
+    sugg = np.array([r["suggested_label"] for r in typed], dtype=np.int64)
+    changed = np.array([r["changed"] for r in typed], dtype=bool)
+    before = np.bincount(given, minlength=c)
+    after = np.bincount(sugg, minlength=c)
+    transitions = np.zeros((c, c), dtype=np.int64)
+    np.add.at(transitions, (given[changed], sugg[changed]), 1)
+    num_changed = int(changed.sum())
+
+    warnings: List[str] = []
+    for key, ours in (("counts_before", before), ("counts_after", after)):
+        theirs = summary.get(key)
+        if isinstance(theirs, list) and len(theirs) == c and list(map(int, theirs)) != ours.tolist():
+            warnings.append(f"summary.json {key} differs from refined_labels.csv (the table uses the CSV)")
+    if isinstance(summary.get("num_changed"), int) and summary["num_changed"] != num_changed:
+        warnings.append(f"summary.json says {summary['num_changed']} changed, refined_labels.csv has "
+                        f"{num_changed}")
+    if isinstance(summary.get("num_samples"), int) and summary["num_samples"] != n:
+        warnings.append(f"summary.json says {summary['num_samples']} samples, refined_labels.csv has {n}")
+
+    threshold = _threshold(summary)
+    best = np.array([r["best_score"] for r in typed], dtype=float)
+    given_scores = np.array([r["given_score"] for r in typed], dtype=float)
+
+    order = _gallery_order(typed, max_gallery)
+    version = str(summary.get("synref_version") or __version__)
+    dataset = _fmt_setting(summary.get("data"))
+    parts = [
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>synref report \u2014 {_e(dataset)}</title><style>{_CSS}</style></head><body>",
+        '<main class="container">',
+        _header(summary, n, c, num_changed, version),
+        _counts_section(names, before, after, "; ".join(warnings)),
+        _transitions_section(names, transitions),
+        _scores_section(best, given_scores, changed, threshold),
+        _gallery_section(order, num_changed, names, images, strips, scores_arr),
+        f"<footer>Generated by synref {_e(__version__)} from the results of synref "
+        f"{_e(version)}. Self-contained: no external resources.</footer>",
+        "</main></body></html>\n",
+    ]
+    return "".join(parts)

@@ -1,0 +1,250 @@
+"""The pieces every experiment shares, written once: training schedules, splits, anchors (glyph
+anchors for digits, the real-anchor stand-in for CIFAR, or an anchor set), label noise.
+
+:func:`load_experiment_data` gives the splits and anchors of a dataset under a protocol;
+:func:`inject_noise` / :func:`noisy_labels` give a noise setting's labels.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..anchors import create_generator, load_matched_anchors, match_format
+from ..data import LabeledImages, load_cifar, load_digits_dataset, load_labels_file, split_indices
+from ..errors import InputError
+from ..models import create_model, predict_proba
+from ..noise import NOISE_MODELS, format_noise_spec, parse_noise_spec
+from ..train import TrainConfig, fit
+
+__all__ = [
+    "digits_standard", "digits_paper_finetune", "digits_synref_finetune", "cpu_cifar_schedule", "eta_schedule",
+    "ExperimentData", "load_experiment_data", "digits_split", "stand_in_anchors", "make_glyph_anchors",
+    "inject_noise", "noisy_labels", "noise_files", "COMMUNITY_FILES", "NOISE_SETTINGS", "DATASETS",
+]
+
+#: the paper's noise settings (the columns of its table).
+NOISE_SETTINGS: Tuple[str, ...] = ("pmd-0.35", "pmd-0.7", "pmd-0.35+u-0.3", "pmd-0.35+u-0.6", "pmd-0.35+a-0.3")
+DATASETS: Tuple[str, ...] = ("cifar10", "cifar100", "digits")
+#: community label files (first 45,000 CIFAR training images) per noise setting.
+COMMUNITY_FILES: Dict[str, str] = {
+    "pmd-0.35": "{dataset}-1-0.35.npy", "pmd-0.7": "{dataset}-1-0.70.npy",
+    "pmd-0.35+u-0.3": "{dataset}-1-0.35_U_0.3.npy", "pmd-0.35+u-0.6": "{dataset}-1-0.35_U_0.6.npy",
+    "pmd-0.35+a-0.3": "{dataset}-1-0.35_A_0.3.npy",
+}
+
+
+# ------------------------------------------------------------------------------ schedules
+def digits_standard() -> TrainConfig:
+    """The paper's recipe (SGD, momentum 0.9, wd 5e-4, multistep, 1 warm-up epoch, crop pad) scaled
+    to 1,200 8x8 images: 30 epochs, batch 64, lr 0.05, x0.1 at 15 and 25; no flips (digits)."""
+    return TrainConfig(epochs=30, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
+                       milestones=[15, 25], gamma=0.1, warmup_epochs=1, hflip=False)
+
+
+def digits_paper_finetune() -> TrainConfig:
+    """The paper's fine-tuning (lr 1e-3, wd 1e-4, 50 epochs, x0.1 at [20, 40]) scaled to 30 epochs."""
+    return TrainConfig.paper_finetune(epochs=30, milestones=[12, 24], batch_size=64, hflip=False)
+
+
+def digits_synref_finetune() -> TrainConfig:
+    """synref's fine-tuning: lr 1e-2 (measured better than 1e-3 on digits: see README)."""
+    return TrainConfig(epochs=30, batch_size=64, lr=0.01, momentum=0.9, weight_decay=1e-4,
+                       milestones=[15, 25], gamma=0.1, warmup_epochs=0, hflip=False)
+
+
+def cpu_cifar_schedule(epochs: int, lr: float) -> TrainConfig:
+    """The CPU protocol's CIFAR schedule: batch 128, SGD momentum 0.9, wd 5e-4, lr x0.1 at 55 %
+    and 80 % of the epochs, 1 warm-up epoch, crop + flip."""
+    return TrainConfig(epochs=epochs, batch_size=128, lr=lr, momentum=0.9, weight_decay=5e-4,
+                       milestones=[int(round(epochs * 0.55)), int(round(epochs * 0.8))], gamma=0.1,
+                       warmup_epochs=1, hflip=True)
+
+
+def eta_schedule(seed: int) -> TrainConfig:
+    """The default recipe of the clean-label model whose softmax drives generated PMD noise:
+    8 epochs, weakly trained, so the margins vary."""
+    return TrainConfig(epochs=8, lr=0.01, batch_size=64, milestones=[], warmup_epochs=0, seed=seed)
+
+
+# ------------------------------------------------------------------------------ data
+@dataclass
+class ExperimentData:
+    """One dataset's splits and anchors (uint8 images (N, H, W, C), int64 labels (N,))."""
+
+    dataset: str
+    class_names: List[str]
+    train: LabeledImages
+    val: LabeledImages
+    test: LabeledImages
+    anchors: LabeledImages
+    anchor_source: str
+    #: identifies the images of every split (features are cached under it): seed-independent for
+    #: CIFAR (fixed splits), per seed for digits (the split depends on the seed).
+    key: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def digits_split(labels: np.ndarray, *, val_fraction: float, test_fraction: float,
+                 seed: int) -> List[np.ndarray]:
+    """(train, val, test) indices of scikit-learn's digits: a stratified split with ``seed``."""
+    return split_indices(labels, fractions=(1 - test_fraction - val_fraction, val_fraction, test_fraction),
+                         seed=seed)
+
+
+def stand_in_anchors(labels: np.ndarray, per_class: int, num_classes: int) -> np.ndarray:
+    """The *real-anchor stand-in*: ``per_class`` indices per class among ``labels`` (the clean
+    validation labels), drawn with seed 0 and sorted within each class."""
+    rng = np.random.default_rng(0)
+    picks = []
+    for c in range(num_classes):
+        pool = np.flatnonzero(labels == c)
+        if len(pool) < per_class + 1:
+            raise InputError(f"validation split has {len(pool)} images of class {c}; the real-anchor stand-in "
+                             f"needs more than {per_class}")
+        picks.append(np.sort(rng.choice(pool, per_class, replace=False)))
+    return np.concatenate(picks)
+
+
+def make_glyph_anchors(class_names: Sequence[str], per_class: int, *, size: Tuple[int, int], channels: int,
+                       seed: int = 0) -> LabeledImages:
+    """Procedural glyph anchors rendered at 32 px and brought to the dataset's size and channels."""
+    generator = create_generator("glyph", size=32, channels=1)
+    anchors = generator.generate(list(class_names), per_class, seed=seed)
+    return match_format(anchors, size=tuple(size), channels=channels)
+
+
+def load_experiment_data(dataset: str, protocol: Any, *, data: Optional[str] = None, anchors: Optional[str] = None,
+                         seed: int = 0) -> ExperimentData:
+    """Splits and anchors of ``dataset`` under ``protocol`` (a :class:`~synref.experiments.protocol.Protocol`).
+
+    digits: the stratified split of :func:`digits_split` (per seed), glyph anchors (``seed``) or
+    the anchor set ``anchors``. CIFAR (official python layout in ``data``): train = the first
+    ``protocol.train_size`` of the first 45,000 training images, validation = images
+    45,000-49,999 with clean labels, test = the test images (first ``protocol.test_size``);
+    anchors: the anchor set ``anchors``, else the real-anchor stand-in (:func:`stand_in_anchors`,
+    removed from validation). Test images and clean training labels are never used.
+    """
+    if dataset == "digits":
+        digits = load_digits_dataset()
+        tr, va, te = digits_split(digits.labels, val_fraction=protocol.val_fraction,
+                                  test_fraction=protocol.test_fraction, seed=seed)
+        train, val, test = digits.subset(tr), digits.subset(va), digits.subset(te)
+        if anchors:
+            anchor_set, _ = load_matched_anchors(Path(anchors), digits.class_names, size=train.images.shape[1:3],
+                                                 channels=train.images.shape[-1])
+            source = f"anchor set {anchors}"
+        else:
+            anchor_set = make_glyph_anchors(digits.class_names, protocol.anchors_per_class,
+                                            size=train.images.shape[1:3], channels=train.images.shape[-1], seed=seed)
+            source = f"glyph (procedural synthetic), {protocol.anchors_per_class} per class"
+        return ExperimentData("digits", list(digits.class_names), train, val, test, anchor_set, source,
+                              key=f"digits-split{seed}")
+
+    if not data:
+        raise InputError(f"--dataset {dataset} needs --data DIR (the official CIFAR python layout; see "
+                         f"cifar10_python_from_jpeg.py for JPEG copies)")
+    full = load_cifar(data, split="train")
+    expected = 10 if dataset == "cifar10" else 100
+    if full.num_classes != expected:
+        raise InputError(f"--data {data}: holds {full.num_classes}-class CIFAR, not {dataset}")
+    if len(full) != 50000:
+        raise InputError(f"--data {data}: expected the 50,000 official training images, found {len(full)}")
+    test = load_cifar(data, split="test")
+    n_train = 45000 if protocol.train_size is None else int(protocol.train_size)
+    if not 1 <= n_train <= 45000:
+        raise InputError(f"protocol: train_size must be in [1, 45000], got {n_train}")
+    train = full.subset(np.arange(n_train))
+    val_idx = np.arange(45000, 50000)
+    if anchors:
+        anchor_set, _ = load_matched_anchors(Path(anchors), full.class_names, size=full.images.shape[1:3],
+                                             channels=full.images.shape[-1])
+        source = f"anchor set {anchors} ({len(anchor_set)} images)"
+        val = full.subset(val_idx)
+    else:
+        pick = stand_in_anchors(full.labels[val_idx], protocol.anchors_per_class, full.num_classes)
+        anchor_set = full.subset(val_idx[pick])
+        val = full.subset(np.setdiff1d(val_idx, val_idx[pick]))
+        source = (f"real-anchor stand-in: {protocol.anchors_per_class} clean validation images per class "
+                  f"(from 45000-49999, removed from validation)")
+    if protocol.test_size is not None:
+        test = test.subset(np.arange(min(int(protocol.test_size), len(test))))
+    return ExperimentData(dataset, list(full.class_names), train, val, test, anchor_set, source,
+                          key=f"{dataset}-train{n_train}-test{len(test)}")
+
+
+# ------------------------------------------------------------------------------ noise
+def inject_noise(images: np.ndarray, labels: np.ndarray, steps: Sequence[Tuple[str, float]], *,
+                 num_classes: int, seed: int, pmd_type: int = 1, model: str = "small_cnn",
+                 eta_config: Optional[TrainConfig] = None,
+                 class_map: Optional[Dict[int, int]] = None) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """Apply noise ``steps`` to clean ``labels`` (N,), in order. PMD trains a model on the clean
+    labels for eta (:func:`eta_schedule` unless ``eta_config``) and calibrates the factor.
+
+    Returns the noisy labels (N,) and a dict describing what was done (factor, rates).
+    """
+    info: Dict[str, Any] = {"setting": format_noise_spec(steps), "steps": []}
+    current = np.asarray(labels, dtype=np.int64).copy()
+    for kind, rate in steps:
+        probs = None
+        if kind == "pmd":
+            cfg = eta_config or eta_schedule(seed)
+            eta_model = fit(create_model(model, num_classes=num_classes, in_channels=images.shape[-1], seed=seed),
+                            images, current, config=cfg, desc="PMD eta model").model
+            probs = predict_proba(eta_model, images)
+        new, step = NOISE_MODELS.get(kind)(current, rate, num_classes=num_classes, seed=seed, probs=probs,
+                                           pmd_type=pmd_type, class_map=class_map)
+        if probs is not None:
+            step["eta_train_acc"] = float(np.mean(probs.argmax(1) == current))
+        step["changed"] = float(np.mean(new != current))
+        current = new
+        info["steps"].append(step)
+    info["noise_rate"] = float(np.mean(current != labels))
+    return current, info
+
+
+def noise_files(entries: Sequence[str], dataset: str, settings: Sequence[str]) -> Dict[str, Path]:
+    """setting -> label file: folders are searched for the community names of ``settings``;
+    a file is its own setting ``file:<stem>``."""
+    found: Dict[str, Path] = {}
+    for entry in entries:
+        path = Path(entry)
+        if path.is_dir():
+            for setting in settings:
+                name = COMMUNITY_FILES.get(setting, "").format(dataset=dataset)
+                if name and (path / name).is_file() and setting not in found:
+                    found[setting] = path / name
+        elif path.is_file():
+            found[f"file:{path.stem}"] = path
+        else:
+            raise InputError(f"--noise-file {entry}: no such file or folder")
+    return found
+
+
+def noisy_labels(setting: str, files: Dict[str, Path], data: ExperimentData, protocol: Any,
+                 seed: int) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """The training labels of noise ``setting``: its label file (the first ``len(train)`` of a
+    45,000-label CIFAR file, or exactly the training split's for digits) or, without one,
+    :func:`inject_noise` with the protocol's eta model."""
+    n = len(data.train)
+    if setting in files:
+        path = files[setting]
+        total = 45000 if data.dataset != "digits" else n
+        labels = load_labels_file(path, num_samples=None, num_classes=data.num_classes)
+        if len(labels) not in (total, n):
+            raise InputError(f"{path}: {len(labels)} labels; expected {total} (or the {n} used)")
+        labels = labels[:n]
+        return labels, {"source": f"file {path.name}"}
+    if setting.startswith("file:"):
+        raise InputError(f"noise setting {setting!r} has no label file")
+    eta = None if protocol.eta is None else dataclasses.replace(protocol.eta, seed=seed)
+    labels, info = inject_noise(data.train.images, data.train.labels, parse_noise_spec(setting),
+                                num_classes=data.num_classes, seed=seed, pmd_type=protocol.pmd_type,
+                                model=protocol.eta_model, eta_config=eta)
+    return labels, {"source": "generated", **info}

@@ -1,0 +1,411 @@
+"""The one resumable experiment runner: a grid of methods x noise settings x seeds under a
+protocol, each finished cell saved at once.
+
+``synref demo``, ``synref compare`` and ``synref bench`` are calls of :func:`run_experiment`.
+With an ``out`` folder every finished cell is written to ``out/cells/<cell>.json`` and the
+expensive shared steps of each (noise setting, seed) -- the noisy labels, the Standard model,
+the refined labels, the encoder features -- are cached under ``out/work/<dataset>-<protocol>/``,
+so a killed run re-run with the same arguments resumes at the first missing cell. Without
+``out`` everything stays in memory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..evidence import Evidence, classifier_evidence, crossfit_evidence
+from ..errors import InputError
+from ..features import ExtractorContext, encode_sets, extractor_from_context
+from ..hashing import digest
+from ..io import check_output_dir, write_json, write_npy
+from ..models import load_classifier, save_classifier
+from ..noise import format_noise_spec, parse_noise_spec
+from ..progress import progress as progress_bar
+from ..refiners import RefinementResult, refine
+from ..train import TrainConfig
+from .methods import create_method
+from .protocol import Protocol
+from .recipes import NOISE_SETTINGS, ExperimentData, load_experiment_data, noise_files as find_noise_files, noisy_labels
+from .results import cell_name, read_cells, write_all
+
+__all__ = ["run_experiment", "Experiment", "Runner", "NoiseRun", "SharedSteps", "parse_noise_settings",
+           "find_noise_files"]
+
+
+@dataclasses.dataclass
+class SharedSteps:
+    """Data, noisy labels and Standard models shared by runs of several protocols in one process
+    (the demo's two rows), keyed by what produced them."""
+
+    data: Dict[str, ExperimentData] = dataclasses.field(default_factory=dict)
+    noisy: Dict[str, Tuple[np.ndarray, Dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    standard: Dict[str, Tuple[Any, Dict[str, Any]]] = dataclasses.field(default_factory=dict)
+
+
+def parse_noise_settings(text: Optional[str], default: Sequence[str] = NOISE_SETTINGS) -> List[str]:
+    """``"pmd-0.35,pmd-0.7"`` -> normalised settings (None: ``default``)."""
+    if text is None:
+        return list(default)
+    settings = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        setting = format_noise_spec(parse_noise_spec(part))
+        if setting not in settings:
+            settings.append(setting)
+    if not settings:
+        raise InputError("--noise: no noise setting given")
+    return settings
+
+
+class NoiseRun:
+    """The shared, cached steps of one (noise setting, seed): noisy labels, the Standard model,
+    the out-of-sample evidence and the refined labels."""
+
+    def __init__(self, runner: "Runner", noise: str, seed: int) -> None:
+        self.runner, self.noise, self.seed = runner, noise, seed
+        safe = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in noise)
+        self.dir = None if runner.work is None else runner.work / f"seed{seed}" / safe
+        self._noisy: Optional[np.ndarray] = None
+        self.noise_info: Dict[str, Any] = {}
+        self._standard = None
+        self._evidence: Optional[Evidence] = None
+        self._refined: Optional[np.ndarray] = None
+        self.refine_info: Dict[str, Any] = {}
+        self.refine_seconds: Optional[float] = None
+
+    # -- keys of what produced a step (shared across protocols of one process) --------------
+    def _noisy_key(self) -> str:
+        r, p = self.runner, self.runner.protocol
+        source = str(r.noise_files.get(self.noise, ""))
+        return digest(r.data.key, self.noise, self.seed, source, p.eta_model, None if p.eta is None else
+                      p.eta.to_dict(), p.pmd_type)
+
+    def _standard_key(self) -> str:
+        p = self.runner.protocol
+        return digest(self._noisy_key(), p.model, p.standard.to_dict(), self.runner.device)
+
+    # -- steps ------------------------------------------------------------------------------
+    def noisy(self) -> np.ndarray:
+        if self._noisy is None:
+            r = self.runner
+            cached = None if self.dir is None else (self.dir / "noisy.npy", self.dir / "noisy.json")
+            if cached is not None and cached[0].is_file() and cached[1].is_file():
+                self._noisy = np.load(cached[0])
+                self.noise_info = json.loads(cached[1].read_text())
+            else:
+                key = self._noisy_key()
+                if key in r.shared.noisy:
+                    self._noisy, self.noise_info = r.shared.noisy[key]
+                else:
+                    self._noisy, self.noise_info = noisy_labels(self.noise, r.noise_files, r.data, r.protocol,
+                                                                self.seed)
+                    self.noise_info["noise_rate"] = float(np.mean(self._noisy != r.data.train.labels))
+                    r.shared.noisy[key] = (self._noisy, self.noise_info)
+                if cached is not None:
+                    write_npy(cached[0], self._noisy)
+                    write_json(cached[1], self.noise_info)
+        return self._noisy
+
+    @property
+    def noise_rate(self) -> float:
+        self.noisy()
+        return float(self.noise_info["noise_rate"])
+
+    def standard_model(self):
+        """The Standard model (trained by the ``standard`` cell, or now; cached)."""
+        if self._standard is None:
+            path = None if self.dir is None else self.dir / "standard.pt"
+            if path is not None and path.is_file():
+                self._standard = load_classifier(path)
+            elif self.shared_standard() is not None:
+                self.set_standard(*self.shared_standard())  # type: ignore[misc]
+            else:
+                self.runner.run_cell("standard", self)
+                assert self._standard is not None
+        return self._standard
+
+    def shared_standard(self) -> Optional[Tuple[Any, Dict[str, Any]]]:
+        """``(model, {"val_acc", "best_epoch"})`` of the same Standard training done for another
+        protocol in this process, or None."""
+        return self.runner.shared.standard.get(self._standard_key())
+
+    def set_standard(self, model, meta: Dict[str, Any]) -> None:
+        if self.dir is not None:
+            save_classifier(model, self.dir / "standard.pt", name=self.runner.protocol.model)
+        self.runner.shared.standard[self._standard_key()] = (model, meta)
+        self._standard = model
+
+    def evidence(self) -> Evidence:
+        """The out-of-sample evidence of the protocol's refinement (round 0; in memory)."""
+        if self._evidence is None:
+            self._evidence = self.runner.evidence(self)
+        return self._evidence
+
+    def refined(self) -> np.ndarray:
+        if self._refined is None:
+            cached = None if self.dir is None else (self.dir / "refined.npy", self.dir / "refined.json")
+            if cached is not None and cached[0].is_file() and cached[1].is_file():
+                self._refined = np.load(cached[0])
+                self.refine_info = json.loads(cached[1].read_text())
+                self.refine_seconds = float(self.refine_info["seconds"])
+            else:
+                r, p = self.runner, self.runner.protocol
+                if p.refine == "synref" and p.refine_encoder is not None:
+                    r.features(p.refine_encoder, self.seed)  # shared encoder time, counted apart
+                t0 = time.time()
+                self._refined, info = r.refine(self)
+                self.refine_seconds = time.time() - t0
+                info.update(seconds=self.refine_seconds,
+                            label_acc=float(np.mean(self._refined == r.data.train.labels)),
+                            num_changed=int(np.sum(self._refined != self.noisy())))
+                self.refine_info = info
+                if cached is not None:
+                    write_npy(cached[0], self._refined)
+                    write_json(cached[1], info)
+        return self._refined
+
+
+class Runner:
+    """The cells of one dataset + protocol on one seed's data (see :func:`run_experiment`)."""
+
+    def __init__(self, dataset: str, protocol: Protocol, data: ExperimentData, out: Optional[Path],
+                 noise_files: Dict[str, Path], *, device: Optional[str] = None, clip_model: Optional[str] = None,
+                 shared: Optional[SharedSteps] = None) -> None:
+        self.dataset, self.protocol, self.data, self.out = dataset, protocol, data, out
+        self.noise_files, self.device, self.clip_model = noise_files, device, clip_model
+        self.shared = shared if shared is not None else SharedSteps()
+        self.work = None if out is None else out / "work" / f"{dataset}-{protocol.name}"
+        self._features: Dict[Tuple[str, int], Dict[str, np.ndarray]] = {}
+
+    # -- shared pieces ---------------------------------------------------------------------
+    def train_config(self, config: TrainConfig, seed: int) -> TrainConfig:
+        return dataclasses.replace(config, seed=seed, device=self.device or config.device)
+
+    def features(self, encoder: str, seed: int) -> Dict[str, np.ndarray]:
+        """L2-normalised features of train / val / test / anchors in ``encoder``'s space (cached)."""
+        key = (encoder, seed)
+        if key not in self._features:
+            t0 = time.time()
+            p = self.protocol
+            extractor = extractor_from_context(encoder, ExtractorContext(
+                images=self.data.train.images, ssl_config=dataclasses.replace(p.ssl, seed=seed), ssl_model=p.ssl_model,
+                size=p.encoder_size, clip_model=self.clip_model, device=self.device))
+            sets = {"train": self.data.train.images, "val": self.data.val.images, "test": self.data.test.images,
+                    "anchors": self.data.anchors.images}
+            if self.work is None:
+                self._features[key] = {name: _unit_rows(extractor.extract(images)) for name, images in sets.items()}
+            else:
+                cache = self.work / "features"
+                self._features[key] = encode_sets(extractor, sets, cache_dir=cache, key_prefix=self.data.key)
+                timing = cache / f"{encoder}-seed{seed}.seconds.json"
+                if not timing.is_file():  # the first (computing) run's wall time
+                    write_json(timing, {"encoder": encoder, "seed": seed, "seconds": round(time.time() - t0, 2)})
+        return self._features[key]
+
+    def evidence(self, run: NoiseRun) -> Evidence:
+        """Round-0 evidence of ``run``'s noisy labels: the Standard model's own (the paper's
+        recipe) or cross-fitted (synref's)."""
+        p, d = self.protocol, self.data
+        noisy = run.noisy()
+        if p.refine == "paper":
+            return classifier_evidence(run.standard_model(), d.train.images, noisy, d.anchors.images,
+                                       d.anchors.labels, class_names=d.class_names, seed=run.seed)
+        fixed = None
+        if p.refine_encoder is not None:
+            feats = self.features(p.refine_encoder, run.seed)
+            fixed = (feats["train"], feats["anchors"])
+        return crossfit_evidence(d.train.images, noisy, d.anchors.images, d.anchors.labels,
+                                 num_classes=d.num_classes, config=p.evidence_config(run.seed, self.device),
+                                 val_images=d.val.images, val_labels=d.val.labels, fixed_features=fixed,
+                                 class_names=d.class_names)
+
+    def refine(self, run: NoiseRun) -> Tuple[np.ndarray, Dict[str, Any]]:
+        """Refined labels of ``run``'s noisy labels with the protocol's recipe, and what was done."""
+        p = self.protocol
+        info: Dict[str, Any] = {"rule": p.refine, "alpha": p.alpha, "threshold": p.threshold}
+        result: RefinementResult = refine(run.evidence(), p.refiner_for_run(keep_scores=False),
+                                          true_labels=self.data.train.labels)
+        if p.refine == "synref":
+            encoder = p.refine_encoder or ("simclr (trained on train + anchors)" if p.refine_features == "ssl"
+                                           else "each fold network's own features")
+            info.update(refiner=p.refiner, encoder=encoder, head=p.refine_head, rounds=result.info.get("rounds"),
+                        temperatures=result.info.get("temperatures"))
+        return result.refined_labels, info
+
+    # -- cells -------------------------------------------------------------------------------
+    def cell_path(self, method: str, noise: str, seed: int) -> Optional[Path]:
+        if self.out is None:
+            return None
+        return self.out / "cells" / f"{cell_name(self.dataset, self.protocol.name, method, noise, seed)}.json"
+
+    def run_cell(self, method: str, run: NoiseRun) -> Dict[str, Any]:
+        """Run one cell and save it (with an ``out`` folder)."""
+        row = create_method(method).run(self, run)
+        path = self.cell_path(method, run.noise, run.seed)
+        if path is not None:
+            write_json(path, row)
+        return row
+
+
+def _unit_rows(features: np.ndarray) -> np.ndarray:
+    feats = np.asarray(features, dtype=np.float32)
+    return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+
+
+def _check_protocol_record(out: Path, dataset: str, protocol: Protocol, anchors: Optional[str],
+                           data_note: Optional[Dict[str, Any]] = None) -> None:
+    """Record the protocol in ``out/bench-<dataset>-<protocol>.json``; refuse a different one there."""
+    path = out / f"bench-{dataset}-{protocol.name}.json"
+    record = {"dataset": dataset, "protocol": protocol.to_dict(), "anchors_option": anchors}
+    old: Dict[str, Any] = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        changed = [k for k in record if k in old and old[k] != record[k]]
+        if changed:
+            what = {"protocol": "protocol", "anchors_option": "--anchors", "dataset": "dataset"}
+            raise InputError(f"--out {out} holds a {dataset} / {protocol.name} bench run with a different "
+                             f"{' and '.join(what[k] for k in changed)}; use another --out (or delete "
+                             f"{path.name} and {out / 'cells'})")
+    write_json(path, {**old, **record, **(data_note or {})})
+
+
+def _data_note(d: ExperimentData, p: Protocol) -> Dict[str, Any]:
+    if p.refine == "paper":
+        refinement = (f"the paper's rule: Standard model's softmax + cosine to the anchor prototypes in its "
+                      f"penultimate features, alpha {p.alpha:g}, threshold {p.threshold:g}, one pass")
+    else:
+        if p.refine_encoder:
+            space = f"frozen {p.refine_encoder} features" + (f" ({p.encoder_size} px)" if p.refine_encoder !=
+                                                             "simclr" else "")
+        elif p.refine_features == "ssl":
+            space = "a SimCLR encoder trained on the training images + anchors"
+        else:
+            space = "each fold network's own features"
+        head = "a linear softmax head" if p.refine_head == "linear" else f"a {p.model}"
+        refinement = (f"synref preset: anchor-calibrated cosine in {space} + {p.refine_folds}-fold cross-fitted "
+                      f"softmax of {head}, alpha {p.alpha:g}, threshold {p.threshold:g}, {p.refine_rounds} rounds "
+                      f"(round r trains on round r-1's labels, re-scores the given ones)")
+    return {"anchors": d.anchor_source,
+            "data": f"{len(d.train)} train (noisy) / {len(d.val)} val (clean) / {len(d.test)} test, "
+                    f"model {p.model}",
+            "refinement": refinement,
+            "encoders": f"LRA conditioning encoders at {p.encoder_size} px (pretrained CNNs), SimCLR "
+                        f"{p.ssl_model} {p.ssl.epochs} epochs"}
+
+
+class Experiment:
+    """A dataset under a protocol: its data, its shared steps and its cells, one seed at a time.
+
+    :meth:`run` runs (or, with ``out``, resumes) a grid; :meth:`noise_run` gives the shared steps
+    of one (noise setting, seed) (noisy labels, Standard model, evidence, refined labels),
+    loading what a finished run cached in ``out/work``.
+    """
+
+    def __init__(self, dataset: str, protocol: Protocol, *, out: Optional[Path] = None, data: Optional[str] = None,
+                 noise_files: Optional[Dict[str, Path]] = None, anchors: Optional[str] = None,
+                 device: Optional[str] = None, clip_model: Optional[str] = None,
+                 shared: Optional[SharedSteps] = None, record: bool = True) -> None:
+        self.dataset, self.protocol, self.out, self.data_spec = dataset, protocol, out, data
+        self.noise_files = dict(noise_files or {})
+        self.anchors, self.device, self.clip_model, self.record = anchors, device, clip_model, record
+        self.shared = shared if shared is not None else SharedSteps()
+        self._runner: Optional[Runner] = None
+        self._seed: Optional[int] = None
+        self._runs: Dict[str, NoiseRun] = {}
+
+    def data(self, seed: int) -> ExperimentData:
+        """The splits and anchors of ``seed`` (one seed's data is held at a time)."""
+        return self.runner(seed).data
+
+    def runner(self, seed: int) -> Runner:
+        if self._runner is None or self._seed != seed:
+            p = self.protocol
+            key = digest(self.dataset, self.data_spec, self.anchors, seed, p.val_fraction, p.test_fraction,
+                         p.train_size, p.test_size, p.anchors_per_class)
+            if key not in self.shared.data:
+                self.shared.data = {key: load_experiment_data(self.dataset, p, data=self.data_spec,
+                                                              anchors=self.anchors, seed=seed)}
+            data = self.shared.data[key]
+            self._runner = Runner(self.dataset, self.protocol, data, self.out, self.noise_files, device=self.device,
+                                  clip_model=self.clip_model, shared=self.shared)
+            self._seed, self._runs = seed, {}
+        return self._runner
+
+    def noise_run(self, setting: str, seed: int) -> NoiseRun:
+        runner = self.runner(seed)
+        if setting not in self._runs:
+            self._runs[setting] = NoiseRun(runner, setting, seed)
+        return self._runs[setting]
+
+    def cell_done(self, method: str, noise: str, seed: int) -> bool:
+        return self.out is not None and (self.out / "cells" /
+                                         f"{cell_name(self.dataset, self.protocol.name, method, noise, seed)}.json"
+                                         ).is_file()
+
+    def run(self, methods: Sequence[str], noise: Sequence[str], seeds: Sequence[int],
+            preflight: Optional[Any] = None) -> List[Dict[str, Any]]:
+        """Run the grid ``seeds`` x ``noise`` x ``methods`` (seed-major: the data is loaded once
+        per seed) and return its rows, in grid order.
+
+        With ``out``: finished cells are read back instead of run, each new one is saved at once,
+        ``out/results.csv`` / ``out/results.md`` are rebuilt after every cell, and (``record``)
+        the protocol is recorded in ``out/bench-<dataset>-<protocol>.json`` (a different protocol
+        under the same name there is refused). ``preflight(data)`` checks the first seed's data
+        before anything is written.
+        """
+        seeds = [int(s) for s in seeds]
+        if not seeds:
+            raise InputError("--seeds: no seed given")
+        for method in methods:
+            create_method(method)
+        out = self.out
+        if out is not None:
+            check_output_dir(out)
+        if preflight is not None:
+            preflight(self.data(seeds[0]))
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            if self.record:
+                _check_protocol_record(out, self.dataset, self.protocol, self.anchors)
+        grid = [(seed, n, m) for seed in seeds for n in noise for m in methods]
+        todo = [(seed, n, m) for seed, n, m in grid if not self.cell_done(m, n, seed)]
+        rows: Dict[Tuple[int, str, str], Dict[str, Any]] = {}
+        bar = progress_bar(total=len(grid), desc=f"{self.dataset}/{self.protocol.name}", unit="cell")
+        bar.update(len(grid) - len(todo))
+        recorded: Optional[int] = None
+        try:
+            for seed, setting, method in todo:
+                run = self.noise_run(setting, seed)
+                if out is not None and self.record and recorded != seed:
+                    _check_protocol_record(out, self.dataset, self.protocol, self.anchors,
+                                           _data_note(run.runner.data, self.protocol))
+                    recorded = seed
+                bar.set_postfix_str(f"{method} / {setting} / seed {seed}")
+                rows[(seed, setting, method)] = run.runner.run_cell(method, run)
+                bar.update(1)
+                if out is not None:
+                    write_all(out)
+        finally:
+            bar.close()
+        if out is not None:
+            write_all(out)
+            saved = {(int(r["seed"]), r["noise"], r["method"]): r for r in read_cells(out)
+                     if r["dataset"] == self.dataset and r["protocol"] == self.protocol.name}
+            rows = {**saved, **rows}
+        return [rows[key] for key in grid]
+
+
+def run_experiment(*, dataset: str, protocol: Protocol, methods: Sequence[str], noise: Sequence[str],
+                   seeds: Sequence[int], **options: Any) -> List[Dict[str, Any]]:
+    """``Experiment(dataset, protocol, **options).run(methods, noise, seeds)``: the rows of the grid."""
+    preflight = options.pop("preflight", None)
+    return Experiment(dataset, protocol, **options).run(methods, noise, seeds, preflight=preflight)

@@ -1,0 +1,158 @@
+"""The feature-space plug-in: :class:`FeatureExtractor` and the one registry of them.
+
+A feature space maps uint8 images ``(N, H, W, C)`` to float32 features ``(N, D)``. Every space
+synref uses -- the refinement's fixed spaces and LRA-diffusion's conditioning encoders alike --
+is one entry of :data:`FEATURE_EXTRACTORS` (timm style: the name is the API):
+
+``classifier``          penultimate features of a synref classifier (a model or a checkpoint)
+``clip``                CLIP image embeddings through ``transformers``
+``ssl`` (``simclr``)    a SimCLR encoder trained on the unlabelled images (+ anchors)
+``efficientnet-lite0``  ImageNet EfficientNet-Lite0, offline, plain torch
+
+:func:`create_extractor` builds one from its own options; :func:`extractor_from_context` builds
+one from an :class:`ExtractorContext` (what a run has at hand: the training images, the anchors,
+the SimCLR recipe, an input size, a CLIP model id, a device), each extractor taking what it
+needs, so the CLI, ``synref refine`` and the experiments name spaces the same way.
+"""
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+
+from ..data import LabeledImages, materialize
+from ..errors import InputError
+from ..progress import progress as progress_bar
+from ..registry import Registry
+from ..hashing import images_hash as hash_images
+from ..validation import as_image_array
+
+__all__ = ["FEATURE_EXTRACTORS", "DEFAULT_EXTRACTOR", "FeatureExtractor", "ExtractorContext", "create_extractor",
+           "extractor_from_context", "extractor_names", "label_free_extractors", "images_hash", "pixels",
+           "check_batch_size", "batched_bar", "ImagesLike", "PathLike"]
+
+PathLike = Union[str, os.PathLike]
+ImagesLike = Union[np.ndarray, LabeledImages]
+
+FEATURE_EXTRACTORS: Registry["FeatureExtractor"] = Registry("feature extractor")
+DEFAULT_EXTRACTOR = "classifier"
+
+
+def images_hash(images: ImagesLike) -> str:
+    """:func:`synref.hashing.images_hash` of uint8 images (checked) or a :class:`LabeledImages`."""
+    if isinstance(images, LabeledImages):
+        return hash_images(images.images if images.images is not None else None, paths=images.paths)
+    return hash_images(as_image_array(images))
+
+def pixels(images: ImagesLike) -> np.ndarray:
+    """uint8 ``(N, H, W, C)`` from an array or a LabeledImages (path-backed ones are decoded)."""
+    if isinstance(images, LabeledImages):
+        if images.images is None:
+            images = materialize(images)
+        return as_image_array(images.images)
+    return as_image_array(images)
+
+
+def check_batch_size(batch_size: int) -> int:
+    if int(batch_size) < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    return int(batch_size)
+
+
+def batched_bar(n: int, batch_size: int, desc: str):
+    """A progress bar over the batch starts ``0, batch_size, ...`` of ``n`` images."""
+    starts = list(range(0, n, batch_size))
+    return progress_bar(starts, desc=desc, total=len(starts), unit="batch")
+
+
+@dataclass
+class ExtractorContext:
+    """What a run has at hand to build a feature space; each extractor takes what it needs.
+
+    Attributes:
+        images: the unlabelled training images (``ssl`` trains on them).
+        extra_images: more unlabelled images for ``ssl`` (e.g. the anchors).
+        ssl_config: :class:`~synref.train.simclr.SSLConfig` (or a dict) of ``ssl``.
+        ssl_model: the network ``ssl`` trains.
+        size: input side in pixels of pretrained CNNs (``efficientnet-lite0``; None: 224).
+        clip_model: CLIP hub id or local folder (None: the default ViT-L/14).
+        model, checkpoint: the trained classifier of ``classifier``.
+        device: torch device (None: cuda when available).
+    """
+
+    images: Optional[ImagesLike] = None
+    extra_images: Optional[ImagesLike] = None
+    ssl_config: Any = None
+    ssl_model: str = "small_cnn"
+    size: Optional[int] = None
+    clip_model: Optional[str] = None
+    model: Any = None
+    checkpoint: Optional[PathLike] = None
+    device: Optional[str] = None
+
+
+class FeatureExtractor(ABC):
+    """Maps uint8 images ``(N, H, W, C)`` to float32 features ``(N, D)``.
+
+    Subclasses set ``name`` (the registry name) and ``label_free`` (True when the space never
+    sees labels, so it may condition LRA-diffusion or serve as a fixed refinement space), and
+    implement :meth:`from_context`, :meth:`fingerprint` and :meth:`_extract` (a uint8 array in,
+    ``(n, D)`` float32 out).
+    """
+
+    name: str = "base"
+    label_free: bool = True
+
+    @classmethod
+    def from_context(cls, context: ExtractorContext) -> "FeatureExtractor":
+        """This extractor built from what a run has at hand (registered extractors override it)."""
+        raise InputError(f"feature space {cls.name!r} cannot be built from a run's context")
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """Stable, filename-safe string; equal fingerprints mean equal features for equal images
+        (extractor kind, a hash of the weights, preprocessing options)."""
+
+    def describe(self) -> Dict[str, Any]:
+        """JSON-able description (written to the cache sidecar)."""
+        return {"name": self.name, "fingerprint": self.fingerprint()}
+
+    @abstractmethod
+    def _extract(self, images: np.ndarray, *, batch_size: int) -> np.ndarray:
+        ...
+
+    def extract(self, images: ImagesLike, *, batch_size: int = 256) -> np.ndarray:
+        """Features ``(N, D)`` float32 of uint8 ``(N, H, W, C)`` images or a LabeledImages."""
+        arr = pixels(images)
+        batch_size = check_batch_size(batch_size)
+        out = self._extract(arr, batch_size=batch_size)
+        out = np.asarray(out, dtype=np.float32)
+        if out.ndim != 2 or len(out) != len(arr):
+            raise RuntimeError(f"{self.name} extractor returned {out.shape} for {len(arr)} images")
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(fingerprint={self.fingerprint()!r})"
+
+
+def create_extractor(name: str = DEFAULT_EXTRACTOR, **options: Any) -> FeatureExtractor:
+    """Build a registered extractor (``classifier``, ``clip``, ``ssl``, ``efficientnet-lite0``)
+    with its own options."""
+    return FEATURE_EXTRACTORS.create(name, **options)
+
+
+def extractor_from_context(name: str, context: ExtractorContext) -> FeatureExtractor:
+    """The registered extractor ``name`` built from ``context`` (see :class:`ExtractorContext`)."""
+    return FEATURE_EXTRACTORS.get(name).from_context(context)  # type: ignore[attr-defined]
+
+
+def extractor_names() -> List[str]:
+    return FEATURE_EXTRACTORS.names()
+
+
+def label_free_extractors() -> List[str]:
+    """Every name (aliases too) of an extractor that never sees labels (LRA's conditioning encoders)."""
+    return [n for n in FEATURE_EXTRACTORS.choices() if getattr(FEATURE_EXTRACTORS.get(n), "label_free", False)]
