@@ -16,6 +16,7 @@ from .experiments.protocol import PROTOCOLS
 from .experiments.recipes import DATASETS
 from .features import DEFAULT_CLIP_MODEL, FEATURE_EXTRACTORS
 from .models import MODELS
+from .noise import PMD_NOISE_TYPES
 from .progress import progress_setting
 from .refiners import DEFAULT_REFINER, REFINERS
 
@@ -53,7 +54,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise-file", type=Path, default=None,
                    help="use these noisy labels for the training split instead (.npy or one per line); "
                         "its length must equal the training split's")
-    p.add_argument("--pmd-type", type=int, choices=(1, 2, 3), default=1, help="PMD type (default 1)")
+    p.add_argument("--pmd-type", type=int, choices=PMD_NOISE_TYPES, default=1, help="PMD type (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, noise and training (default 0)")
     p.add_argument("--preset", choices=("both",) + PRESETS, default="both",
                    help="which refinement to run (default: both rows)")
@@ -100,7 +101,7 @@ def _add_noise(sub: argparse._SubParsersAction) -> None:
                          description="Polynomial-margin-diminishing noise from a model's softmax (N, C) .npy; "
                                      "give --factor, or --rate to calibrate the factor.")
     m.add_argument("--probs", type=Path, required=True, help="(N, C) softmax of a model trained on clean labels (.npy)")
-    m.add_argument("--type", dest="noise_type", type=int, choices=(1, 2, 3), default=1)
+    m.add_argument("--type", dest="noise_type", type=int, choices=PMD_NOISE_TYPES, default=1)
     group = m.add_mutually_exclusive_group(required=True)
     group.add_argument("--rate", type=_unit_float("--rate"), help="target noise rate (calibrates the factor)")
     group.add_argument("--factor", type=float, help="PMD factor")

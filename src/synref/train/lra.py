@@ -39,6 +39,7 @@ from torch import nn
 
 from ..config import ConfigMixin
 from ..errors import InputError
+from ..optional import require
 from ..progress import progress
 from ..validation import as_labels
 
@@ -193,10 +194,9 @@ def knn_label_candidates(features, labels, k: int = 10, *, backend: str = "auto"
     if backend in ("auto", "faiss"):
         try:
             nbr = _knn_faiss(feats, k)
-        except ImportError:
+        except ImportError as exc:
             if backend == "faiss":
-                from ..errors import MissingDependencyError
-                raise MissingDependencyError("faiss is not installed: pip install 'synref[lra]'")
+                require("faiss", "the faiss kNN backend", error=exc)
     if nbr is None:
         nbr = _knn_exact(feats, k)
     lab_t = torch.as_tensor(lab.astype(np.int64))
