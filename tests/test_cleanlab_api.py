@@ -23,12 +23,34 @@ def problem():
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)  # float64, as many users have
     anchor_labels = np.repeat(np.arange(c), 10)
     anchor_feats = centers[anchor_labels] + 0.5 * rng.normal(size=(len(anchor_labels), d))
+    # the score-rule tests below name the paper refiner (the default, posterior, is tested apart)
     return dict(true=true, noisy=noisy, feats=feats, probs=probs, anchors=dict(
-        anchor_features=anchor_feats, anchor_labels=anchor_labels))
+        anchor_features=anchor_feats, anchor_labels=anchor_labels, refiner="paper"))
 
 
 def _ref(p, **kw):
-    return refine_labels(p["noisy"], pred_probs=p["probs"], features=p["feats"], **p["anchors"], **kw)
+    anchors = {k: v for k, v in p["anchors"].items() if k != "refiner"}
+    return refine_labels(p["noisy"], pred_probs=p["probs"], features=p["feats"], **anchors, **kw)
+
+
+def test_default_refiner_is_the_posterior(problem):
+    from synref.evidence import Evidence
+    from synref.refiners import refine
+
+    p = problem
+    anchors = {k: v for k, v in p["anchors"].items() if k != "refiner"}
+    expected = refine(Evidence(p["noisy"], 5, anchors["anchor_labels"], features=p["feats"],
+                               anchor_features=anchors["anchor_features"]), "posterior")
+    mask = api.find_label_issues(p["noisy"], p["probs"], features=p["feats"], **anchors)
+    np.testing.assert_array_equal(mask, expected.changed)
+    fixed = api.suggest_labels(p["noisy"], p["probs"], features=p["feats"], **anchors)
+    assert (fixed == p["true"]).mean() > 0.95 > 0.75 > (p["noisy"] == p["true"]).mean()
+    strict = api.suggest_labels(p["noisy"], p["probs"], features=p["feats"], target_precision=0.999, **anchors)
+    assert (strict != p["noisy"]).sum() <= (fixed != p["noisy"]).sum()
+    with pytest.raises(InputError, match="prototypes"):
+        api.find_label_issues(p["noisy"], p["probs"], features=p["feats"], prototypes=np.eye(5, 16))
+    with pytest.raises(InputError, match="unknown refiner"):
+        api.find_label_issues(p["noisy"], p["probs"], features=p["feats"], refiner="magic", **anchors)
 
 
 def test_mask_quality_and_suggestions_match_refinement(problem):
@@ -81,7 +103,7 @@ def test_accepts_lists_and_float_dtypes(problem):
 def test_pred_probs_none_needs_alpha_one(problem):
     p = problem
     only = api.suggest_labels(p["noisy"], None, features=p["feats"], alpha=1.0, threshold=0.8, **p["anchors"])
-    ref = refine_labels(p["noisy"], pred_probs=None, features=p["feats"], alpha=1.0, threshold=0.8, **p["anchors"])
+    ref = refine_labels(p["noisy"], pred_probs=None, features=p["feats"], alpha=1.0, threshold=0.8, **{k: v for k, v in p["anchors"].items() if k != "refiner"})
     np.testing.assert_array_equal(only, ref.refined_labels)
     with pytest.raises(InputError, match="pred_probs are needed"):
         api.find_label_issues(p["noisy"], None, features=p["feats"], alpha=0.5, **p["anchors"])

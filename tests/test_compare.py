@@ -74,7 +74,8 @@ def test_compare_rows_on_a_small_problem():
     flat = 0.5 * 0.25 + 0.5 * probs
     flagged = (flat.max(1) >= 0.6) & (flat.argmax(1) != noisy)
     assert rows2[-1]["flagged"] == int(flagged.sum())
-    assert len(compare_with_cleanlab(noisy, true, probs, feats, afeats, alabels, calibrate=False)) == 3
+    plain = compare_with_cleanlab(noisy, true, probs, feats, afeats, alabels, calibrate=False)
+    assert [r["method"] for r in plain][-1] == "synref posterior" and len(plain) == 4
 
 
 def test_missing_cleanlab_is_a_clear_error(monkeypatch):

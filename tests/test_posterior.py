@@ -1,15 +1,12 @@
-"""The posterior refiner (synref.posterior): estimated T, posterior, decision, do-no-harm."""
+"""The posterior refiner (synref.refiners.posterior): estimated T, posterior, decision, do-no-harm."""
 import numpy as np
 import pytest
 
 from synref.errors import InputError
-from synref.posterior import (PosteriorOptions, choose_changes, label_posterior, posterior_refinement,
-                              transition_matrix)
-
-
-def refine(labels, c, anchor_labels, *, features, anchor_features, pred_probs=None, **options):
-    return posterior_refinement(labels, features, anchor_features, anchor_labels, num_classes=c,
-                                pred_probs=pred_probs, options=PosteriorOptions(**options))
+from synref.evidence import Evidence
+from synref.refiners import REFINERS, create_refiner, refine
+from synref.refiners.posterior import (PosteriorOptions, choose_changes, label_posterior,
+                                       transition_matrix)
 
 
 def _problem(n=1200, c=4, d=16, spread=0.35, seed=0, anchors_per_class=30):
@@ -32,8 +29,9 @@ def _flip(y, c, rate, seed, pairs=True):
     return out
 
 
-def test_options_round_trip_and_checks():
-    opts = PosteriorOptions(neighbors=5, rounds=1, target_precision=0.9)
+def test_registered_and_options_round_trip():
+    assert "posterior" in REFINERS.names()
+    opts = PosteriorOptions(neighbors=5, self_training_rounds=1, target_precision=0.9)
     assert PosteriorOptions.from_dict(opts.to_dict()) == opts
     with pytest.raises(InputError, match="target precision"):
         PosteriorOptions(target_precision=1.5)
@@ -75,7 +73,7 @@ def test_choose_changes_keeps_the_estimated_precision():
 def test_fixes_structured_noise_far_beyond_the_given_labels():
     x, y, a, ya = _problem()
     given = _flip(y, 4, 0.45, seed=1)
-    result = refine(given, 4, ya, features=x, anchor_features=a, neighbors=5)
+    result = refine(Evidence(given, 4, ya, features=x, anchor_features=a), "posterior", neighbors=5)
     before, after = np.mean(given == y), np.mean(result.refined_labels == y)
     assert before < 0.6 and after > 0.9
     changed = result.changed
@@ -87,7 +85,7 @@ def test_fixes_structured_noise_far_beyond_the_given_labels():
 def test_do_no_harm_with_mostly_clean_labels():
     x, y, a, ya = _problem(spread=1.4, seed=3)  # overlapping classes: the anchor prior is ~85 % right
     given = _flip(y, 4, 0.05, seed=2)
-    result = refine(given, 4, ya, features=x, anchor_features=a)
+    result = refine(Evidence(given, 4, ya, features=x, anchor_features=a), "posterior")
     assert np.mean(result.refined_labels == y) >= np.mean(given == y)
     assert result.num_changed() < 0.1 * len(y)
     assert result.info["transition_diagonal"] > 0.9  # the labels are seen to be mostly right
@@ -96,9 +94,10 @@ def test_do_no_harm_with_mostly_clean_labels():
 def test_deconvolution_sees_clean_labels_through_a_weak_prior():
     x, y, a, ya = _problem(spread=2.0, seed=3)
     given = _flip(y, 4, 0.03, seed=2)
-    kw = dict(rounds=0, neighbors=0, features=x, anchor_features=a)
-    plain = refine(given, 4, ya, deconvolve=False, **kw)
-    corrected = refine(given, 4, ya, **kw)
+    ev = Evidence(given, 4, ya, features=x, anchor_features=a)
+    kw = dict(self_training_rounds=0, neighbors=0)
+    plain = refine(ev, "posterior", deconvolve=False, **kw)
+    corrected = refine(ev, "posterior", **kw)
     assert plain.info["transition_diagonal"] < 0.8 < corrected.info["transition_diagonal"]  # truth 0.97
     assert corrected.num_changed() < plain.num_changed()
 
@@ -106,10 +105,10 @@ def test_deconvolution_sees_clean_labels_through_a_weak_prior():
 def test_target_precision_trades_changes_for_precision():
     x, y, a, ya = _problem(spread=1.6, seed=4)
     given = _flip(y, 4, 0.4, seed=5)
-    ev = dict(features=x, anchor_features=a)
+    ev = Evidence(given, 4, ya, features=x, anchor_features=a, pred_probs=None)
     counts, precisions = [], []
     for target in (None, 0.97, 0.99):
-        res = refine(given, 4, ya, neighbors=5, target_precision=target, **ev)
+        res = refine(ev, "posterior", neighbors=5, target_precision=target)
         counts.append(res.num_changed())
         changed = res.changed
         precisions.append(np.mean(res.refined_labels[changed] == y[changed]))
@@ -122,24 +121,47 @@ def test_target_precision_trades_changes_for_precision():
 def test_deterministic_and_pred_probs_enter():
     x, y, a, ya = _problem(seed=6)
     given = _flip(y, 4, 0.3, seed=7)
-    ev = dict(features=x, anchor_features=a)
-    r1, r2 = refine(given, 4, ya, **ev), refine(given, 4, ya, **ev)
+    ev = Evidence(given, 4, ya, features=x, anchor_features=a)
+    r1, r2 = refine(ev, "posterior"), refine(ev, "posterior")
     np.testing.assert_array_equal(r1.refined_labels, r2.refined_labels)
     np.testing.assert_array_equal(r1.scores, r2.scores)
     # confident pred_probs that contradict everything move the posterior
     wrong = np.eye(4, dtype=np.float32)[(y + 2) % 4] * 0.97 + 0.01
-    r3 = refine(given, 4, ya, features=x, anchor_features=a, pred_probs=wrong, pred_probs_weight=5.0)
+    r3 = refine(Evidence(given, 4, ya, features=x, anchor_features=a, pred_probs=wrong), "posterior",
+                pred_probs_weight=5.0)
     assert not np.array_equal(r3.scores, r1.scores)
 
 
-def test_bad_input_is_one_line_error():
+def test_per_fold_spaces_are_refined_fold_by_fold():
+    x, y, a, ya = _problem(n=1200, seed=8)
+    given = _flip(y, 4, 0.4, seed=9)
+    rotation = np.linalg.qr(np.random.default_rng(0).normal(size=(16, 16)))[0].astype(np.float32)
+    folds = np.arange(1200) % 2
+    # fold 1 lives in a rotated space: its samples and its anchors are rotated alike
+    feats = np.where(folds[:, None] == 1, x @ rotation, x).astype(np.float32)
+    ev = Evidence(given, 4, ya, features=feats, anchor_features=np.stack([a, a @ rotation]), fold_ids=folds)
+    result = refine(ev, "posterior", neighbors=5)
+    assert np.mean(given == y) < 0.65 and np.mean(result.refined_labels == y) > 0.85
+    assert len(result.info["spaces"]) == 2
+    # the same as refining each fold on its own in its own space
+    for k in (0, 1):
+        rows = folds == k
+        alone = refine(Evidence(given[rows], 4, ya, features=feats[rows], anchor_features=ev.anchor_features[k]),
+                       "posterior", neighbors=5)
+        np.testing.assert_array_equal(alone.refined_labels, result.refined_labels[rows])
+
+
+def test_is_registered_and_the_default():
+    from synref.refiners import DEFAULT_REFINER
+    assert "posterior" in REFINERS and DEFAULT_REFINER == "posterior"
+
+
+def test_bad_evidence_is_one_line_error():
     x, y, a, ya = _problem(n=200)
-    with pytest.raises(InputError, match="anchor_features must have shape"):
-        refine(y, 4, ya, features=x, anchor_features=a[:, :5])
+    with pytest.raises(InputError, match="needs evidence.features"):
+        refine(Evidence(y, 4, ya, pred_probs=np.full((200, 4), 0.25)), "posterior")
     with pytest.raises(InputError, match="at least 2 per class"):
         keep = np.r_[np.flatnonzero(ya != 3), np.flatnonzero(ya == 3)[:1]]
-        refine(y, 4, ya[keep], features=x, anchor_features=a[keep])
-    with pytest.raises(InputError, match="outside"):
-        refine(np.full(200, 7), 4, ya, features=x, anchor_features=a)
-    with pytest.raises(InputError, match="unknown option"):
-        PosteriorOptions.from_dict({"no_such_option": 1})
+        refine(Evidence(y, 4, ya[keep], features=x, anchor_features=a[keep]), "posterior")
+    with pytest.raises(InputError):
+        create_refiner("posterior", no_such_option=1)

@@ -1,6 +1,11 @@
 """synref in the shape of cleanlab's API: the same ``labels`` / ``pred_probs`` arguments, plus
 the feature-space evidence that synthetic anchors add.
 
+Every function takes ``refiner``: ``"posterior"`` (the default: the estimated posterior of the
+true class given the anchors, the neighbours and the given label decides, see
+:mod:`synref.refiners.posterior`; ``target_precision`` picks the operating point; alpha,
+threshold and calibrate do not apply) or ``"paper"`` (the score rule described below).
+
 Mapping to cleanlab (2.x)
 -------------------------
 ``cleanlab.filter.find_label_issues(labels, pred_probs, ...)``
@@ -43,7 +48,7 @@ import numpy as np
 
 from .errors import InputError
 from .evidence import Evidence
-from .refiners import DEFAULT_ALPHA, DEFAULT_THRESHOLD, RefinementResult, fit_similarity_temperature, refine
+from .refiners import DEFAULT_ALPHA, DEFAULT_REFINER, DEFAULT_THRESHOLD, RefinementResult, fit_similarity_temperature, refine
 from .validation import as_labels, check_pred_probs, infer_num_classes
 
 __all__ = ["find_label_issues", "get_label_quality_scores", "suggest_labels", "label_refinement",
@@ -60,7 +65,8 @@ def label_refinement(labels: ArrayLike, pred_probs: Optional[ArrayLike], *, feat
                      threshold: float = DEFAULT_THRESHOLD, calibrate: bool = False,
                      temperature: Optional[float] = None, class_names: Optional[Sequence[str]] = None,
                      chunk_rows: Optional[int] = None, num_threads: Optional[int] = None,
-                     keep_scores: bool = False) -> RefinementResult:
+                     keep_scores: bool = False, refiner: str = DEFAULT_REFINER,
+                     target_precision: Optional[float] = None) -> RefinementResult:
     """Everything at once: the :class:`RefinementResult` that the other functions are views of.
 
     Args:
@@ -73,7 +79,13 @@ def label_refinement(labels: ArrayLike, pred_probs: Optional[ArrayLike], *, feat
         calibrate: fit a similarity temperature on held-out anchors (needs anchors, >= 2 per
             class); ``temperature`` sets it directly.
         class_names: used in error messages.
+        refiner: ``posterior`` (the default: the estimated posterior of the true class decides;
+            needs anchors, >= 2 per class; ``target_precision`` picks its operating point) or
+            ``paper`` (the score rule above: alpha, threshold, calibrate, temperature,
+            prototypes).
     """
+    if refiner not in ("posterior", "paper"):
+        raise InputError(f"unknown refiner {refiner!r}; choose posterior or paper")
     labels_arr = as_labels(labels, integral_floats=True)
     feats = np.asarray(features) if not isinstance(features, np.ndarray) else features
     if feats.ndim != 2:
@@ -102,6 +114,11 @@ def label_refinement(labels: ArrayLike, pred_probs: Optional[ArrayLike], *, feat
                                                      class_names=class_names)
     evidence = Evidence(labels_arr, num_classes, space[1], features=feats, anchor_features=space[0],
                         pred_probs=probs, class_names=None if class_names is None else list(class_names))
+    if refiner == "posterior":
+        if prototypes is not None:
+            raise InputError("refiner 'posterior' needs anchor_features and anchor_labels, not prototypes "
+                             "(or give refiner='paper')")
+        return refine(evidence, "posterior", keep_scores=keep_scores, target_precision=target_precision)
     options = dict(alpha=alpha, threshold=threshold, keep_scores=keep_scores, chunk_rows=chunk_rows,
                    num_threads=num_threads)
     if temperature is None and not calibrate:

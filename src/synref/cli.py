@@ -396,9 +396,13 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
                         "(default classifier)")
     p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="CLIP model id or local folder")
     p.add_argument("--refiner", default=DEFAULT_REFINER, choices=REFINERS.choices(),
-                   help=f"the refinement rule (default {DEFAULT_REFINER}; paper = the published rule, raw cosine)")
-    p.add_argument("--alpha", type=_unit_float("--alpha"), default=0.5, help="weight of anchor similarity (default 0.5)")
-    p.add_argument("--threshold", type=_unit_float("--threshold"), default=0.6, help="relabel threshold (default 0.6)")
+                   help=f"the refinement rule (default {DEFAULT_REFINER}: the estimated posterior of the true class "
+                        f"decides; paper = the published rule, raw cosine; crossfit = calibrated score rule)")
+    p.add_argument("--target-precision", type=_unit_float("--target-precision"), default=None,
+                   help="posterior refiner: change only as many labels as keep the estimated precision of the "
+                        "changes at least this (e.g. 0.9); default: every label whose most probable class differs")
+    p.add_argument("--alpha", type=_unit_float("--alpha"), default=0.5, help="score-rule refiners (paper, crossfit): weight of anchor similarity (default 0.5)")
+    p.add_argument("--threshold", type=_unit_float("--threshold"), default=0.6, help="score-rule refiners: relabel threshold (default 0.6)")
     p.add_argument("--no-calibrate", action="store_true", help="use raw cosine similarity (the paper) instead of "
                                                                "anchor-calibrated probabilities")
     p.add_argument("--image-size", type=int, default=None, help="working resolution (square); default: the data's")
@@ -435,7 +439,7 @@ def _run_refine(args: argparse.Namespace) -> int:
             per_class=args.per_class, classifier=None if args.classifier is None else str(args.classifier),
             train=args.train, model=args.arch, epochs=args.epochs, folds=args.folds, rounds=args.rounds,
             features=args.features, clip_model=args.clip_model, refiner=args.refiner, alpha=args.alpha,
-            threshold=args.threshold, calibrate=not args.no_calibrate, image_size=args.image_size,
+            threshold=args.threshold, target_precision=args.target_precision, calibrate=not args.no_calibrate, image_size=args.image_size,
             skip_bad=args.skip_bad, seed=args.seed)
     summary = run_refine(config, out=args.out)
     print(format_refine_summary(summary, args.out))

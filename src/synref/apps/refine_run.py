@@ -39,7 +39,7 @@ from ..hashing import digest
 from ..io import atomic_open, check_output_dir, write_json, write_npy
 from ..models import load_classifier
 from ..refiners import (DEFAULT_REFINER, REFINERS, Refiner, RefinementResult, create_refiner, refine,
-                        refiner_option_names, relabel)
+                        refiner_option_names)
 from ..train import TrainConfig
 from .report import write_report
 
@@ -66,9 +66,10 @@ class RefineRunConfig(ConfigMixin):
         features: a :data:`~synref.features.FEATURE_EXTRACTORS` name: "classifier" (penultimate
             layer), "clip" (``clip_model``), "ssl" or "efficientnet-lite0" (ImageNet-pretrained,
             offline; 160 px).
-        refiner: a :data:`~synref.refiners.REFINERS` name; its options: alpha, threshold (the
-            score rule), calibrate (similarity as anchor-calibrated probabilities) and rounds
-            (with ``train``), when it has them.
+        refiner: a :data:`~synref.refiners.REFINERS` name (default ``posterior``); its options,
+            when it has them: alpha, threshold (the score rule), calibrate (similarity as
+            anchor-calibrated probabilities), rounds (with ``train``), target_precision (the
+            estimated precision the posterior refiner's changes must keep).
         image_size: working resolution (square); None keeps the data's (most common) size.
         skip_bad: leave unreadable images out (listed in the summary) instead of stopping.
     """
@@ -94,6 +95,7 @@ class RefineRunConfig(ConfigMixin):
     alpha: float = 0.5
     threshold: float = 0.6
     calibrate: bool = True
+    target_precision: Optional[float] = None
     image_size: Optional[int] = None
     skip_bad: bool = False
     seed: int = 0
@@ -125,8 +127,11 @@ class RefineRunConfig(ConfigMixin):
         """The refiner with this run's options (``rounds`` only with ``train``: a saved
         classifier cannot be refit)."""
         accepted = refiner_option_names(self.refiner)
+        if self.target_precision is not None and "target_precision" not in accepted:
+            raise InputError(f"--target-precision applies to the posterior refiner, not --refiner {self.refiner}")
         options = {"alpha": self.alpha, "threshold": self.threshold, "calibrate": self.calibrate,
-                   "rounds": self.rounds if self.train else 1, "seed": self.seed, "keep_scores": True}
+                   "rounds": self.rounds if self.train else 1, "seed": self.seed, "keep_scores": True,
+                   "target_precision": self.target_precision}
         return create_refiner(self.refiner, **{k: v for k, v in options.items() if k in accepted})
 
     def evidence_config(self) -> CrossFitEvidenceConfig:
@@ -227,16 +232,21 @@ def _score(config: RefineRunConfig, dataset: LabeledImages, anchors: LabeledImag
     evidence_file = cache / f"crossfit-{key}.npz"
     if evidence_file.is_file():
         with np.load(evidence_file) as saved:
-            scores = saved["scores"]
+            scores, refined = saved["scores"], saved["refined_labels"]
             info = json.loads(str(saved["info"]))
-        result = relabel(dataset.labels, scores, threshold=config.threshold, alpha=config.alpha)
+        rows = np.arange(len(scores))
+        best = scores.argmax(axis=1)
+        result = RefinementResult(labels=dataset.labels, refined_labels=refined, best_class=best,
+                                  best_score=scores[rows, best], given_score=scores[rows, dataset.labels],
+                                  alpha=float(info["alpha"]), threshold=float(info["threshold"]), scores=scores)
         info["resumed"] = True
         return result, info
     evidence, info = build_evidence(config, dataset, anchors, cache)
     result = refine(evidence, refiner)
-    info.update(temperatures=result.info.get("temperatures", []), rounds=result.info.get("rounds", []))
+    info.update(temperatures=result.info.get("temperatures", []), rounds=result.info.get("rounds", []),
+                alpha=result.alpha, threshold=result.threshold)
     with atomic_open(evidence_file, "wb") as handle:
-        np.savez(handle, scores=result.scores, info=np.array(json.dumps(info)))
+        np.savez(handle, scores=result.scores, refined_labels=result.refined_labels, info=np.array(json.dumps(info)))
     return result, info
 
 
@@ -278,8 +288,11 @@ def run_refine(config: RefineRunConfig, *, out: Path) -> Dict[str, Any]:
         "num_samples": len(dataset), "num_classes": num_classes, "class_names": dataset.class_names,
         "image_size": list(dataset.images.shape[1:3]), "channels": int(dataset.images.shape[-1]),  # type: ignore
         "anchors": anchor_info, "num_anchors": len(anchors), "features": config.features,
-        "classifier": info.get("classifier"), "refiner": config.refiner, "alpha": config.alpha,
-        "threshold": config.threshold,
+        "classifier": info.get("classifier"), "refiner": config.refiner,
+        "refiner_options": config.refiner_for_run().options.to_dict(),
+        # the score rule's alpha / threshold (the posterior refiner: no alpha; threshold = the
+        # lowest posterior among the changes)
+        "alpha": None if np.isnan(result.alpha) else float(result.alpha), "threshold": float(result.threshold),
         "temperature": float(np.mean(temperatures)) if temperatures else None,
         "num_changed": int(changed.sum()),
         "counts_before": np.bincount(result.labels, minlength=num_classes).tolist(),

@@ -7,10 +7,11 @@ Every method gets the *same* out-of-sample evidence (k-fold cross-fitting, clean
   the correction cleanlab's maintainers suggest, ``argmax(pred_probs)`` for the flagged samples;
 - ``synref (paper rule)``: the ``paper`` refiner (``0.5 * cos + 0.5 * pred_probs >= 0.6``);
 - ``synref (calibrated)``: the ``crossfit`` refiner in one round (the cosine turned into
-  probabilities by a temperature fitted on held-out anchors).
+  probabilities by a temperature fitted on held-out anchors);
+- ``synref posterior``: the default refiner (the estimated posterior of the true class decides).
 
 :func:`run_compare` is a run of the experiment runner with the correction methods (``given``,
-``cleanlab``, ``refine-paper``, ``refine-crossfit``) under a protocol (digits: the demo's data
+``cleanlab``, ``refine-paper``, ``refine-crossfit``, ``refine-posterior``) under a protocol (digits: the demo's data
 and evidence; CIFAR: the cpu protocol's data with each fold network's own features).
 :func:`compare_with_cleanlab` / :func:`compare_crossfit_spaces` are the same rows over arrays.
 cleanlab is an optional extra (``pip install 'synref[cleanlab]'``), imported only when needed.
@@ -38,7 +39,7 @@ __all__ = ["compare_with_cleanlab", "compare_crossfit_spaces", "compare_on_evide
 #: Row keys, in table order (plus ``method``).
 COLUMNS = COMPARE_COLUMNS
 #: the rows of ``synref compare``.
-COMPARE_METHODS = ("given", "cleanlab", "refine-paper", "refine-crossfit")
+COMPARE_METHODS = ("given", "cleanlab", "refine-paper", "refine-crossfit", "refine-posterior")
 
 
 def compare_on_evidence(evidence: Evidence, true_labels: np.ndarray, *, alpha: float = DEFAULT_ALPHA,
@@ -63,9 +64,13 @@ def compare_on_evidence(evidence: Evidence, true_labels: np.ndarray, *, alpha: f
     runs = [("paper", {})]
     if similarity is None and calibrate:
         runs.append(("crossfit", {"rounds": 1}))
+    runs.append(("posterior", {}))
     for name, extra in runs:
         t0 = time.perf_counter()
-        result = refine(evidence, name, alpha=alpha, threshold=threshold, keep_scores=False, **extra)
+        if name == "posterior":
+            result = refine(evidence, name, keep_scores=False)
+        else:
+            result = refine(evidence, name, alpha=alpha, threshold=threshold, keep_scores=False, **extra)
         rows.append(correction_row(refiner_row_name(name, alpha, threshold), noisy, true, result.refined_labels,
                                    result.changed, time.perf_counter() - t0))
     if similarity is not None:

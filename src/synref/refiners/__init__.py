@@ -7,7 +7,8 @@
 
 - ``base``: :data:`REFINERS`, :data:`DEFAULT_REFINER`, :func:`create_refiner`, :func:`refine`
   (the one front door), :class:`Refiner`, :class:`RefinerOptions`.
-- one module per refiner: ``paper`` (the published rule), ``crossfit`` (synref's default).
+- one module per refiner: ``posterior`` (synref's default: the estimated posterior of the true
+  class decides), ``paper`` (the published rule), ``crossfit`` (calibrated score rule, rounds).
 - ``kernel``: the streaming score / relabel kernel every refiner runs on;
   ``prototypes``, ``calibration``: anchor prototypes and the anchor-fitted temperature;
   ``result``: :class:`RefinementResult`, :func:`relabel_metrics`.
@@ -20,12 +21,13 @@ from .crossfit import CrossfitOptions, CrossfitRefiner
 from .kernel import (DEFAULT_ALPHA, DEFAULT_THRESHOLD, prototype_accuracy, prototype_similarity, refine_by_fold,
                      refine_labels, refine_labels_chunked, relabel, score_matrix)
 from .paper import PaperRefiner
+from .posterior import PosteriorOptions, PosteriorRefiner
 from .prototypes import class_prototypes, l2_normalize
 from .result import RefinementResult, relabel_metrics
 
 __all__ = [
     "REFINERS", "DEFAULT_REFINER", "Refiner", "RefinerOptions", "create_refiner", "refine", "refiner_option_names",
-    "PaperRefiner",
+    "PaperRefiner", "PosteriorRefiner", "PosteriorOptions",
     "CrossfitRefiner", "CrossfitOptions", "DEFAULT_ALPHA", "DEFAULT_THRESHOLD", "RefinementResult",
     "class_prototypes", "fit_similarity_temperature", "l2_normalize", "prototype_accuracy", "prototype_similarity",
     "refine_by_fold", "refine_labels", "refine_labels_chunked", "relabel", "relabel_metrics", "score_matrix",

@@ -33,7 +33,7 @@ __all__ = ["REFINERS", "DEFAULT_REFINER", "Refiner", "RefinerOptions", "create_r
            "refiner_option_names"]
 
 #: the refiner ``refine(evidence)`` and ``synref refine`` use when none is named.
-DEFAULT_REFINER = "crossfit"
+DEFAULT_REFINER = "posterior"
 
 REFINERS: Registry["Refiner"] = Registry("refiner")
 

@@ -1,5 +1,4 @@
-"""The posterior refiner (``synref.posterior``; to become ``refiners/posterior.py``, the default of the
-``refine`` front door). A label changes when the estimated probability that
+"""``posterior``: synref's default refiner. A label changes when the estimated probability that
 the new label is right says so, with every piece of evidence in the role it can carry.
 
 1. **Anchors are clean labelled data.** A linear softmax head on the anchor features, its L2
@@ -16,7 +15,7 @@ the new label is right says so, with every piece of evidence in the role it can 
      70 % "dog" fingerprints the row of T it came from;
    - the out-of-sample ``pred_probs`` of a model trained on the given labels (a soft noisy
      label): ``pred_probs_weight * sum_j pred_probs_i(j) log T[y, j]``.
-4. **Self-training** (``rounds``): heads fitted on the anchors plus the real images with their
+4. **Self-training** (``self_training_rounds``): heads fitted on the anchors plus the real images with their
    posteriors as soft targets (k-fold cross-fitted over images and anchors, so nothing judges
    itself; temperature refitted on the held-out anchors) replace the anchor-only prior; T stays.
 5. **Decision.** Candidates are the samples whose most probable class is not the given label.
@@ -26,24 +25,29 @@ the new label is right says so, with every piece of evidence in the role it can 
    the changes) is at least P. When the labels are mostly right, T's heavy diagonal makes the
    posterior of another class rarely win, so few labels change.
 
-Every choice of the defaults (``neighbors``, the weights, ``rounds``) was made on the digits data
-(``docs/posterior-refiner.md``, with the measured tables and the ablation); the penalty and
+Evidence whose features live in per-fold spaces (``fold_ids``: k-fold classifiers) is refined
+fold by fold: each fold's held-out samples with the anchors in that fold's space.
+
+Every choice of the defaults (``neighbors``, the weights, ``self_training_rounds``) was made on the digits data
+(``docs/posterior-refiner.md``: the method, the measured tables, the ablation); the penalty and
 temperatures are fitted on the anchors of each run. Scores of the result are the posterior (N, C).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigMixin
-from .errors import InputError
+from ..errors import InputError
+from ..evidence import Evidence
+from ..progress import progress as progress_bar
+from .base import REFINERS, Refiner, RefinerOptions
+from .result import RefinementResult
 
-__all__ = ["PosteriorOptions", "PosteriorResult", "posterior_refinement", "transition_matrix", "label_posterior",
-           "choose_changes"]
+__all__ = ["PosteriorOptions", "PosteriorRefiner", "transition_matrix", "label_posterior", "choose_changes"]
 
 _EPS = 1e-12
 #: ``penalty`` candidates (L2 penalty ``penalty / n * |W|^2`` for n training rows).
@@ -54,22 +58,22 @@ KNN_CHUNK = 2048
 
 
 @dataclass
-class PosteriorOptions(ConfigMixin):
-    """Options of :func:`posterior_refinement`.
+class PosteriorOptions(RefinerOptions):
+    """Options of :class:`PosteriorRefiner` (``alpha`` and ``threshold`` are not used: the
+    decision follows the posterior and ``target_precision``).
 
     Attributes:
         neighbors: k of the kNN graph over the real features (0: no neighbour term).
         neighbor_weight: weight of the neighbours' mean label log-likelihood.
         pred_probs_weight: weight of the evidence's ``pred_probs`` read as a soft noisy label.
-        rounds: self-training rounds (0: the anchor-only prior).
+        self_training_rounds: self-training rounds (0: the anchor-only prior).
         folds: cross-fitting folds of the self-training heads.
         penalty: L2 penalty of the heads; None picks it on held-out anchor halves.
         deconvolve: correct the estimated T for the prior's own errors, measured on held-out
             anchors (see :func:`transition_matrix`).
         target_precision: estimated precision the changed set must keep (in (0, 1]); None
             changes every sample whose most probable class is not its given label.
-        seed: anchor halves and folds.
-        keep_scores: keep the (N, C) posterior on the result.
+        seed: anchor halves and folds (None: ``evidence.seed``).
     """
 
     config_name = "posterior options"
@@ -77,16 +81,16 @@ class PosteriorOptions(ConfigMixin):
     neighbors: int = 10
     neighbor_weight: float = 1.0
     pred_probs_weight: float = 0.0
-    rounds: int = 2
+    self_training_rounds: int = 2
     folds: int = 4
     penalty: Optional[float] = None
     deconvolve: bool = True
     target_precision: Optional[float] = None
-    seed: int = 0
-    keep_scores: bool = True
+    seed: Optional[int] = None
 
     def __post_init__(self) -> None:
-        for name in ("neighbors", "rounds"):
+        super().__post_init__()
+        for name in ("neighbors", "self_training_rounds"):
             if int(getattr(self, name)) < 0:
                 raise InputError(f"{self.config_name}: {name} must be >= 0, got {getattr(self, name)}")
         if int(self.folds) < 2:
@@ -284,127 +288,104 @@ def choose_changes(post: np.ndarray, labels: np.ndarray, target_precision: Optio
 
 
 # ----------------------------------------------------------------------------- the refiner
-@dataclass
-class PosteriorResult:
-    """What :func:`posterior_refinement` decided (the fields of synref's ``RefinementResult``).
+@REFINERS.register("posterior")
+class PosteriorRefiner(Refiner):
+    """The estimated posterior of the true class decides (see the module docstring)."""
 
-    Attributes:
-        labels, refined_labels: (N,) given and refined labels.
-        best_class, best_score, given_score: (N,) argmax of the posterior, its posterior, and the
-            posterior of the given label.
-        threshold: the lowest posterior among the changes (1.0 when none changed).
-        scores: (N, C) the posterior (None unless ``keep_scores``).
-        info: penalty, temperatures per round, T, neighbour purity, estimated precision.
-    """
+    name = "posterior"
+    Options = PosteriorOptions
 
-    labels: np.ndarray
-    refined_labels: np.ndarray
-    best_class: np.ndarray
-    best_score: np.ndarray
-    given_score: np.ndarray
-    threshold: float
-    scores: Optional[np.ndarray] = None
-    info: Dict[str, Any] = field(default_factory=dict)
+    def refine(self, evidence: Evidence, *, true_labels: Optional[np.ndarray] = None) -> RefinementResult:
+        o: PosteriorOptions = self.options  # type: ignore[assignment]
+        if evidence.features is None or evidence.anchor_features is None:
+            raise InputError("refiner posterior needs evidence.features and evidence.anchor_features")
+        c = evidence.num_classes
+        labels = evidence.labels
+        counts = np.bincount(evidence.anchor_labels, minlength=c)
+        if counts.min() < 2:
+            k = int(np.argmin(counts))
+            name = f"{k} ({evidence.class_names[k]!r})" if evidence.class_names else str(k)
+            raise InputError(f"class {name} has {counts[k]} anchors; refiner posterior needs at least 2 per class")
+        seed = evidence.seed if o.seed is None else int(o.seed)
+        truth = None if true_labels is None else np.asarray(true_labels)
+        if evidence.fold_ids is None:  # one fixed space
+            groups = [(np.arange(len(labels)), evidence.anchor_features)]
+        else:  # per-fold spaces: each fold's held-out samples are refined in that fold's space
+            groups = [(np.flatnonzero(evidence.fold_ids == k), evidence.anchor_features[k])
+                      for k in range(int(evidence.anchor_features.shape[0]))]
+        post = np.zeros((len(labels), c), np.float32)
+        spaces: List[Dict[str, Any]] = []
+        for rows, anchor_features in groups:
+            if rows.size == 0:
+                continue
+            pred_probs = None if evidence.pred_probs is None else np.asarray(evidence.pred_probs[rows], np.float32)
+            post[rows], stats = self._posterior(
+                _unit(evidence.features[rows]), _unit(anchor_features), labels[rows], evidence.anchor_labels, c,
+                pred_probs=pred_probs, seed=seed, true_labels=None if truth is None else truth[rows])
+            spaces.append(stats)
+        mask, threshold = choose_changes(post, labels, o.target_precision)
+        best = post.argmax(axis=1)
+        rows = np.arange(len(labels))
+        result = RefinementResult(labels=labels, refined_labels=np.where(mask, best, labels), best_class=best,
+                                  best_score=post[rows, best], given_score=post[rows, labels],
+                                  alpha=float("nan"), threshold=threshold,
+                                  scores=post if o.keep_scores else None)
+        info: Dict[str, Any] = spaces[0] if len(spaces) == 1 else {"spaces": spaces}
+        if truth is not None and len(spaces) > 1:
+            info["argmax_label_acc"] = float(np.mean(best == truth))
+        result.info.update(refiner=self.name, preset=self.name, **info, target_precision=o.target_precision,
+                           estimated_precision=float(post[rows, best][mask].mean()) if mask.any() else None,
+                           pred_probs=evidence.pred_probs, **evidence.description)
+        return result
 
-    @property
-    def changed(self) -> np.ndarray:
-        """(N,) bool: the label was changed."""
-        return self.refined_labels != self.labels
+    def _posterior(self, x: np.ndarray, a: np.ndarray, labels: np.ndarray, anchor_labels: np.ndarray, c: int, *,
+                   pred_probs: Optional[np.ndarray], seed: int,
+                   true_labels: Optional[np.ndarray]) -> Tuple[np.ndarray, Dict[str, Any]]:
+        """The (N, C) posterior of the true class of samples ``x`` (N, D, unit rows) given their
+        ``labels`` (N,), from anchors ``a`` (M, D, unit rows) in the same space; and its facts
+        (penalty, T, neighbour purity, per-round temperatures)."""
+        o: PosteriorOptions = self.options  # type: ignore[assignment]
+        head, temperature, penalty, confusion = anchor_head(a, anchor_labels, c, penalty=o.penalty, seed=seed)
+        prior = _softmax(_logits(x, head) / temperature)
+        transition = transition_matrix(prior, labels, c, confusion=confusion if o.deconvolve else None)
+        neighbors = knn_indices(x, o.neighbors) if o.neighbors > 0 and len(x) > 1 else None
+        purity = neighbor_purity(prior, neighbors) if neighbors is not None else 0.0
+        pred_probs_transition = None if pred_probs is None or o.pred_probs_weight == 0 else transition_matrix(
+            prior, labels, c, confusion=confusion if o.deconvolve else None, soft_observations=pred_probs)
 
-    def num_changed(self) -> int:
-        return int(self.changed.sum())
+        def posterior(prior_now: np.ndarray) -> np.ndarray:
+            return label_posterior(prior_now, labels, transition, neighbors=neighbors,
+                                   neighbor_weight=o.neighbor_weight, purity=purity, pred_probs=pred_probs,
+                                   pred_probs_weight=o.pred_probs_weight,
+                                   pred_probs_transition=pred_probs_transition)
 
+        post = posterior(prior)
+        rounds: List[Dict[str, Any]] = []
+        self._log(rounds, 0, post, labels, true_labels, temperature)
+        onehot = np.eye(c, dtype=np.float32)[anchor_labels]
+        fold = _folds(len(x), o.folds, seed)
+        anchor_fold = _folds(len(a), o.folds, seed + 1)
+        for r in progress_bar(range(1, o.self_training_rounds + 1), desc="posterior rounds", unit="round",
+                              enabled=None if o.self_training_rounds > 1 else False):
+            logits = np.zeros_like(prior)
+            anchor_logits = np.zeros((len(a), c), np.float32)
+            for k in range(o.folds):
+                train, anchor_train = fold != k, anchor_fold != k
+                head_k = fit_soft_head(np.concatenate([x[train], a[anchor_train]]),
+                                       np.concatenate([post[train], onehot[anchor_train]]), penalty=penalty)
+                logits[~train] = _logits(x[~train], head_k)
+                anchor_logits[~anchor_train] = _logits(a[~anchor_train], head_k)
+            temperature = fit_temperature(anchor_logits, anchor_labels)
+            post = posterior(_softmax(logits / temperature))
+            self._log(rounds, r, post, labels, true_labels, temperature)
+        return post, {"rounds": rounds, "penalty": penalty, "transition": transition.round(4).tolist(),
+                      "transition_diagonal": float(np.mean(np.diag(transition))), "neighbor_purity": purity}
 
-def _as_labels(name: str, labels: Any, num_classes: int) -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise InputError(f"{name} must be a 1-D array of class indices, got shape {arr.shape} dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-        bad = int(np.flatnonzero((arr < 0) | (arr >= num_classes))[0])
-        raise InputError(f"{name}: sample {bad} has label {arr[bad]}, outside [0, {num_classes})")
-    return arr
-
-
-def _as_features(name: str, features: Any, rows: int, dim: Optional[int] = None) -> np.ndarray:
-    arr = np.asarray(features, dtype=np.float32)
-    if arr.ndim != 2 or len(arr) != rows or (dim is not None and arr.shape[1] != dim):
-        want = f"({rows}, {'D' if dim is None else dim})"
-        raise InputError(f"{name} must have shape {want}, got {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise InputError(f"{name}: sample {int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])} is NaN or infinite")
-    return arr
-
-
-def posterior_refinement(labels: np.ndarray, features: np.ndarray, anchor_features: np.ndarray,
-                         anchor_labels: np.ndarray, *, num_classes: int, pred_probs: Optional[np.ndarray] = None,
-                         options: Optional[PosteriorOptions] = None, true_labels: Optional[np.ndarray] = None,
-                         class_names: Optional[List[str]] = None) -> PosteriorResult:
-    """Refine ``labels`` (N,) with ``features`` (N, D) of the real images, ``anchor_features``
-    (M, D) / ``anchor_labels`` (M,) of the anchors in the same space, and optionally out-of-sample
-    ``pred_probs`` (N, C) (see the module docstring). ``true_labels`` (N,), when known, are only
-    logged per round; no decision uses them."""
-    o = options or PosteriorOptions()
-    c = int(num_classes)
-    labels = _as_labels("labels", labels, c)
-    anchor_labels = _as_labels("anchor_labels", anchor_labels, c)
-    x = _unit(_as_features("features", features, len(labels)))
-    a = _unit(_as_features("anchor_features", anchor_features, len(anchor_labels), x.shape[1]))
-    counts = np.bincount(anchor_labels, minlength=c)
-    if counts.min() < 2:
-        k = int(np.argmin(counts))
-        name = f"{k} ({class_names[k]!r})" if class_names else str(k)
-        raise InputError(f"class {name} has {counts[k]} anchors; the posterior refiner needs at least 2 per class")
-    seed = int(o.seed)
-    head, temperature, penalty, confusion = anchor_head(a, anchor_labels, c, penalty=o.penalty, seed=seed)
-    prior = _softmax(_logits(x, head) / temperature)
-    transition = transition_matrix(prior, labels, c, confusion=confusion if o.deconvolve else None)
-    neighbors = knn_indices(x, o.neighbors) if o.neighbors > 0 and len(x) > 1 else None
-    purity = neighbor_purity(prior, neighbors) if neighbors is not None else 0.0
-    if pred_probs is not None:
-        pred_probs = _as_features("pred_probs", pred_probs, len(labels), c)
-    pred_probs_transition = None if pred_probs is None else transition_matrix(
-        prior, labels, c, confusion=confusion if o.deconvolve else None, soft_observations=pred_probs)
-
-    def posterior(prior_now: np.ndarray) -> np.ndarray:
-        return label_posterior(prior_now, labels, transition, neighbors=neighbors, neighbor_weight=o.neighbor_weight,
-                               purity=purity, pred_probs=pred_probs, pred_probs_weight=o.pred_probs_weight,
-                               pred_probs_transition=pred_probs_transition)
-
-    post = posterior(prior)
-    rounds: List[Dict[str, Any]] = [_round_stats(0, post, labels, true_labels, temperature)]
-    onehot = np.eye(c, dtype=np.float32)[anchor_labels]
-    fold = _folds(len(x), o.folds, seed)
-    anchor_fold = _folds(len(a), o.folds, seed + 1)
-    for r in range(1, o.rounds + 1):
-        logits = np.zeros_like(prior)
-        anchor_logits = np.zeros((len(a), c), np.float32)
-        for k in range(o.folds):
-            train, anchor_train = fold != k, anchor_fold != k
-            head_k = fit_soft_head(np.concatenate([x[train], a[anchor_train]]),
-                                   np.concatenate([post[train], onehot[anchor_train]]), penalty=penalty)
-            logits[~train] = _logits(x[~train], head_k)
-            anchor_logits[~anchor_train] = _logits(a[~anchor_train], head_k)
-        temperature = fit_temperature(anchor_logits, anchor_labels)
-        post = posterior(_softmax(logits / temperature))
-        rounds.append(_round_stats(r, post, labels, true_labels, temperature))
-    mask, threshold = choose_changes(post, labels, o.target_precision)
-    best = post.argmax(axis=1)
-    rows = np.arange(len(labels))
-    info: Dict[str, Any] = {
-        "refiner": "posterior", "rounds": rounds, "penalty": penalty, "transition": transition.round(4).tolist(),
-        "transition_diagonal": float(np.mean(np.diag(transition))), "neighbor_purity": purity,
-        "target_precision": o.target_precision,
-        "estimated_precision": float(post[rows, best][mask].mean()) if mask.any() else None}
-    return PosteriorResult(labels=labels, refined_labels=np.where(mask, best, labels), best_class=best,
-                           best_score=post[rows, best], given_score=post[rows, labels], threshold=threshold,
-                           scores=post if o.keep_scores else None, info=info)
-
-
-def _round_stats(r: int, post: np.ndarray, labels: np.ndarray, true_labels: Optional[np.ndarray],
-                 temperature: float) -> Dict[str, Any]:
-    stats: Dict[str, Any] = {"round": r, "temperature": temperature,
-                             "candidates": int(np.sum(post.argmax(axis=1) != labels))}
-    if true_labels is not None:
-        stats["argmax_label_acc"] = float(np.mean(post.argmax(axis=1) == np.asarray(true_labels)))
-    return stats
+    @staticmethod
+    def _log(rounds: List[Dict[str, Any]], r: int, post: np.ndarray, labels: np.ndarray,
+             true_labels: Optional[np.ndarray], temperature: float) -> None:
+        stats: Dict[str, Any] = {"round": r, "temperature": temperature,
+                                 "candidates": int(np.sum(post.argmax(axis=1) != labels))}
+        if true_labels is not None:
+            stats["argmax_label_acc"] = float(np.mean(post.argmax(axis=1) == np.asarray(true_labels)))
+        rounds.append(stats)
