@@ -204,7 +204,7 @@ def test_extractor_cached_features_and_cache_hit(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("the model must not be loaded on a cache hit")
 
-    monkeypatch.setattr(eff, "load_efficientnet_lite0", boom)
+    monkeypatch.setattr(eff, "load_efficientnet_lite", boom)
     again = create_extractor("efficientnet-lite0", size=64, device="cpu")
     hit = cached_features(again, imgs, cache_dir=tmp_path, batch_size=2)
     np.testing.assert_array_equal(np.asarray(hit), feats)

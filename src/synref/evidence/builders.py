@@ -92,7 +92,7 @@ def linear_head_evidence(features: np.ndarray, labels: np.ndarray, anchor_featur
     """Evidence in a fixed space (``features`` (N, D), ``anchor_features`` (M, D)) with the
     out-of-sample softmax of a linear head per fold (:func:`~synref.train.cross_fit_linear`,
     fold split ``seed + round``); ``refit`` fits the heads again on new labels."""
-    desc = {"head": "linear", **(description or {})}
+    desc = {"head": "linear", "pred_probs_view": "same", **(description or {})}
 
     def fit(train_labels: np.ndarray, round_: int) -> Evidence:
         pred_probs = cross_fit_linear(features, train_labels, num_classes=num_classes, folds=folds,
@@ -115,7 +115,9 @@ def network_evidence(images: np.ndarray, labels: np.ndarray, anchor_images: np.n
     set; the anchors go through every fold model). Round r of ``refit`` trains with
     ``train.seed + 1000 r`` on the fold split ``seed + r``. ``val_*`` pick each fold's best epoch."""
     train = train if train is not None else TrainConfig()
-    desc = {"head": "network", **(description or {})}
+    # pred_probs of networks on the pixels are a separate view of a fixed space, the same view as
+    # the fold networks' own penultimate features
+    desc = {"head": "network", "pred_probs_view": "same" if space is None else "separate", **(description or {})}
 
     def fit(train_labels: np.ndarray, round_: int) -> Evidence:
         config = dataclasses.replace(train, seed=train.seed + 1000 * round_)
@@ -199,4 +201,4 @@ def classifier_evidence(classifier: Union[ImageClassifier, str], images: np.ndar
         anchor_features = extract_features(model, anchor_images)
     return Evidence(labels, num_classes, anchor_labels, features=features, anchor_features=anchor_features,
                     pred_probs=pred_probs, class_names=class_names, seed=seed,
-                    description={"head": "classifier (in-sample)"})
+                    description={"head": "classifier (in-sample)", "pred_probs_view": "same"})

