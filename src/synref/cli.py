@@ -259,7 +259,7 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="train", help="split of --data (default train)")
     p.add_argument("--extractor", required=True, choices=FEATURE_EXTRACTORS.choices(),
                    help="classifier (needs --checkpoint), clip (--clip-model), ssl / simclr (SimCLR trained "
-                        "on --data; one process only), efficientnet-lite0 (ImageNet-pretrained, offline)")
+                        "on --data; one process only), efficientnet-lite0 / -lite1 / -lite2 (ImageNet-pretrained, offline)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="classifier checkpoint (synref.models.save_classifier)")
     p.add_argument("--clip-model", default=None,

@@ -10,9 +10,11 @@ Every method gets the *same* out-of-sample evidence (k-fold cross-fitting, clean
   probabilities by a temperature fitted on held-out anchors);
 - ``synref posterior``: the default refiner (the estimated posterior of the true class decides).
 
-:func:`run_compare` is a run of the experiment runner with the correction methods (``given``,
-``cleanlab``, ``refine-paper``, ``refine-crossfit``, ``refine-posterior``) under a protocol (digits: the demo's data
-and evidence; CIFAR: the cpu protocol's data with each fold network's own features).
+:func:`run_compare` is a run of the experiment runner with the correction methods
+(:data:`COMPARE_METHODS`: ``given``, ``argmax``, ``prototype``, ``cleanlab``, ``refine-paper``,
+``refine-crossfit``, ``refine-posterior``) under a protocol (digits: the demo's data and
+evidence; CIFAR: the cpu protocol's data and pretrained evidence: frozen EfficientNet-Lite2
+features and a cross-fitted linear head).
 :func:`compare_with_cleanlab` / :func:`compare_crossfit_spaces` are the same rows over arrays.
 cleanlab is an optional extra (``pip install 'synref[cleanlab]'``), imported only when needed.
 """
@@ -39,7 +41,8 @@ __all__ = ["compare_with_cleanlab", "compare_crossfit_spaces", "compare_on_evide
 #: Row keys, in table order (plus ``method``).
 COLUMNS = COMPARE_COLUMNS
 #: the rows of ``synref compare``.
-COMPARE_METHODS = ("given", "cleanlab", "refine-paper", "refine-crossfit", "refine-posterior")
+COMPARE_METHODS = ("given", "argmax", "prototype", "cleanlab", "refine-paper", "refine-crossfit",
+                   "refine-posterior")
 
 
 def compare_on_evidence(evidence: Evidence, true_labels: np.ndarray, *, alpha: float = DEFAULT_ALPHA,
@@ -146,16 +149,15 @@ def format_compare_table(rows: Sequence[Dict[str, Any]], title: Optional[str] = 
 def compare_protocol(dataset: str, *, subset: int = 10000, epochs: int = 15, anchors_per_class: int = 100) -> Protocol:
     """The protocol of ``synref compare``: digits = the demo's (SimCLR space, a cross-fitted small
     CNN, the clean validation split picking each fold's epoch); CIFAR = the cpu protocol's data
-    (first ``subset`` images, real-anchor stand-in) with a ``epochs``-epoch cross-fitted small CNN
-    and each fold network's own features."""
+    (first ``subset`` images, real-anchor stand-in) and its pretrained evidence (the frozen
+    encoder's features, a cross-fitted linear head; ``epochs`` is the Standard model's, which
+    no correction row trains)."""
     if dataset == "digits":
         return dataclasses.replace(protocol_for("digits", "digits"), anchors_per_class=anchors_per_class)
     if not 8 <= subset <= 45000:
         raise InputError(f"--subset must be in [8, 45000], got {subset}")
     return dataclasses.replace(protocol_for("cpu", dataset), train_size=subset,
-                               standard=cpu_cifar_schedule(epochs, 0.05), refine_encoder=None,
-                               refine_features="classifier", refine_head="network",
-                               anchors_per_class=anchors_per_class)
+                               standard=cpu_cifar_schedule(epochs, 0.05), anchors_per_class=anchors_per_class)
 
 
 def run_compare(dataset: str = "digits", *, noise: str = "pmd-0.7", seed: int = 0, data: Optional[str] = None,

@@ -5,8 +5,9 @@ Training methods give a test accuracy: ``standard`` (train on the noisy labels),
 noisy labels: what the extra training alone adds), ``plc`` / ``plc+ours`` (PLC on the noisy /
 refined labels), ``lra-<encoder>`` / ``lra-<encoder>+ours`` (LRA-diffusion conditioned on a
 frozen, label-free encoder). Correction methods give label-correction metrics on the shared
-out-of-sample evidence: ``given`` (no correction), ``cleanlab`` (cleanlab's
-``find_label_issues`` + argmax), ``refine-<refiner>`` (a :data:`~synref.refiners.REFINERS`
+out-of-sample evidence: ``given`` (no correction), ``argmax`` (argmax of ``pred_probs``),
+``prototype`` (nearest anchor prototype), ``cleanlab`` (cleanlab's ``find_label_issues`` +
+argmax), ``refine-<refiner>`` (a :data:`~synref.refiners.REFINERS`
 entry, one round).
 """
 from __future__ import annotations
@@ -240,6 +241,36 @@ def _cleanlab() -> Method:
     return Method("cleanlab", "correct", False, run_)
 
 
+@METHODS.register("argmax")
+def _argmax() -> Method:
+    """Every label replaced by the argmax of the out-of-sample ``pred_probs``."""
+    def run_(runner: Any, run: Any) -> Dict[str, Any]:
+        evidence = run.evidence()
+        t0 = time.perf_counter()
+        corrected = np.asarray(evidence.pred_probs).argmax(axis=1)
+        noisy = run.noisy()
+        row = correction_row("argmax of pred_probs", noisy, runner.data.train.labels, corrected, corrected != noisy,
+                             time.perf_counter() - t0)
+        return _correction_row(runner, run, "argmax", row)
+
+    return Method("argmax", "correct", False, run_)
+
+
+@METHODS.register("prototype")
+def _prototype() -> Method:
+    """Every label replaced by its nearest anchor prototype (cosine; the anchors alone)."""
+    def run_(runner: Any, run: Any) -> Dict[str, Any]:
+        evidence = run.evidence()
+        t0 = time.perf_counter()
+        result = refine(evidence, "paper", alpha=1.0, threshold=0.0, keep_scores=False)
+        noisy = run.noisy()
+        row = correction_row("nearest anchor prototype", noisy, runner.data.train.labels, result.best_class,
+                             result.best_class != noisy, time.perf_counter() - t0)
+        return _correction_row(runner, run, "prototype", row)
+
+    return Method("prototype", "correct", False, run_)
+
+
 @METHODS.register("refine")
 def _refine(refiner: str) -> Method:
     """``refine-<refiner>``: the refiner, one round, on the shared out-of-sample evidence."""
@@ -309,7 +340,7 @@ def parse_methods(text: Optional[str], encoders: Sequence[str]) -> List[str]:
         except InputError:
             raise InputError(f"unknown method {method!r} in --methods; choose from standard, ours, control, plc, "
                              f"plc+ours, lra-<encoder>[+ours] with encoder one of: "
-                             f"{', '.join(label_free_extractors())}, given, cleanlab, "
+                             f"{', '.join(label_free_extractors())}, given, argmax, prototype, cleanlab, "
                              f"refine-<refiner> with refiner one of: {', '.join(REFINERS.names())}") from None
     order = {m: i for i, m in enumerate(default)}
     return sorted(dict.fromkeys(chosen), key=lambda m: (order.get(m, len(order)), m))

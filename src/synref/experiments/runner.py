@@ -26,7 +26,7 @@ from ..io import check_output_dir, write_json, write_npy
 from ..models import load_classifier, save_classifier
 from ..noise import format_noise_spec, parse_noise_spec
 from ..progress import progress as progress_bar
-from ..refiners import RefinementResult, refine
+from ..refiners import RefinementResult, refine, refiner_option_names
 from ..train import TrainConfig
 from .methods import create_method
 from .protocol import Protocol
@@ -157,7 +157,7 @@ class NoiseRun:
             else:
                 r, p = self.runner, self.runner.protocol
                 if p.refine == "synref" and p.refine_encoder is not None:
-                    r.features(p.refine_encoder, self.seed)  # shared encoder time, counted apart
+                    r.features(p.refine_encoder, self.seed, sets=("train", "anchors"))  # shared encoder time, counted apart
                 t0 = time.time()
                 self._refined, info = r.refine(self)
                 self.refine_seconds = time.time() - t0
@@ -187,26 +187,36 @@ class Runner:
     def train_config(self, config: TrainConfig, seed: int) -> TrainConfig:
         return dataclasses.replace(config, seed=seed, device=self.device or config.device)
 
-    def features(self, encoder: str, seed: int) -> Dict[str, np.ndarray]:
-        """L2-normalised features of train / val / test / anchors in ``encoder``'s space (cached)."""
-        key = (encoder, seed)
-        if key not in self._features:
+    def features(self, encoder: str, seed: int,
+                 sets: Sequence[str] = ("train", "val", "test", "anchors")) -> Dict[str, np.ndarray]:
+        """L2-normalised features of ``sets`` (of train / val / test / anchors) in ``encoder``'s
+        space (cached; a set is encoded only when first asked for)."""
+        memo = self._features.setdefault((encoder, seed), {})
+        missing = [name for name in sets if name not in memo]
+        if missing:
             t0 = time.time()
             p = self.protocol
             extractor = extractor_from_context(encoder, ExtractorContext(
                 images=self.data.train.images, ssl_config=dataclasses.replace(p.ssl, seed=seed), ssl_model=p.ssl_model,
                 size=p.encoder_size, clip_model=self.clip_model, device=self.device))
-            sets = {"train": self.data.train.images, "val": self.data.val.images, "test": self.data.test.images,
-                    "anchors": self.data.anchors.images}
+            images = {"train": self.data.train.images, "val": self.data.val.images, "test": self.data.test.images,
+                      "anchors": self.data.anchors.images}
+            todo = {name: images[name] for name in missing}
             if self.work is None:
-                self._features[key] = {name: _unit_rows(extractor.extract(images)) for name, images in sets.items()}
+                memo.update({name: _unit_rows(extractor.extract(imgs)) for name, imgs in todo.items()})
             else:
                 cache = self.work / "features"
-                self._features[key] = encode_sets(extractor, sets, cache_dir=cache, key_prefix=self.data.key)
+                memo.update(encode_sets(extractor, todo, cache_dir=cache, key_prefix=self.data.key))
                 timing = cache / f"{encoder}-seed{seed}.seconds.json"
-                if not timing.is_file():  # the first (computing) run's wall time
-                    write_json(timing, {"encoder": encoder, "seed": seed, "seconds": round(time.time() - t0, 2)})
-        return self._features[key]
+                seconds = round(time.time() - t0, 2)
+                if timing.is_file():  # the computing runs' wall time, summed over the sets they encoded
+                    done = json.loads(timing.read_text())
+                    if set(missing) - set(done.get("sets", [])):
+                        write_json(timing, {**done, "sets": sorted(set(done.get("sets", [])) | set(missing)),
+                                            "seconds": round(float(done["seconds"]) + seconds, 2)})
+                else:
+                    write_json(timing, {"encoder": encoder, "seed": seed, "sets": sorted(missing), "seconds": seconds})
+        return {name: memo[name] for name in sets}
 
     def evidence(self, run: NoiseRun) -> Evidence:
         """Round-0 evidence of ``run``'s noisy labels: the Standard model's own (the paper's
@@ -218,7 +228,7 @@ class Runner:
                                        d.anchors.labels, class_names=d.class_names, seed=run.seed)
         fixed = None
         if p.refine_encoder is not None:
-            feats = self.features(p.refine_encoder, run.seed)
+            feats = self.features(p.refine_encoder, run.seed, sets=("train", "anchors"))
             fixed = (feats["train"], feats["anchors"])
         return crossfit_evidence(d.train.images, noisy, d.anchors.images, d.anchors.labels,
                                  num_classes=d.num_classes, config=p.evidence_config(run.seed, self.device),
@@ -291,9 +301,13 @@ def _data_note(d: ExperimentData, p: Protocol) -> Dict[str, Any]:
         else:
             space = "each fold network's own features"
         head = "a linear softmax head" if p.refine_head == "linear" else f"a {p.model}"
-        refinement = (f"synref preset: anchor-calibrated cosine in {space} + {p.refine_folds}-fold cross-fitted "
-                      f"softmax of {head}, alpha {p.alpha:g}, threshold {p.threshold:g}, {p.refine_rounds} rounds "
-                      f"(round r trains on round r-1's labels, re-scores the given ones)")
+        evidence = f"{space} + {p.refine_folds}-fold cross-fitted softmax of {head}"
+        if "rounds" in refiner_option_names(p.refiner):
+            refinement = (f"synref {p.refiner} refiner: anchor-calibrated cosine in {evidence}, alpha {p.alpha:g}, "
+                          f"threshold {p.threshold:g}, {p.refine_rounds} rounds (round r trains on round r-1's "
+                          f"labels, re-scores the given ones)")
+        else:
+            refinement = f"synref {p.refiner} refiner on {evidence}"
     return {"anchors": d.anchor_source,
             "data": f"{len(d.train)} train (noisy) / {len(d.val)} val (clean) / {len(d.test)} test, "
                     f"model {p.model}",
