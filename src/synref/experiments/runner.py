@@ -22,7 +22,7 @@ from ..evidence import Evidence, classifier_evidence, crossfit_evidence
 from ..errors import InputError
 from ..features import ExtractorContext, encode_sets, extractor_from_context
 from ..hashing import digest
-from ..io import check_output_dir, write_json, write_npy
+from ..io import check_output_dir, remove_stale_temp_files, write_json, write_npy
 from ..models import load_classifier, save_classifier
 from ..noise import format_noise_spec, parse_noise_spec
 from ..progress import progress as progress_bar
@@ -370,14 +370,17 @@ class Experiment:
         out = self.out
         if out is not None:
             check_output_dir(out)
-        if preflight is not None:
-            preflight(self.data(seeds[0]))
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            if self.record:
-                _check_protocol_record(out, self.dataset, self.protocol, self.anchors)
         grid = [(seed, n, m) for seed in seeds for n in noise for m in methods]
         todo = [(seed, n, m) for seed, n, m in grid if not self.cell_done(m, n, seed)]
+        if preflight is not None:
+            preflight(self.data(seeds[0]))
+        elif todo:
+            self.data(todo[0][0])  # the inputs (data, anchors, seed) are checked before anything is written
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(out)
+            if self.record:
+                _check_protocol_record(out, self.dataset, self.protocol, self.anchors)
         rows: Dict[Tuple[int, str, str], Dict[str, Any]] = {}
         bar = progress_bar(total=len(grid), desc=f"{self.dataset}/{self.protocol.name}", unit="cell")
         bar.update(len(grid) - len(todo))

@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..models import create_model
 from ..models.inference import channel_stats, evaluate_accuracy, proba_and_features
 from ..progress import progress as progress_bar
-from ..validation import as_image_array, as_labels
+from ..validation import as_image_array, as_labels, check_memory
 
 __all__ = [
     "TrainConfig",
@@ -43,6 +43,8 @@ __all__ = [
     "fold_splits",
     "sub_seed",
     "split_batches",
+    "activation_bytes",
+    "estimate_fit_bytes",
 ]
 
 
@@ -197,6 +199,57 @@ def _num_steps(n: int, batch_size: int) -> int:
     return steps
 
 
+# ---------------------------------------------------------------------------------- memory
+def activation_bytes(model: nn.Module, size: Tuple[int, int], channels: int) -> int:
+    """Bytes of the layer outputs of one ``size`` image through ``model`` (what a training step
+    keeps for the backward pass): measured on a probe of at most 32x32 px, in eval mode, without
+    gradients (nothing about the model changes), and scaled to ``size``."""
+    h, w = int(size[0]), int(size[1])
+    ph, pw = min(h, 32), min(w, 32)
+    total = [0]
+
+    def count(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            total[0] += output.numel() * output.element_size()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    was_training = model.training
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, int(channels), ph, pw, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return int(total[0] * (h * w) / (ph * pw))
+
+
+def estimate_fit_bytes(model: nn.Module, size: Tuple[int, int], channels: int, batch_size: int) -> int:
+    """Rough peak memory of one training step: a batch's layer outputs and their gradients."""
+    return 2 * int(batch_size) * activation_bytes(model, size, channels)
+
+
+def check_fit_memory(model: nn.Module, size: Tuple[int, int], channels: int, batch_size: int,
+                     device: torch.device) -> None:
+    """InputError before training when a step would need more memory than ``device`` has."""
+    from ..validation import format_bytes
+
+    need = estimate_fit_bytes(model, size, channels, batch_size)
+    what = f"training on {size[0]}x{size[1]} px images in batches of {batch_size}"
+    advice = "use a smaller image size (--image-size) or batch size"
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if need > free:
+            raise InputError(f"{what} needs about {format_bytes(need)} of GPU memory, more than the "
+                             f"{format_bytes(free)} free on {device}; {advice}")
+        return
+    check_memory(need, what, advice)
+
+
 # -------------------------------------------------------------------------------------- fit
 #: ``on_epoch_end(epoch) -> (new training labels (N,) or None, extra history fields)``.
 EpochEndHook = Callable[[int], Tuple[Optional[np.ndarray], Dict[str, Any]]]
@@ -268,6 +321,7 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
 
     device = resolve_device(config.device, "train config")
     model.to(device=device, memory_format=torch.channels_last)   # ~1.3-2x faster convs on CPU
+    check_fit_memory(model, images.shape[1:3], images.shape[-1], min(config.batch_size, len(images)), device)
     if normalize_from_data:
         mean, std = channel_stats(images)
         model.set_normalization(mean, std)
