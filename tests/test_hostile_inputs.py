@@ -362,3 +362,172 @@ def test_row13_library_lock_is_released_and_not_foreign(tmp_path):
     assert len(load_anchor_set(out)) == 6 and (out / LOCK_FILE).exists()
     with pytest.raises(InputError, match="other classes"):
         generate_anchor_set(gen, ["a", "c"], 3, out)
+
+
+# --------------------------------------------------------------------- 14: resume inside long steps
+class Killed(BaseException):
+    """Stands for kill -9 right after a checkpoint (nothing of the run's own handling runs)."""
+
+
+@pytest.fixture
+def kill_after(monkeypatch):
+    """``kill_after(n)``: the n-th checkpoint save (0 = never) is followed by a kill; returns the
+    list of (loop, epoch) saved, to count the epochs a run trained."""
+    from synref.train.checkpoint import LoopCheckpoint
+
+    original = LoopCheckpoint.save
+
+    def arm(n: int) -> list:
+        saved: list = []
+
+        def save(self, state):
+            original(self, state)
+            saved.append((self.path.name.split("-")[0], int(state["epoch"])))
+            if len(saved) == n:
+                raise Killed()
+
+        monkeypatch.setattr(LoopCheckpoint, "save", save)
+        return saved
+
+    return arm
+
+
+def _tiny_data():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (32, 8, 8, 1), dtype=np.uint8)
+    y = rng.integers(0, 3, 32)
+    vx = rng.integers(0, 255, (9, 8, 8, 1), dtype=np.uint8)
+    vy = rng.integers(0, 3, 9)
+    return x, y, vx, vy
+
+
+def _loops():
+    from synref.train import (LRAConfig, PLCConfig, SSLConfig, TrainConfig, cross_fit, fine_tune, fit,
+                              train_lra, train_plc, train_simclr)
+
+    x, y, vx, vy = _tiny_data()
+    cfg = TrainConfig(epochs=4, batch_size=8, lr=0.05, milestones=[2], hflip=True)
+    feats = np.random.default_rng(1).normal(size=(32, 6)).astype(np.float32)
+    vfeats = np.random.default_rng(2).normal(size=(9, 6)).astype(np.float32)
+
+    def model():
+        return create_model("small_cnn", num_classes=3, in_channels=1, seed=0)
+
+    def weights(m):
+        return {k: v.clone() for k, v in m.state_dict().items()}
+
+    return {
+        "fit": (lambda: fit(model(), x, y, val_images=vx, val_labels=vy, config=cfg),
+                lambda r: (weights(r.model), r.best_epoch, r.history), 4),
+        "fine_tune": (lambda: fine_tune(model(), x, y, config=cfg), lambda r: (weights(r.model), r.history), 4),
+        "plc": (lambda: train_plc(model(), x, y, val_images=vx, val_labels=vy,
+                                  config=PLCConfig(train=cfg, warmup_epochs=1, window=2)),
+                lambda r: (weights(r.model), r.corrected_labels.tolist(), r.history), 4),
+        "simclr": (lambda: train_simclr(x, model_name="small_cnn", config=SSLConfig(epochs=3, batch_size=16)),
+                   lambda r: (weights(r), r.ssl_history), 3),
+        "lra": (lambda: train_lra(feats, y, num_classes=3, val_features=vfeats, val_labels=vy,
+                                  config=LRAConfig(epochs=4, batch_size=16, warmup_epochs=0, eval_every=1, hidden=16,
+                                                   timesteps=20, ddim_steps=5, k=5)),
+                lambda r: (weights(r.model), r.best_epoch, r.history), 4),
+        "cross_fit": (lambda: cross_fit(x, y, model_name="small_cnn", num_classes=3, config=cfg, folds=2,
+                                        extra_images=vx),
+                      lambda r: (r.pred_probs.tobytes(), r.features.tobytes(), r.extra_features.tobytes(),
+                                 r.histories), 8),
+    }
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, dict) and a and all(isinstance(v, torch.Tensor) for v in a.values()):
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(_equal(u, v) for u, v in zip(a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("loop", ["fit", "fine_tune", "plc", "simclr", "lra", "cross_fit"])
+def test_row14_training_loops_resume_after_a_kill_with_the_same_result(tmp_path, kill_after, loop):
+    from synref.train import checkpoint_folder
+
+    train, outcome, epochs = _loops()[loop]
+    reference = outcome(train())  # uninterrupted, no checkpoints
+    kill_at = epochs // 2 + 1  # in cross_fit: inside the second fold
+    kill_after(kill_at)
+    with checkpoint_folder(tmp_path / "ckpt"), pytest.raises(Killed):
+        train()
+    assert list((tmp_path / "ckpt").glob("*.ckpt"))
+    saved = kill_after(0)
+    with checkpoint_folder(tmp_path / "ckpt"):
+        resumed = outcome(train())
+    assert len(saved) == epochs - kill_at  # only the epochs after the last checkpoint were trained
+    assert _equal(resumed, reference)
+
+
+def _refine_csv(out: Path) -> bytes:
+    return (out / "refined_labels.csv").read_bytes()
+
+
+def test_row14_refine_killed_during_training_resumes(tmp_path, capsys, anchors, kill_after):
+    data = make_folder(tmp_path / "data")
+    args = lambda out: refine_args(data, anchors, out)[:-1] + ["--epochs", "4"] + ["--quiet"]  # noqa: E731
+    full = kill_after(0)
+    assert run(args(tmp_path / "whole"), capsys)[0] == 0
+    trained = len(full)
+    assert trained == 8 and not (tmp_path / "whole" / "cache" / "checkpoints").exists()
+    kill_after(5)  # in the second fold's training
+    with pytest.raises(Killed):
+        run(args(tmp_path / "out"), capsys)
+    assert not (tmp_path / "out" / "summary.json").exists()
+    resumed = kill_after(0)
+    assert run(args(tmp_path / "out"), capsys)[0] == 0
+    assert len(resumed) == trained - 5
+    assert _refine_csv(tmp_path / "out") == _refine_csv(tmp_path / "whole")
+    assert not (tmp_path / "out" / "cache" / "checkpoints").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "kill"), reason="needs kill -9")
+def test_row14_refine_kill_9_mid_training_resumes(tmp_path, anchors):
+    import signal
+
+    data = make_folder(tmp_path / "data", n=20)
+    args = lambda out: refine_args(data, anchors, out)[:-1] + ["--epochs", "12"]  # noqa: E731
+    whole = synref_cli(*args(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=SRC, SYNREF_NO_PROGRESS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "synref", *map(str, args(out))], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list((out / "cache" / "checkpoints").glob("*.ckpt")) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "summary.json").exists(), "the run ended before it could be killed"
+    again = synref_cli(*args(out))
+    assert again.returncode == 0, again.stderr
+    assert _refine_csv(out) == _refine_csv(tmp_path / "whole")
+    assert not [p for p in out.rglob("*") if p.name.endswith((".tmp", ".ckpt"))]
+
+
+def test_row14_bench_cell_resumes_inside_training(tmp_path, kill_after):
+    from synref.experiments.bench import run_bench
+    from synref.train import TrainConfig
+
+    def small(proto):
+        proto.standard = TrainConfig(epochs=4, batch_size=64, lr=0.05, milestones=[2], warmup_epochs=0)
+
+    grid = dict(dataset="digits", protocol="digits", methods="standard", noise="pmd-0.35", seeds=[0],
+                protocol_overrides=small)
+    full = kill_after(0)
+    whole = run_bench(out=tmp_path / "whole", **grid)
+    assert len(full) == 4
+    kill_after(3)
+    with pytest.raises(Killed):
+        run_bench(out=tmp_path / "out", **grid)
+    assert not list((tmp_path / "out").glob("cells/*.json"))
+    resumed = kill_after(0)
+    rows = run_bench(out=tmp_path / "out", **grid)
+    assert len(resumed) == 1
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    assert [strip(r) for r in rows] == [strip(r) for r in whole]
+    assert not list((tmp_path / "out" / "work").rglob("*.ckpt"))

@@ -42,6 +42,7 @@ from ..models import create_model, load_classifier, read_checkpoint
 from ..refiners import (DEFAULT_REFINER, REFINERS, Refiner, RefinementResult, create_refiner, refine,
                         refiner_option_names, relabel)
 from ..train import TrainConfig, activation_bytes, estimate_fit_bytes
+from ..train import checkpoint_folder, clear_checkpoints
 from ..validation import check_memory
 from .report import write_report
 
@@ -308,7 +309,9 @@ def run_refine(config: RefineRunConfig, *, out: Path) -> Dict[str, Any]:
     dataset, skipped = load_images(config)
     anchors, anchor_info = load_anchors(config, dataset, out)
     cache = out / "cache"
-    result, info = _score(config, dataset, anchors, cache)
+    with checkpoint_folder(cache / "checkpoints"):  # a killed training resumes at its last epoch
+        result, info = _score(config, dataset, anchors, cache)
+    clear_checkpoints(cache / "checkpoints")
 
     num_classes = dataset.num_classes
     changed = result.changed

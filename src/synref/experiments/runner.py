@@ -28,6 +28,7 @@ from ..noise import format_noise_spec, parse_noise_spec
 from ..progress import progress as progress_bar
 from ..refiners import RefinementResult, refine
 from ..train import TrainConfig
+from ..train import checkpoint_folder, clear_checkpoints
 from .methods import create_method
 from .protocol import Protocol
 from .recipes import NOISE_SETTINGS, ExperimentData, load_experiment_data, noise_files as find_noise_files, noisy_labels
@@ -245,11 +246,17 @@ class Runner:
         return self.out / "cells" / f"{cell_name(self.dataset, self.protocol.name, method, noise, seed)}.json"
 
     def run_cell(self, method: str, run: NoiseRun) -> Dict[str, Any]:
-        """Run one cell and save it (with an ``out`` folder)."""
-        row = create_method(method).run(self, run)
+        """Run one cell and save it (with an ``out`` folder). Its training loops checkpoint every
+        epoch under ``work/checkpoints/<cell>/`` (a killed cell resumes inside its training), and
+        the checkpoints are deleted once the cell is saved."""
         path = self.cell_path(method, run.noise, run.seed)
+        folder = None if path is None or self.work is None else self.work / "checkpoints" / path.stem
+        with checkpoint_folder(folder):
+            row = create_method(method).run(self, run)
         if path is not None:
             write_json(path, row)
+        if folder is not None:
+            clear_checkpoints(folder)
         return row
 
 

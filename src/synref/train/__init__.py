@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+from .checkpoint import checkpoint_folder, clear_checkpoints
 from .linear import LinearHeadConfig, cross_fit_linear, fit_linear_head
 from .loop import (CrossFitResult, TrainConfig, TrainResult, activation_bytes, augment_batch, cross_fit,
                    estimate_fit_bytes, fine_tune, fit, fold_splits, lr_at)
@@ -20,4 +21,5 @@ __all__ = [
     "lr_at", "LinearHeadConfig", "cross_fit_linear", "fit_linear_head", "LRAConfig", "LRAResult",
     "knn_label_candidates", "predict_lra", "train_lra", "PLCConfig", "PLCResult", "lrt_correct", "next_delta",
     "train_plc", "SSLConfig", "train_simclr", "activation_bytes", "estimate_fit_bytes",
+    "checkpoint_folder", "clear_checkpoints",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,10 +27,12 @@ from torch import nn
 from ..config import ConfigMixin
 from ..device import resolve_device
 from ..errors import InputError
+from ..hashing import hash_state_dict
 from ..models import create_model
 from ..models.inference import channel_stats, evaluate_accuracy, proba_and_features
 from ..progress import progress as progress_bar
 from ..validation import as_image_array, as_labels, check_memory
+from .checkpoint import LoopCheckpoint, checkpointing, tensor_state
 
 __all__ = [
     "TrainConfig",
@@ -253,6 +256,8 @@ def check_fit_memory(model: nn.Module, size: Tuple[int, int], channels: int, bat
 # -------------------------------------------------------------------------------------- fit
 #: ``on_epoch_end(epoch) -> (new training labels (N,) or None, extra history fields)``.
 EpochEndHook = Callable[[int], Tuple[Optional[np.ndarray], Dict[str, Any]]]
+#: ``(get, set)`` of the hooks' own state (tensors, numbers, lists), saved in fit's checkpoints.
+HookState = Tuple[Callable[[], Dict[str, Any]], Callable[[Dict[str, Any]], None]]
 
 
 @dataclass
@@ -281,7 +286,7 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
         config: Optional[TrainConfig] = None,
         normalize_from_data: bool = True, desc: str = "train",
         on_batch: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
-        on_epoch_end: Optional[EpochEndHook] = None) -> TrainResult:
+        on_epoch_end: Optional[EpochEndHook] = None, hook_state: Optional[HookState] = None) -> TrainResult:
     """Train ``model`` in place with SGD + multistep lr + warm-up, keep the best-val weights.
 
     Args:
@@ -300,6 +305,13 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
             ``on_epoch_end(epoch) -> (new_labels or None, extra history fields)``; new labels
             (N,) replace the training labels from the next epoch on (label-correcting trainers
             such as PLC are built this way).
+        hook_state: ``(get, set)`` of the hooks' own state; inside
+            :func:`~synref.train.checkpoint.checkpoint_folder` it is checkpointed with the rest
+            (hooks without it switch checkpoints off, as their state could not be restored).
+
+    Inside :func:`~synref.train.checkpoint.checkpoint_folder` the whole training state is saved
+    atomically after every epoch and a re-run of the same fit (same config, data and initial
+    weights) continues after the last saved epoch, with the same result.
     """
     config = config if config is not None else TrainConfig()
     images = as_image_array(images)
@@ -340,8 +352,27 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
     history: List[Dict[str, Any]] = []
     best_epoch, best_acc = -1, -1.0
     best_state: Optional[Dict[str, torch.Tensor]] = None
+    hooked = on_batch is not None or on_epoch_end is not None
+    ckpt = LoopCheckpoint("fit", config.to_dict(), images, labels, val_images, val_labels,
+                          hash_state_dict(model.state_dict()), hooked) \
+        if (checkpointing() and (not hooked or hook_state is not None)) else None
+    start_epoch = 0
+    saved = ckpt.load() if ckpt is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        g_order.set_state(saved["g_order"])
+        g_aug.set_state(saved["g_aug"])
+        y_all = saved["labels"].to(device)
+        history = json.loads(saved["history"])
+        best_epoch, best_acc = int(saved["best_epoch"]), float(saved["best_acc"])
+        best_state = {k: v.to(device) for k, v in saved["best_state"].items()} or None
+        if hook_state is not None:
+            hook_state[1](saved["hooks"])
+        start_epoch = int(saved["epoch"]) + 1
     t0 = time.perf_counter()
-    bar = progress_bar(range(config.epochs), desc=desc, unit="epoch")
+    bar = progress_bar(range(start_epoch, config.epochs), desc=desc, unit="epoch", initial=start_epoch,
+                       total=config.epochs)
     for epoch in bar:
         model.train()
         perm = torch.randperm(n, generator=g_order)
@@ -383,6 +414,12 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
         if has_val and val_acc is not None and val_acc > best_acc:
             best_epoch, best_acc = epoch, val_acc
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if ckpt is not None:
+            ckpt.save({"epoch": epoch, "model": tensor_state(model.state_dict()),
+                       "optimizer": optimizer.state_dict(), "g_order": g_order.get_state(),
+                       "g_aug": g_aug.get_state(), "labels": y_all.cpu(), "history": json.dumps(history),
+                       "best_epoch": best_epoch, "best_acc": best_acc, "best_state": best_state or {},
+                       "hooks": hook_state[0]() if hook_state is not None else {}})
         postfix = {"loss": f"{train_loss:.3f}", "acc": f"{train_acc:.3f}"}
         if has_val:
             postfix["val"] = f"{val_acc:.3f}"
