@@ -488,16 +488,23 @@ def test_row14_refine_killed_during_training_resumes(tmp_path, capsys, anchors, 
 def test_row14_refine_kill_9_mid_training_resumes(tmp_path, anchors):
     import signal
 
-    data = make_folder(tmp_path / "data", n=20)
-    args = lambda out: refine_args(data, anchors, out)[:-1] + ["--epochs", "12"]  # noqa: E731
+    data = make_folder(tmp_path / "data")
+    args = lambda out: refine_args(data, anchors, out)[:-1] + ["--epochs", "4"]  # noqa: E731
     whole = synref_cli(*args(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=SRC, SYNREF_NO_PROGRESS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "synref", *map(str, args(out))], env=env,
+    # the same command, slowed after each checkpoint (results unchanged) so the kill lands mid-training
+    slowed = ("import sys, time\n"
+              "from synref.train.checkpoint import LoopCheckpoint\n"
+              "save = LoopCheckpoint.save\n"
+              "LoopCheckpoint.save = lambda self, state: (save(self, state), time.sleep(0.3))[0]\n"
+              "from synref.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", slowed, *map(str, args(out))], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not list((out / "cache" / "checkpoints").glob("*.ckpt")) and proc.poll() is None:
+    while len(list((out / "cache" / "checkpoints").glob("*.ckpt"))) < 2 and proc.poll() is None:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
@@ -514,20 +521,21 @@ def test_row14_bench_cell_resumes_inside_training(tmp_path, kill_after):
     from synref.train import TrainConfig
 
     def small(proto):
-        proto.standard = TrainConfig(epochs=4, batch_size=64, lr=0.05, milestones=[2], warmup_epochs=0)
+        proto.standard = TrainConfig(epochs=4, batch_size=128, lr=0.05, milestones=[2], warmup_epochs=0)
+        proto.anchors_per_class = 2
 
-    grid = dict(dataset="digits", protocol="digits", methods="standard", noise="pmd-0.35", seeds=[0],
+    grid = dict(dataset="digits", protocol="digits", methods="standard", noise="u-0.3", seeds=[0],
                 protocol_overrides=small)
     full = kill_after(0)
     whole = run_bench(out=tmp_path / "whole", **grid)
-    assert len(full) == 4
-    kill_after(3)
+    assert full == [("fit", e) for e in range(4)]  # Standard's 4 epochs
+    kill_after(2)  # Standard killed after its epoch 1
     with pytest.raises(Killed):
         run_bench(out=tmp_path / "out", **grid)
     assert not list((tmp_path / "out").glob("cells/*.json"))
     resumed = kill_after(0)
     rows = run_bench(out=tmp_path / "out", **grid)
-    assert len(resumed) == 1
+    assert resumed == [("fit", 2), ("fit", 3)]  # the noisy labels were cached, Standard resumed at epoch 2
     strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
     assert [strip(r) for r in rows] == [strip(r) for r in whole]
     assert not list((tmp_path / "out" / "work").rglob("*.ckpt"))
