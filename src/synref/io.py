@@ -18,10 +18,11 @@ PathLike = Union[str, os.PathLike]
 
 
 @contextlib.contextmanager
-def atomic_path(path: PathLike, *, fsync_dir: bool = False) -> Iterator[Path]:
-    """A temporary path beside ``path`` for the caller to write; on success it is fsynced and
-    renamed onto ``path`` (and, with ``fsync_dir``, the folder is fsynced so the rename survives
-    a power cut); on any error it is removed. For writers that need a path, not a handle."""
+def atomic_path(path: PathLike, *, fsync_dir: bool = False, fsync: bool = True) -> Iterator[Path]:
+    """A temporary path beside ``path`` for the caller to write; on success it is fsynced (unless
+    ``fsync=False``: a cache that may be lost in a power cut) and renamed onto ``path`` (and, with
+    ``fsync_dir``, the folder is fsynced so the rename survives a power cut); on any error it is
+    removed. For writers that need a path, not a handle."""
     path = Path(path)
     if path.is_dir():
         from .errors import InputError
@@ -37,8 +38,9 @@ def atomic_path(path: PathLike, *, fsync_dir: bool = False) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; finished files get the usual mode
     try:
         yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        if fsync:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):

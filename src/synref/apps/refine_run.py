@@ -41,8 +41,7 @@ from ..io import atomic_open, check_not_inside, check_output_dir, remove_stale_t
 from ..models import create_model, load_classifier, read_checkpoint
 from ..refiners import (DEFAULT_REFINER, REFINERS, Refiner, RefinementResult, create_refiner, refine,
                         refiner_option_names, relabel)
-from ..train import TrainConfig, activation_bytes, estimate_fit_bytes
-from ..train import checkpoint_folder, clear_checkpoints
+from ..train import TrainConfig, activation_bytes, checkpoint_folder, clear_checkpoints, estimate_fit_bytes
 from ..validation import check_memory
 from .report import write_report
 

@@ -27,8 +27,7 @@ from ..models import load_classifier, save_classifier
 from ..noise import format_noise_spec, parse_noise_spec
 from ..progress import progress as progress_bar
 from ..refiners import RefinementResult, refine
-from ..train import TrainConfig
-from ..train import checkpoint_folder, clear_checkpoints
+from ..train import TrainConfig, checkpoint_folder, clear_checkpoints
 from .methods import create_method
 from .protocol import Protocol
 from .recipes import NOISE_SETTINGS, ExperimentData, load_experiment_data, noise_files as find_noise_files, noisy_labels

@@ -84,7 +84,7 @@ class LoopCheckpoint:
         """Write ``state`` (tensors, numbers, strings, lists and dicts of them) atomically."""
         if self.path is None:
             return
-        with atomic_path(self.path) as tmp:
+        with atomic_path(self.path, fsync=False) as tmp:  # a cache: a kill never tears it, a power cut may lose it
             torch.save(state, tmp)
 
 
