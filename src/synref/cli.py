@@ -113,10 +113,14 @@ def _add_noise(sub: argparse._SubParsersAction) -> None:
 def _run_noise_hybrid(args: argparse.Namespace) -> int:
     from . import noise
     from .data import load_labels_file
-    from .io import write_npy
+    from .io import check_output_file, write_npy
+    from .validation import check_memory
 
+    check_output_file(args.out)
     if args.num_classes < 2:
         raise InputError(f"--num-classes must be at least 2, got {args.num_classes}")
+    check_memory(8.0 * args.num_classes ** 2, f"--num-classes {args.num_classes} (a {args.num_classes} x "
+                 f"{args.num_classes} transition matrix)", "give the number of classes of --labels")
     if args.kind not in noise.NOISE_KINDS:
         raise InputError(f"unknown noise kind {args.kind!r} for --kind; choose {' or '.join(noise.NOISE_KINDS)}")
     labels = load_labels_file(args.labels, num_samples=None, num_classes=args.num_classes)
@@ -135,8 +139,9 @@ def _run_noise_hybrid(args: argparse.Namespace) -> int:
 
 def _run_noise_pmd(args: argparse.Namespace) -> int:
     from . import noise
-    from .io import read_npy, write_npy
+    from .io import check_output_file, read_npy, write_npy
 
+    check_output_file(args.out)
     probs = read_npy(args.probs, "--probs")
     if args.factor is not None:
         factor = args.factor
@@ -194,8 +199,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _run_generate(args: argparse.Namespace) -> int:
     from .anchors.generate import format_summary, generate_anchor_set, parse_class_list
     from .distributed import distributed_context, release_distributed
+    from .io import check_output_dir
     from .validation import check_count
 
+    check_output_dir(args.out)
     names = parse_class_list(args.classes)
     check_count(args.per_class, "--per-class")
     check_count(args.seed, "--seed", minimum=0)
@@ -242,6 +249,9 @@ def _run_generate(args: argparse.Namespace) -> int:
         release_distributed(state)
     if rank == 0:
         print(format_summary(summaries))
+        if summary.get("complete") is False:
+            raise SynrefError(f"the anchor set {args.out} is incomplete ({summary['present']} of "
+                              f"{summary['total']} images); re-run the same command to finish it")
     return 0
 
 

@@ -3,11 +3,14 @@ of torch / numpy files, and the output-folder check every command makes before a
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator, Union
+from typing import IO, Any, Iterator, List, Union
 
 import numpy as np
 
@@ -15,24 +18,35 @@ PathLike = Union[str, os.PathLike]
 
 
 @contextlib.contextmanager
-def atomic_path(path: PathLike, *, fsync_dir: bool = False) -> Iterator[Path]:
-    """A temporary path beside ``path`` for the caller to write; on success it is fsynced and
-    renamed onto ``path`` (and, with ``fsync_dir``, the folder is fsynced so the rename survives
-    a power cut); on any error it is removed. For writers that need a path, not a handle."""
+def atomic_path(path: PathLike, *, fsync_dir: bool = False, fsync: bool = True) -> Iterator[Path]:
+    """A temporary path beside ``path`` for the caller to write; on success it is fsynced (unless
+    ``fsync=False``: a cache that may be lost in a power cut) and renamed onto ``path`` (and, with
+    ``fsync_dir``, the folder is fsynced so the rename survives a power cut); on any error it is
+    removed. For writers that need a path, not a handle."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        from .errors import InputError
+
+        raise InputError(f"cannot write {path}: it is a folder; remove it or choose another output path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; finished files get the usual mode
     try:
         yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        if fsync:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in _OUTPUT_ERRNOS:
+            raise _write_error(path, exc) from None
         raise
     if fsync_dir:
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -48,6 +62,22 @@ def atomic_open(path: PathLike, mode: str = "w", *, fsync_dir: bool = False, **k
     with atomic_path(path, fsync_dir=fsync_dir) as tmp:
         with open(tmp, mode, **kwargs) as handle:
             yield handle
+
+
+#: errors of the output location (not of synref): full disk, read-only, no permission, a file in the way.
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                  errno.EISDIR, errno.EEXIST}
+
+
+def _write_error(path: Path, exc: OSError) -> Exception:
+    """A one-line InputError for an output that cannot be written (other OSErrors are kept)."""
+    from .errors import InputError
+
+    if exc.errno not in _OUTPUT_ERRNOS:
+        return exc
+    reason = exc.strerror or type(exc).__name__
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+    return InputError(f"cannot write {path}: {reason}{where}; choose a writable output location")
 
 
 def _umask() -> int:
@@ -95,12 +125,20 @@ def read_torch_file(path: PathLike, what: str) -> Any:
     from .errors import InputError
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} not found: {path}")
+    check_input_file(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        msg = " ".join(str(exc).split())[:200]
+        text = str(exc)
+        # torch's own message advises weights_only=False, i.e. running the file's code: never pass it on
+        if "GLOBAL" in text or "Unsupported global" in text:
+            raise InputError(f"cannot read {what} {path}: it holds Python objects other than tensors, "
+                             f"numbers and strings, which synref refuses to load (they could run code); "
+                             f"save plain state dicts, e.g. with synref.models.save_classifier") from None
+        if "weights_only" in text or "pickle" in text.lower():
+            raise InputError(f"cannot read {what} {path}: not a torch tensor file (corrupt, truncated or "
+                             f"another format); save it with torch.save / synref.models.save_classifier") from None
+        msg = " ".join(text.split())[:200]
         raise InputError(f"cannot read {what} {path}: {msg}") from None
 
 
@@ -110,12 +148,39 @@ def read_npy(path: PathLike, what: str) -> np.ndarray:
     from .errors import InputError, one_line
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} file not found: {path}")
+    check_input_file(path, f"{what} file")
     try:
         return np.load(path, allow_pickle=False)
     except Exception as exc:  # numpy raises several types for a bad file
-        raise InputError(f"cannot read {what} file {path}: {one_line(exc)}") from None
+        raise InputError(f"cannot read {what} file {path}: {npy_problem(exc)}") from None
+
+
+def npy_problem(exc: BaseException) -> str:
+    """Why ``np.load(..., allow_pickle=False)`` failed, in words that never advise loading the
+    file unsafely (numpy's own message suggests ``allow_pickle=True``)."""
+    from .errors import one_line
+
+    if "pickle" in str(exc).lower():
+        return ("not a numpy .npy array file (or one holding Python objects, which synref does not load); "
+                "save a numeric array with numpy.save")
+    return one_line(exc)
+
+
+def check_input_file(path: PathLike, what: str) -> Path:
+    """``path`` as a Path when it is a regular file (symlinks followed); a missing file, a folder,
+    or a device / pipe / socket (which would block or never end) is a one-line InputError."""
+    from .errors import InputError
+
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        raise InputError(f"{what} not found: {path}") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{what} {path} is a folder; give a file")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{what} {path} is not a regular file (a device, pipe or socket); give a file")
+    return path
 
 
 def check_output_dir(out: PathLike, option: str = "--out") -> None:
@@ -124,12 +189,64 @@ def check_output_dir(out: PathLike, option: str = "--out") -> None:
 
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise InputError(f"{option} {out} exists and is not a folder")
-    probe = out
+        raise InputError(f"{option} {out} exists and is not a folder; choose a folder")
+    probe = Path(os.path.abspath(out))
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"{option} {out}: {probe} is not a writable folder")
+        raise InputError(f"{option} {out}: {probe} is not a writable folder; choose a writable location")
+
+
+def check_output_file(path: PathLike, option: str = "--out") -> None:
+    """Fail before any work if ``path`` cannot become a file: it is a folder, or its folder
+    cannot be created or written (nothing is created)."""
+    from .errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a folder; give a file name (e.g. {path / 'labels.npy'})")
+    if path.exists() and not path.is_file():
+        raise InputError(f"{option} {path} is not a regular file; give a file name")
+    check_output_dir(path.parent if str(path.parent) else Path("."), option=option)
+
+
+def check_not_inside(out: PathLike, data: PathLike, option: str = "--out", data_option: str = "--data") -> None:
+    """InputError when the folder ``out`` is ``data`` or lies inside it (results would be written
+    into the dataset and read back as part of it)."""
+    from .errors import InputError
+
+    data_path = Path(os.path.expanduser(str(data)))
+    if not data_path.is_dir():
+        return
+    data_real = Path(os.path.realpath(data_path))
+    out_real = Path(os.path.realpath(os.path.expanduser(str(out))))
+    if out_real == data_real or data_real in out_real.parents:
+        raise InputError(f"{option} {out} is inside {data_option} {data}: the results would be mixed into "
+                         f"the dataset; choose an {option} folder outside {data}")
+
+
+#: names :func:`atomic_path` gives its temporary files: ``.<name>.<8 random chars>.tmp``.
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temp_files(folder: PathLike, *, recursive: bool = True) -> List[Path]:
+    """Delete the temporary files that writes killed mid-way left in ``folder`` (the
+    ``.<name>.<random>.tmp`` files of :func:`atomic_path`); returns them. Call it only while no
+    other process writes into ``folder``."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    removed: List[Path] = []
+    walker = os.walk(root) if recursive else [(str(root), [], [e.name for e in os.scandir(root)])]
+    for dirpath, _, filenames in walker:
+        for name in filenames:
+            if _TEMP_NAME.match(name):
+                path = Path(dirpath) / name
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    if path.is_file() and not path.is_symlink():
+                        path.unlink()
+                        removed.append(path)
+    return removed
 
 
 def read_json_object(path: PathLike, what: str) -> dict:

@@ -7,6 +7,7 @@ option, the array and, for arrays, the first offending sample.
 from __future__ import annotations
 
 import operator
+import os
 from typing import Any, Iterator, Optional, Tuple
 
 import numpy as np
@@ -15,9 +16,9 @@ from .errors import InputError
 
 __all__ = [
     "as_image_array", "check_labels", "as_labels", "infer_num_classes", "as_2d_float", "check_finite",
-    "check_unit_interval", "check_pred_probs", "check_count", "check_seed", "check_num_classes",
+    "check_unit_interval", "check_pred_probs", "check_count", "check_seed", "check_split_seed", "check_num_classes",
     "check_size", "check_optional_size", "check_channels", "check_optional_channels", "first_bad_row",
-    "chunks", "CHUNK_ROWS",
+    "chunks", "CHUNK_ROWS", "available_memory", "check_memory", "format_bytes",
 ]
 
 Size = Tuple[int, int]
@@ -204,10 +205,13 @@ def check_unit_interval(name: str, value: Any) -> float:
     return v
 
 
-def check_count(value: Any, option: str, minimum: int = 1) -> int:
-    """An integer >= ``minimum`` (bools refused), else InputError naming ``option``."""
+def check_count(value: Any, option: str, minimum: int = 1, maximum: Optional[int] = None) -> int:
+    """An integer >= ``minimum`` (and <= ``maximum`` when given; bools refused), else InputError
+    naming ``option``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise InputError(f"{option} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise InputError(f"{option} must be an integer in [{minimum}, {maximum}], got {value!r}")
     return int(value)
 
 
@@ -215,7 +219,52 @@ def check_seed(seed: Any, option: str = "seed") -> int:
     return check_count(seed, option, minimum=0)
 
 
+#: the largest seed the data splits accept (scikit-learn's ``random_state`` range).
+MAX_SPLIT_SEED = 2**32 - 1
+
+
+def check_split_seed(seed: Any, option: str = "seed") -> int:
+    """A seed that also seeds data splits: an integer in ``[0, 2**32 - 1]``."""
+    return check_count(seed, option, minimum=0, maximum=MAX_SPLIT_SEED)
+
+
 def chunks(n: int, size: int = CHUNK_ROWS) -> Iterator[slice]:
     """Slices of ``range(n)`` of at most ``size`` rows."""
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
+
+
+# ------------------------------------------------------------------------------- resources
+def available_memory() -> Optional[int]:
+    """Bytes of memory this process can still use: the kernel's MemAvailable (Linux), else the
+    free physical pages; None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+def check_memory(needed: float, what: str, advice: str) -> None:
+    """InputError (one line: ``what``, the estimate, the machine's memory, ``advice``) when the
+    estimated ``needed`` bytes exceed the memory available now. Nothing is checked when the
+    available memory is unknown."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise InputError(f"{what} needs about {format_bytes(needed)} of memory, more than the "
+                         f"{format_bytes(available)} available on this machine; {advice}")

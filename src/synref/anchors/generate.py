@@ -13,16 +13,20 @@ Re-running the same call finishes only what is missing (see :mod:`synref.anchors
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from ..errors import InputError
+from ..errors import InputError, one_line
+from ..io import remove_stale_temp_files
 from ..progress import progress as progress_bar
-from ..validation import check_count, check_seed
+from ..validation import check_count, check_memory, check_seed, check_size
 from .base import AnchorGenerator, as_hwc, validate_class_names
-from .store import AnchorSet, ManifestWriter, prepare_anchor_set
+from .store import (ANCHORSET_FILE, IMAGES_DIR, LOCK_FILE, AnchorSet, ManifestWriter, manifest_files,
+                    prepare_anchor_set)
 
 PathLike = Union[str, os.PathLike]
 
@@ -88,6 +92,9 @@ def parse_class_list(value: Union[str, os.PathLike, Sequence[str]]) -> List[str]
         names = [str(v).strip() for v in value]
         return _check_names(names, [f"position {i + 1}" for i in range(len(names))], "classes")
     text = os.fspath(value)
+    if not text.strip():
+        raise InputError(f"--classes is empty; give a file, a comma-separated list or one of "
+                         f"{', '.join(BUILTIN_CLASS_LISTS)}")
     path = Path(os.path.expanduser(text))
     if text.strip() and path.is_file():
         try:
@@ -180,9 +187,93 @@ def generate_anchor_set(generator: AnchorGenerator, class_names: Sequence[str], 
         batch_size = getattr(generator, "batch_size", None) or 16
     batch_size = check_count(batch_size, "batch_size")
     root = Path(os.path.expanduser(str(out_dir)))
+    if root.exists() and not root.is_dir():
+        raise InputError(f"output {root} exists and is not a folder; choose a folder")
 
     generator.prepare(names)
     _check_available(generator, names, per_class)
+    check_generate_memory(generator, len(names), per_class, batch_size)
+    existed, had_lock = root.exists(), (root / LOCK_FILE).exists()
+    lock = _lock_anchor_set(root) if process_index == 0 else None
+    new_set = not (root / ANCHORSET_FILE).is_file()
+    try:
+        if num_processes == 1:
+            remove_stale_temp_files(root, recursive=False)  # e.g. a killed write of anchorset.json
+        return _generate(generator, names, per_class, root, seed, batch_size, process_index, num_processes,
+                         barrier)
+    except BaseException:
+        if new_set and process_index == 0 and num_processes == 1:
+            _remove_unfinished_set(root, existed, had_lock)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+#: memory a work item and its manifest row take while a set is written (a generous estimate).
+_BYTES_PER_ITEM = 1024
+#: bytes per pixel value of the images a batch renders (canvas, conversions, PNG encoding).
+_BYTES_PER_VALUE = 4
+
+
+def check_generate_memory(generator: AnchorGenerator, num_classes: int, per_class: int,
+                          batch_size: int) -> None:
+    """InputError before anything is written when the work list and one batch of images at the
+    generator's ``size`` would need more memory than the machine has."""
+    need = float(num_classes) * per_class * _BYTES_PER_ITEM
+    what = f"{num_classes} classes x {per_class} anchors"
+    size = getattr(generator, "size", None)
+    if size is not None:
+        h, w = check_size(size, "size")
+        channels = int(getattr(generator, "channels", 3) or 3)
+        need += float(batch_size) * h * w * channels * _BYTES_PER_VALUE
+        what += f" of {h}x{w} px in batches of {batch_size}"
+    check_memory(need, what, "ask for fewer images per class (--per-class) or smaller ones (--size, --batch-size)")
+
+
+def _lock_anchor_set(root: Path) -> Any:
+    """Hold the set's lock file (waiting, with a note, while another run writes the set): one
+    writer at a time, so a run never ends with a set that another run changed under it."""
+    from filelock import FileLock, Timeout
+
+    root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(root / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"synref: waiting for another run writing the anchor set {root} to finish", file=sys.stderr,
+              flush=True)
+        lock.acquire()
+    return lock
+
+
+def _remove_unfinished_set(root: Path, existed: bool, had_lock: bool) -> None:
+    """Undo a new set that failed before its first image: its anchorset.json, empty manifests
+    and folders, the lock file and ``root`` when this run created them, so a corrected re-run
+    starts fresh."""
+    images = root / IMAGES_DIR
+    if images.is_dir() and any(files for _, _, files in os.walk(images)):
+        return  # images were written: the set is resumable as it is
+    for path in [root / ANCHORSET_FILE] + manifest_files(root):
+        if path.name == ANCHORSET_FILE or path.stat().st_size == 0:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    if images.is_dir():
+        for dirpath, _, _ in sorted(os.walk(images), key=lambda entry: -len(entry[0])):
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)
+    if not had_lock:
+        with contextlib.suppress(FileNotFoundError):
+            (root / LOCK_FILE).unlink()
+    if not existed:
+        with contextlib.suppress(OSError):
+            root.rmdir()
+
+
+def _generate(generator: AnchorGenerator, names: List[str], per_class: int, root: Path, seed: int,
+              batch_size: int, process_index: int, num_processes: int,
+              barrier: Optional[Callable[[], Any]]) -> Dict[str, Any]:
+    """The body of :func:`generate_anchor_set` (checked arguments, the lock held by rank 0)."""
     config = generator.config()
     prepare_anchor_set(root, names, generator.name, config, per_class, seed,
                        write=process_index == 0)
@@ -219,7 +310,12 @@ def generate_anchor_set(generator: AnchorGenerator, class_names: Sequence[str], 
         try:
             for lo in range(0, len(todo), batch_size):
                 batch = todo[lo:lo + batch_size]
-                images = generator.generate_batch(batch, seed)
+                try:
+                    images = generator.generate_batch(batch, seed)
+                except OSError as exc:  # e.g. a size the renderer cannot draw, a model file missing
+                    raise InputError(f"{generator.name} could not make the anchors of class {batch[0][1]!r} "
+                                     f"({one_line(exc)}); check the generator options (--size, --model, ...)"
+                                     ) from None
                 if len(images) != len(batch):
                     raise ValueError(f"{generator.name}: generate_batch returned {len(images)} "
                                      f"images for {len(batch)} items")
@@ -242,8 +338,8 @@ def generate_anchor_set(generator: AnchorGenerator, class_names: Sequence[str], 
     complete: Optional[bool] = None
     if num_processes == 1 or barrier is not None:
         final = AnchorSet.open(root)
-        present = len(final.present_keys())
-        complete = present == len(items)
+        present = sum(1 for c, _, k in items if (c, k) in final.rows)
+        complete = present == len(items) and final.class_names == names
     return {
         "out": str(root), "num_classes": len(names), "per_class": per_class,
         "total": len(items), "process_index": process_index, "num_processes": num_processes,

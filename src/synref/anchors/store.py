@@ -7,6 +7,7 @@ Layout of an anchor set folder ``DIR``::
     DIR/manifest.jsonl                       one JSON row per image (single-process runs)
     DIR/manifest.<rank>.jsonl                one shard per process (multi-process runs)
     DIR/images/<class_index>_<safe name>/<k>.png
+    DIR/.synref-generate.lock                held (flock) by the run writing the set
 
 A manifest row holds ``class_index``, ``class_name``, ``k``, ``file`` (relative to ``DIR``),
 ``sha256`` (of the file's bytes) and ``seed``, then the generator's
@@ -55,6 +56,8 @@ Item = Tuple[int, str, int]  # (class_index, class_name, k)
 
 ANCHORSET_FILE = "anchorset.json"
 MANIFEST_FILE = "manifest.jsonl"
+#: held by the run writing the set (see :func:`synref.anchors.generate.generate_anchor_set`).
+LOCK_FILE = ".synref-generate.lock"
 IMAGES_DIR = "images"
 FORMAT = "synref-anchorset"
 FORMAT_VERSION = 1
@@ -247,7 +250,7 @@ def prepare_anchor_set(root: PathLike, class_names: Sequence[str], generator_nam
         return meta
     if root.is_dir():
         foreign = [p.name for p in root.iterdir()
-                   if not (p.name == IMAGES_DIR or _MANIFEST_RE.match(p.name)
+                   if not (p.name in (IMAGES_DIR, LOCK_FILE) or _MANIFEST_RE.match(p.name)
                            or p.name.startswith(f".{ANCHORSET_FILE}."))]
         if foreign:
             raise InputError(f"output folder {root} is not empty and holds no anchor set "

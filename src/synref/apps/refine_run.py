@@ -24,23 +24,25 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .. import __version__
 from ..anchors import create_generator, generate_anchor_set, load_matched_anchors
+from ..anchors.store import read_meta
 from ..config import ConfigMixin
 from ..data import LabeledImages, decode_images, load_dataset, load_labels_file
 from ..errors import InputError
 from ..evidence import CrossFitEvidenceConfig, Evidence, classifier_evidence, crossfit_evidence
 from ..features import DEFAULT_CLIP_MODEL, FEATURE_EXTRACTORS, ExtractorContext, cached_features, extractor_from_context
 from ..hashing import digest
-from ..io import atomic_open, check_output_dir, write_json, write_npy
-from ..models import load_classifier
+from ..io import atomic_open, check_not_inside, check_output_dir, remove_stale_temp_files, write_json, write_npy
+from ..models import create_model, load_classifier, read_checkpoint
 from ..refiners import (DEFAULT_REFINER, REFINERS, Refiner, RefinementResult, create_refiner, refine,
                         refiner_option_names)
-from ..train import TrainConfig
+from ..train import TrainConfig, activation_bytes, checkpoint_folder, clear_checkpoints, estimate_fit_bytes
+from ..validation import check_memory
 from .report import write_report
 
 __all__ = ["RefineRunConfig", "run_refine", "format_refine_summary", "load_images", "load_anchors",
@@ -48,6 +50,8 @@ __all__ = ["RefineRunConfig", "run_refine", "format_refine_summary", "load_image
 
 #: the working size of pretrained CNN spaces (EfficientNet-Lite0) in ``synref refine``.
 PRETRAINED_SIZE = 160
+#: the smallest working image side (``--image-size`` and the data's own size).
+MIN_IMAGE_SIZE = 4
 
 
 @dataclass
@@ -117,8 +121,8 @@ class RefineRunConfig(ConfigMixin):
         for name, minimum in (("folds", 2), ("rounds", 1), ("per_class", 1), ("epochs", 1)):
             if int(getattr(self, name)) < minimum:
                 raise InputError(f"--{name.replace('_', '-')} must be at least {minimum}, got {getattr(self, name)}")
-        if self.image_size is not None and int(self.image_size) < 4:
-            raise InputError(f"--image-size must be at least 4, got {self.image_size}")
+        if self.image_size is not None and int(self.image_size) < MIN_IMAGE_SIZE:
+            raise InputError(f"--image-size must be at least {MIN_IMAGE_SIZE}, got {self.image_size}")
         if self.refiner not in REFINERS:
             raise InputError(f"unknown --refiner {self.refiner!r}; choose one of: {', '.join(REFINERS.choices())}")
         self.refiner_for_run()  # the refiner options go through the refiner's own config class
@@ -158,7 +162,43 @@ def load_images(config: RefineRunConfig) -> Tuple[LabeledImages, List[Dict[str, 
         labels = load_labels_file(config.labels, num_samples=len(dataset), num_classes=dataset.num_classes)
         dataset = dataset.with_labels(labels)
     size = None if config.image_size is None else (int(config.image_size), int(config.image_size))
-    return decode_images(dataset, size=size, skip_bad=config.skip_bad)
+    check = _working_size_check(config, dataset.num_classes)
+    return decode_images(dataset, size=size, skip_bad=config.skip_bad, check=check)
+
+
+def _num_anchors(config: RefineRunConfig, num_classes: int) -> int:
+    """The anchors the run will hold (generated, or the set's own count; 0 when unreadable)."""
+    if config.generator is not None:
+        return int(config.per_class) * num_classes
+    try:
+        meta = read_meta(config.anchors)  # type: ignore[arg-type]
+        return int(meta["per_class"]) * len(meta["class_names"])
+    except InputError:
+        return 0  # load_anchors names the problem
+
+
+def _working_size_check(config: RefineRunConfig, num_classes: int) -> Callable[[Tuple[int, int], int, int], None]:
+    """The check of the working geometry, before decoding: images of at least MIN_IMAGE_SIZE px
+    and the memory of the images, the anchors and a training or inference step at that size."""
+    def check(hw: Tuple[int, int], channels: int, n: int) -> None:
+        if config.image_size is None and min(hw) < MIN_IMAGE_SIZE:
+            raise InputError(f"the images of --data {config.data} are {hw[0]}x{hw[1]} px, smaller than the "
+                             f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} px synref works at; pass --image-size "
+                             f"{MIN_IMAGE_SIZE} or more to upscale them, or use larger images")
+        anchors = _num_anchors(config, num_classes)
+        need = float(n + anchors) * hw[0] * hw[1] * channels
+        if config.classifier is not None:
+            header, _ = read_checkpoint(config.classifier)
+            name, what = str(header.get("name")), "the classifier's forward pass"
+            model = create_model(name, num_classes=max(int(header.get("num_classes", 2)), 2), in_channels=channels)
+            need += min(n, 512) * activation_bytes(model, hw, channels)
+        else:
+            name, what = config.model, f"training {config.model}"
+            model = create_model(name, num_classes=max(num_classes, 2), in_channels=channels)
+            need += estimate_fit_bytes(model, hw, channels, min(n, 64))
+        check_memory(need, f"working at {hw[0]}x{hw[1]} px ({n} images, {anchors} anchors, {what})",
+                     "pass a smaller --image-size (e.g. 64 or 224)")
+    return check
 
 
 def load_anchors(config: RefineRunConfig, dataset: LabeledImages, out: Path) -> Tuple[LabeledImages, Dict[str, Any]]:
@@ -272,11 +312,15 @@ def run_refine(config: RefineRunConfig, *, out: Path) -> Dict[str, Any]:
     """Run ``synref refine``; write the results folder ``out``; return the summary dict."""
     out = Path(out)
     check_output_dir(out)
+    check_not_inside(out, config.data)
+    remove_stale_temp_files(out)
     started = time.time()
     dataset, skipped = load_images(config)
     anchors, anchor_info = load_anchors(config, dataset, out)
     cache = out / "cache"
-    result, info = _score(config, dataset, anchors, cache)
+    with checkpoint_folder(cache / "checkpoints"):  # a killed training resumes at its last epoch
+        result, info = _score(config, dataset, anchors, cache)
+    clear_checkpoints(cache / "checkpoints")
 
     num_classes = dataset.num_classes
     changed = result.changed
@@ -317,7 +361,8 @@ def format_refine_summary(summary: Dict[str, Any], out: Path) -> str:
              f"({100 * summary['num_changed'] / max(summary['num_samples'], 1):.1f} %), "
              f"features {summary['features']}, alpha {summary['alpha']}, threshold {summary['threshold']}"]
     if summary["skipped"]:
-        lines.append(f"skipped {len(summary['skipped'])} unreadable images (listed in summary.json)")
+        lines.append(f"skipped {len(summary['skipped'])} files (unreadable images, special files or linked "
+                     f"folders; listed in summary.json)")
     lines.append(f"wrote {out / 'refined_labels.csv'}, {out / 'summary.json'}, {out / 'report.html'} "
                  f"in {summary['seconds']:.1f} s")
     return "\n".join(lines)

@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputError, one_line
-from ..io import read_json_object, write_text
+from ..io import check_output_file, npy_problem, read_json_object, write_text
 from ..validation import check_count
 
 PathLike = Union[str, os.PathLike]
@@ -72,7 +72,7 @@ def _read_npy(path: Path, out: Path, *, required: bool = True) -> Optional[np.nd
     try:
         return np.load(path, allow_pickle=False)
     except Exception as exc:  # numpy raises several types for a bad file
-        raise InputError(f"cannot read {path}: {one_line(exc)}") from None
+        raise InputError(f"cannot read {path}: {npy_problem(exc)}") from None
 
 
 def _read_anchors(path: Path, out: Path) -> Tuple[np.ndarray, np.ndarray]:
@@ -122,6 +122,7 @@ def write_report(out_dir: PathLike, *, max_gallery: int = 60, anchors_per_side: 
     check_count(max_gallery, "max_gallery", minimum=0)
     check_count(anchors_per_side, "anchors_per_side", minimum=0)
     out = Path(out_dir)
+    check_output_file(out / "report.html", "OUT")
     data = load_results(out)
     files = data.pop("_files")
     text = render_report(data["summary"], data["rows"], data["images"], data["anchor_images"],

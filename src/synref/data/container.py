@@ -7,7 +7,7 @@ decoded on demand (:func:`synref.data.materialize`). Labels are int64 ``(N,)`` i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -27,6 +27,8 @@ class LabeledImages:
         class_names: the ``C`` class names, index = label.
         paths: ``N`` file paths when the set is path-backed (or remembered for reports).
         ids: ``N`` stable sample ids (defaults to "0".."N-1" or the paths).
+        skipped: files the loader left out, ``{"file", "reason"}`` (symbolic-link loops, named
+            pipes and other special files); reported with the files decoding leaves out.
     """
 
     images: Optional[np.ndarray]
@@ -34,6 +36,7 @@ class LabeledImages:
     class_names: List[str]
     paths: Optional[List[str]] = None
     ids: Optional[List[str]] = field(default=None)
+    skipped: List[Dict[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels)
@@ -90,6 +93,7 @@ class LabeledImages:
             class_names=list(self.class_names),
             paths=None if self.paths is None else [self.paths[i] for i in idx],
             ids=[self.ids[i] for i in idx],
+            skipped=list(self.skipped),
         )
 
     def with_labels(self, labels: np.ndarray) -> "LabeledImages":
@@ -97,4 +101,5 @@ class LabeledImages:
         labels = np.asarray(labels)
         if labels.shape != self.labels.shape:
             raise InputError(f"{len(labels)} labels given for {len(self)} images")
-        return LabeledImages(self.images, labels, list(self.class_names), self.paths, list(self.ids))
+        return LabeledImages(self.images, labels, list(self.class_names), self.paths, list(self.ids),
+                             list(self.skipped))

@@ -6,15 +6,17 @@ Every unreadable, truncated or corrupt file raises a one-line InputError naming 
 """
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from collections import Counter
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..errors import InputError, one_line
 from ..progress import progress as progress_bar
-from ..validation import check_optional_channels, check_optional_size
+from ..validation import check_memory, check_optional_channels, check_optional_size
 from .container import LabeledImages
 
 __all__ = ["IMAGE_EXTENSIONS", "is_image_file", "open_image", "probe_image", "decode_image", "convert_image",
@@ -36,6 +38,14 @@ def is_image_file(name: str) -> bool:
 def open_image(path: str):
     from PIL import Image
 
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(f"image file not found: {path}") from None
+    except OSError as exc:
+        raise InputError(f"cannot open image {path}: {one_line(exc)}") from None
+    if not stat.S_ISREG(mode):  # a named pipe or device would block or never end
+        raise InputError(f"image {path} is not a regular file (a named pipe, device or socket)")
     try:
         return Image.open(path)
     except FileNotFoundError:
@@ -147,9 +157,14 @@ def choose_geometry(probed: Sequence[Tuple[str, Size]], size: Optional[Size], ch
     return (int(size[0]), int(size[1])), int(channels)
 
 
+#: ``check(size, channels, num_images)``: called with the working geometry before any pixel is
+#: decoded (e.g. to refuse sizes whose memory the machine does not have).
+GeometryCheck = Callable[[Size, int, int], None]
+
+
 def decode_images(ds: LabeledImages, *, size: Optional[Union[int, Size]] = None,
-                  channels: Optional[int] = None, skip_bad: bool = False
-                  ) -> Tuple[LabeledImages, List[Dict[str, str]]]:
+                  channels: Optional[int] = None, skip_bad: bool = False,
+                  check: Optional[GeometryCheck] = None) -> Tuple[LabeledImages, List[Dict[str, str]]]:
     """An array-backed copy of ``ds`` and the files left out: images uint8 ``(N, H, W, C)``;
     labels, ids, paths kept.
 
@@ -160,23 +175,30 @@ def decode_images(ds: LabeledImages, *, size: Optional[Union[int, Size]] = None,
     and the sizes differ, all are resized to the most common size, with a UserWarning.
     An array-backed ``ds`` is returned as is unless ``size``/``channels`` ask for a change.
     A corrupt, truncated or unreadable file raises InputError naming it; with ``skip_bad`` it is
-    left out instead and listed as ``{"file", "reason"}`` in the second value.
+    left out instead and listed as ``{"file", "reason"}`` in the second value (after the files
+    the loader left out, ``ds.skipped``). ``check(size, channels, n)`` sees the working geometry
+    before anything is decoded; the output array's own memory is checked too.
     """
     hw = check_optional_size(size)
     channels = check_optional_channels(channels)
     n = len(ds)
+    loader_skipped = list(ds.skipped)
 
     if ds.images is not None:
         imgs = ds.images
         want_c = channels or imgs.shape[-1]
+        out_hw = hw or tuple(imgs.shape[1:3])
+        if check is not None:
+            check((int(out_hw[0]), int(out_hw[1])), int(want_c), n)
         if (hw is None or imgs.shape[1:3] == hw) and want_c == imgs.shape[-1]:
-            return ds, []
-        out_hw = hw or imgs.shape[1:3]
+            return ds, loader_skipped
+        _check_output_memory(n, out_hw, want_c)
         out = np.empty((n,) + tuple(out_hw) + (want_c,), dtype=np.uint8)
         for i in progress_bar(range(n), desc="converting images", total=n, unit="img"):
             out[i] = convert_image(imgs[i], hw, want_c)
         return LabeledImages(out, ds.labels.copy(), list(ds.class_names),
-                             None if ds.paths is None else list(ds.paths), list(ds.ids)), []
+                             None if ds.paths is None else list(ds.paths), list(ds.ids),
+                             loader_skipped), loader_skipped
 
     paths = list(ds.paths or [])
     if n == 0:
@@ -204,6 +226,9 @@ def decode_images(ds: LabeledImages, *, size: Optional[Union[int, Size]] = None,
         if not sizes:
             raise InputError(f"none of the {n} images could be read (first: {bad[min(bad)]})")
         hw, channels = choose_geometry(list(zip(modes, sizes)), hw, channels, stacklevel=3)
+    if check is not None:
+        check(hw, channels, n)
+    _check_output_memory(n, hw, channels)
     out = np.empty((n,) + tuple(hw) + (channels,), dtype=np.uint8)
     for i in progress_bar(range(n), desc="decoding images", total=n, unit="img"):
         if i in bad:
@@ -212,13 +237,20 @@ def decode_images(ds: LabeledImages, *, size: Optional[Union[int, Size]] = None,
         if decoded is not None:
             out[i] = decoded
     if not bad:
-        return LabeledImages(out, ds.labels.copy(), list(ds.class_names), paths, list(ds.ids)), []
-    skipped = [{"file": paths[i], "reason": reason} for i, reason in sorted(bad.items())]
+        return LabeledImages(out, ds.labels.copy(), list(ds.class_names), paths, list(ds.ids),
+                             loader_skipped), loader_skipped
+    skipped = loader_skipped + [{"file": paths[i], "reason": reason} for i, reason in sorted(bad.items())]
     keep = np.array([i for i in range(n) if i not in bad], dtype=np.int64)
     if keep.size == 0:
         raise InputError(f"none of the {n} images could be read (first: {bad[min(bad)]})")
     return LabeledImages(out[keep], ds.labels[keep].copy(), list(ds.class_names),
-                         [paths[i] for i in keep], [ds.ids[i] for i in keep]), skipped
+                         [paths[i] for i in keep], [ds.ids[i] for i in keep], skipped), skipped
+
+
+def _check_output_memory(n: int, hw: Sequence[int], channels: int) -> None:
+    """Refuse an image array larger than the memory available (before allocating it)."""
+    check_memory(float(n) * hw[0] * hw[1] * channels, f"holding {n} images of {hw[0]}x{hw[1]}x{channels}",
+                 "choose a smaller working image size (--image-size) or fewer images")
 
 
 def materialize(ds: LabeledImages, *, size: Optional[Union[int, Size]] = None,

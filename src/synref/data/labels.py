@@ -9,6 +9,7 @@ from typing import Optional, Union
 import numpy as np
 
 from ..errors import InputError, one_line
+from ..io import check_input_file, npy_problem
 from ..validation import check_labels
 from .loaders import parse_int, read_csv_rows
 
@@ -25,15 +26,13 @@ def load_labels_file(path: PathLike, *, num_samples: Optional[int],
     Returns int64 ``(N,)``. ``num_samples`` / ``num_classes`` = None skip that check. A length
     mismatch or a label outside ``[0, num_classes)`` raises InputError naming the file.
     """
-    path = Path(os.path.expanduser(str(path)))
-    if not path.is_file():
-        raise InputError(f"labels file not found: {path}")
+    path = check_input_file(Path(os.path.expanduser(str(path))), "labels file")
     suffix = path.suffix.lower()
     if suffix == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
         except Exception as exc:
-            raise InputError(f"cannot read labels file {path}: {one_line(exc)}") from None
+            raise InputError(f"cannot read labels file {path}: {npy_problem(exc)}") from None
         if arr.ndim == 2 and arr.shape[1] == 1:
             arr = arr[:, 0]
         if arr.ndim != 1:

@@ -14,6 +14,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import InputError, one_line
+from ..io import check_input_file
 from ..validation import check_labels
 from .container import LabeledImages
 from .decode import IMAGE_EXTENSIONS, is_image_file, materialize
@@ -212,11 +213,17 @@ def load_image_folder(root: PathLike, *, size: Optional[Union[int, Size]] = None
         raise InputError(f"image folder not found: {root}")
     if not root.is_dir():
         raise InputError(f"not a folder: {root}")
+    skipped: List[Dict[str, str]] = []
     try:
         class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
                             key=lambda p: p.name)
     except OSError as exc:
         raise InputError(f"cannot read folder {root}: {one_line(exc)}") from None
+    loops = [p for p in class_dirs if _links_back(p, root)]
+    for p in loops:
+        skipped.append({"file": str(p), "reason": f"symbolic link back to {os.readlink(p)!r} (a loop into "
+                                                  f"the data folder); left out"})
+    class_dirs = [p for p in class_dirs if p not in loops]
     if not class_dirs:
         loose = any(is_image_file(p.name) for p in root.iterdir() if p.is_file())
         hint = " (it holds images directly; put them in one sub-folder per class)" if loose else ""
@@ -225,11 +232,7 @@ def load_image_folder(root: PathLike, *, size: Optional[Union[int, Size]] = None
     ids: List[str] = []
     labels: List[int] = []
     for label, class_dir in enumerate(class_dirs):
-        found: List[str] = []
-        for dirpath, dirnames, filenames in os.walk(class_dir, onerror=None):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            rel_dir = Path(dirpath).relative_to(root)
-            found.extend((rel_dir / f).as_posix() for f in filenames if is_image_file(f))
+        found = _image_files(class_dir, root, skipped)
         if not found:
             raise InputError(f"class folder {class_dir} has no images "
                              f"({', '.join(IMAGE_EXTENSIONS)})")
@@ -238,10 +241,54 @@ def load_image_folder(root: PathLike, *, size: Optional[Union[int, Size]] = None
         paths.extend(str(root / rel) for rel in found)
         labels.extend([label] * len(found))
     ds = LabeledImages(images=None, labels=np.asarray(labels, dtype=np.int64),
-                       class_names=[p.name for p in class_dirs], paths=paths, ids=ids)
+                       class_names=[p.name for p in class_dirs], paths=paths, ids=ids, skipped=skipped)
     if size is not None:
         ds = materialize(ds, size=size)
     return ds
+
+
+def _links_back(folder: Path, root: Path) -> bool:
+    """Whether ``folder`` is a symbolic link to ``root`` or to a folder holding it (a loop)."""
+    if not folder.is_symlink():
+        return False
+    target = Path(os.path.realpath(folder))
+    real_root = Path(os.path.realpath(root))
+    return target == real_root or target in real_root.parents
+
+
+def _image_files(class_dir: Path, root: Path, skipped: List[Dict[str, str]]) -> List[str]:
+    """The image files under ``class_dir`` as sorted POSIX paths relative to ``root`` (hidden
+    files and folders skipped, linked folders not followed). Named pipes, devices and sockets
+    with an image name are left out and listed in ``skipped`` (reading one would block)."""
+    found: List[str] = []
+    stack = [class_dir]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            skipped.append({"file": str(folder), "reason": f"cannot read folder: {one_line(exc)}"})
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                    continue
+                if not is_image_file(entry.name) or entry.is_dir():
+                    continue
+                regular = entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
+            except OSError:
+                regular = True  # unreadable: decoding names it (or --skip-bad lists it)
+            rel = Path(entry.path).relative_to(root).as_posix()
+            if regular:
+                found.append(rel)
+            else:
+                skipped.append({"file": str(root / rel),
+                                "reason": "not a regular file (a named pipe, device or socket); left out"})
+    found.sort()
+    return found
 
 
 # ------------------------------------------------------------------------ CSV manifest
@@ -298,8 +345,7 @@ def load_csv_manifest(path: PathLike, *, class_names: Optional[Sequence[str]] = 
             raise InputError(f"{where}: empty label")
         full = Path(os.path.expanduser(rel))
         full = full if full.is_absolute() else base / full
-        if not full.is_file():
-            raise InputError(f"{where}: image file not found: {full}")
+        check_input_file(full, f"{where}: image file")
         ident = row[col["id"]].strip() if "id" in col else rel
         entries.append((row_no, line, str(full), label, ident))
     if not entries:
@@ -373,6 +419,9 @@ def load_dataset(spec: str, *, split: str = "train") -> LabeledImages:
     path = Path(os.path.expanduser(text))
     if not path.exists():
         raise InputError(f"dataset not found: {text} (expected 'digits', a folder or a .csv)")
+    if not path.is_file() and not path.is_dir():
+        raise InputError(f"dataset {text} is not a folder or a regular file (a device, pipe or socket); "
+                         f"give 'digits', a folder or a .csv manifest")
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise InputError(f"unsupported dataset file {path}; expected a .csv manifest or a folder")

@@ -6,6 +6,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError, one_line
+from ..validation import MAX_SPLIT_SEED, check_split_seed
 
 __all__ = ["split_indices"]
 
@@ -37,6 +38,9 @@ def split_indices(labels: np.ndarray, *, fractions: Optional[Sequence[float]] = 
         counts = np.asarray(sizes, dtype=np.int64)
         if counts.ndim != 1 or counts.size == 0 or (counts < 0).any() or counts.sum() > n:
             raise InputError(f"sizes must be non-negative and sum to at most {n}, got {list(sizes)}")
+    seed = check_split_seed(seed)
+    if seed + len(counts) - 1 > MAX_SPLIT_SEED:
+        raise InputError(f"seed must be at most {MAX_SPLIT_SEED - len(counts) + 1} for {len(counts)} parts, got {seed}")
     pool = np.arange(n, dtype=np.int64)
     parts: List[np.ndarray] = []
     for k, count in enumerate(counts):

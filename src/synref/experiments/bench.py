@@ -22,6 +22,7 @@ from ..config import ConfigMixin
 from ..device import default_device
 from ..errors import InputError
 from ..io import check_output_dir
+from ..validation import check_split_seed
 from .methods import parse_methods
 from .protocol import Protocol, protocol_for
 from .recipes import DATASETS, NOISE_SETTINGS, noise_files as find_noise_files
@@ -64,7 +65,7 @@ class BenchConfig(ConfigMixin):
         self.methods = tuple(self.methods)
         self.noise = tuple(self.noise)
         self.noise_files = tuple(str(f) for f in self.noise_files)
-        self.seeds = tuple(int(s) for s in self.seeds)
+        self.seeds = tuple(check_split_seed(s, "--seeds") for s in self.seeds)
         if not self.seeds:
             raise InputError("--seeds: no seed given")
 
@@ -80,7 +81,7 @@ def bench_config(*, dataset: str = "digits", protocol: str = "digits", data: Opt
     proto = protocol_for(protocol, dataset, protocol_overrides)
     method_list = parse_methods(methods, proto.encoders)
     settings = parse_noise_settings(noise, NOISE_SETTINGS) if (noise is not None or not noise_files) else []
-    seeds = [int(s) for s in seeds]
+    seeds = [check_split_seed(s, "--seeds") for s in seeds]
     if not seeds:
         raise InputError("--seeds: no seed given")
     if dataset != "digits" and not data:

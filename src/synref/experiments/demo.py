@@ -24,6 +24,7 @@ from ..io import check_output_dir, write_json, write_npy
 from ..noise import format_noise_spec, parse_noise_spec
 from ..refiners import relabel_metrics
 from ..train import TrainConfig
+from ..validation import check_split_seed
 from .protocol import Protocol, digits_protocol
 from .recipes import ExperimentData, digits_paper_finetune
 from .runner import Experiment, SharedSteps
@@ -61,6 +62,7 @@ class DemoConfig(ConfigMixin):
     noise_setting: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
+        check_split_seed(self.seed, "--seed")
         self.presets = tuple(self.presets)
         unknown = [p for p in self.presets if p not in PRESETS]
         if unknown or not self.presets:

@@ -22,12 +22,12 @@ from ..evidence import Evidence, classifier_evidence, crossfit_evidence
 from ..errors import InputError
 from ..features import ExtractorContext, encode_sets, extractor_from_context
 from ..hashing import digest
-from ..io import check_output_dir, write_json, write_npy
+from ..io import check_output_dir, remove_stale_temp_files, write_json, write_npy
 from ..models import load_classifier, save_classifier
 from ..noise import format_noise_spec, parse_noise_spec
 from ..progress import progress as progress_bar
 from ..refiners import RefinementResult, refine, refiner_option_names
-from ..train import TrainConfig
+from ..train import TrainConfig, checkpoint_folder, clear_checkpoints
 from .methods import create_method
 from .protocol import Protocol
 from .recipes import NOISE_SETTINGS, ExperimentData, load_experiment_data, noise_files as find_noise_files, noisy_labels
@@ -255,11 +255,17 @@ class Runner:
         return self.out / "cells" / f"{cell_name(self.dataset, self.protocol.name, method, noise, seed)}.json"
 
     def run_cell(self, method: str, run: NoiseRun) -> Dict[str, Any]:
-        """Run one cell and save it (with an ``out`` folder)."""
-        row = create_method(method).run(self, run)
+        """Run one cell and save it (with an ``out`` folder). Its training loops checkpoint every
+        epoch under ``work/checkpoints/<cell>/`` (a killed cell resumes inside its training), and
+        the checkpoints are deleted once the cell is saved."""
         path = self.cell_path(method, run.noise, run.seed)
+        folder = None if path is None or self.work is None else self.work / "checkpoints" / path.stem
+        with checkpoint_folder(folder):
+            row = create_method(method).run(self, run)
         if path is not None:
             write_json(path, row)
+        if folder is not None:
+            clear_checkpoints(folder)
         return row
 
 
@@ -384,14 +390,17 @@ class Experiment:
         out = self.out
         if out is not None:
             check_output_dir(out)
-        if preflight is not None:
-            preflight(self.data(seeds[0]))
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            if self.record:
-                _check_protocol_record(out, self.dataset, self.protocol, self.anchors)
         grid = [(seed, n, m) for seed in seeds for n in noise for m in methods]
         todo = [(seed, n, m) for seed, n, m in grid if not self.cell_done(m, n, seed)]
+        if preflight is not None:
+            preflight(self.data(seeds[0]))
+        elif todo:
+            self.data(todo[0][0])  # the inputs (data, anchors, seed) are checked before anything is written
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(out)
+            if self.record:
+                _check_protocol_record(out, self.dataset, self.protocol, self.anchors)
         rows: Dict[Tuple[int, str, str], Dict[str, Any]] = {}
         bar = progress_bar(total=len(grid), desc=f"{self.dataset}/{self.protocol.name}", unit="cell")
         bar.update(len(grid) - len(todo))

@@ -8,12 +8,12 @@
 """
 from __future__ import annotations
 
-from .checkpoints import load_classifier, save_classifier
+from .checkpoints import load_classifier, read_checkpoint, save_classifier
 from .classifiers import (MODELS, BasicBlock, CifarResNet, ImageClassifier, PreActBlock, SmallCNN, create_model,
                           model_names)
 from .inference import (channel_stats, evaluate_accuracy, extract_features, predict_logits, predict_proba,
                         proba_and_features)
 
 __all__ = ["MODELS", "ImageClassifier", "SmallCNN", "CifarResNet", "BasicBlock", "PreActBlock", "create_model",
-           "model_names", "save_classifier", "load_classifier", "channel_stats", "evaluate_accuracy",
+           "model_names", "save_classifier", "load_classifier", "read_checkpoint", "channel_stats", "evaluate_accuracy",
            "extract_features", "predict_logits", "predict_proba", "proba_and_features"]

@@ -59,7 +59,27 @@ def read_checkpoint(path: PathLike) -> Tuple[Dict[str, Any], Dict[str, torch.Ten
     if int(header.get("version", 0)) > _CHECKPOINT_VERSION:
         raise InputError(f"{path}: checkpoint version {header.get('version')} is newer than this "
                          f"synref reads ({_CHECKPOINT_VERSION})")
+    _check_header(path, header, state)
     return header, state
+
+
+def _check_header(path: Path, header: Dict[str, Any], state: Dict[str, Any]) -> None:
+    """The header must describe the weights it comes with (a model is built from the header
+    before the weights are loaded, so a forged class count could ask for any amount of memory)."""
+    name, classes, channels = header.get("name"), header.get("num_classes"), header.get("in_channels")
+    if name not in MODELS:
+        raise InputError(f"{path}: unknown model {name!r} in the checkpoint header; choose one of: "
+                         f"{', '.join(MODELS.names())}")
+    for key, value in (("num_classes", classes), ("in_channels", channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{path}: checkpoint header {key} must be a positive integer, got {value!r}")
+    if channels not in (1, 3):
+        raise InputError(f"{path}: checkpoint header in_channels must be 1 or 3, got {channels}")
+    weight = state.get("classifier.weight")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or int(weight.shape[0]) != classes:
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else None
+        raise InputError(f"{path}: the checkpoint header says {classes} classes but its classifier weights "
+                         f"are {shape}; the file is corrupt or was edited (save it with save_classifier)")
 
 
 def load_classifier(path: PathLike, *, device: Union[str, torch.device] = "cpu") -> ImageClassifier:

@@ -8,9 +8,10 @@
 """
 from __future__ import annotations
 
+from .checkpoint import checkpoint_folder, clear_checkpoints
 from .linear import LinearHeadConfig, cross_fit_linear, fit_linear_head
-from .loop import (CrossFitResult, TrainConfig, TrainResult, augment_batch, cross_fit, fine_tune, fit, fold_splits,
-                   lr_at)
+from .loop import (CrossFitResult, TrainConfig, TrainResult, activation_bytes, augment_batch, cross_fit,
+                   estimate_fit_bytes, fine_tune, fit, fold_splits, lr_at)
 from .lra import LRAConfig, LRAResult, knn_label_candidates, predict_lra, train_lra
 from .plc import PLCConfig, PLCResult, lrt_correct, next_delta, train_plc
 from .simclr import SSLConfig, train_simclr
@@ -19,5 +20,6 @@ __all__ = [
     "CrossFitResult", "TrainConfig", "TrainResult", "augment_batch", "cross_fit", "fine_tune", "fit", "fold_splits",
     "lr_at", "LinearHeadConfig", "cross_fit_linear", "fit_linear_head", "LRAConfig", "LRAResult",
     "knn_label_candidates", "predict_lra", "train_lra", "PLCConfig", "PLCResult", "lrt_correct", "next_delta",
-    "train_plc", "SSLConfig", "train_simclr",
+    "train_plc", "SSLConfig", "train_simclr", "activation_bytes", "estimate_fit_bytes",
+    "checkpoint_folder", "clear_checkpoints",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,10 +27,12 @@ from torch import nn
 from ..config import ConfigMixin
 from ..device import resolve_device
 from ..errors import InputError
+from ..hashing import hash_state_dict
 from ..models import create_model
 from ..models.inference import channel_stats, evaluate_accuracy, proba_and_features
 from ..progress import progress as progress_bar
-from ..validation import as_image_array, as_labels
+from ..validation import as_image_array, as_labels, check_memory
+from .checkpoint import LoopCheckpoint, checkpointing, tensor_state
 
 __all__ = [
     "TrainConfig",
@@ -43,6 +46,8 @@ __all__ = [
     "fold_splits",
     "sub_seed",
     "split_batches",
+    "activation_bytes",
+    "estimate_fit_bytes",
 ]
 
 
@@ -197,9 +202,62 @@ def _num_steps(n: int, batch_size: int) -> int:
     return steps
 
 
+# ---------------------------------------------------------------------------------- memory
+def activation_bytes(model: nn.Module, size: Tuple[int, int], channels: int) -> int:
+    """Bytes of the layer outputs of one ``size`` image through ``model`` (what a training step
+    keeps for the backward pass): measured on a probe of at most 32x32 px, in eval mode, without
+    gradients (nothing about the model changes), and scaled to ``size``."""
+    h, w = int(size[0]), int(size[1])
+    ph, pw = min(h, 32), min(w, 32)
+    total = [0]
+
+    def count(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            total[0] += output.numel() * output.element_size()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    was_training = model.training
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, int(channels), ph, pw, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return int(total[0] * (h * w) / (ph * pw))
+
+
+def estimate_fit_bytes(model: nn.Module, size: Tuple[int, int], channels: int, batch_size: int) -> int:
+    """Rough peak memory of one training step: a batch's layer outputs and their gradients."""
+    return 2 * int(batch_size) * activation_bytes(model, size, channels)
+
+
+def check_fit_memory(model: nn.Module, size: Tuple[int, int], channels: int, batch_size: int,
+                     device: torch.device) -> None:
+    """InputError before training when a step would need more memory than ``device`` has."""
+    from ..validation import format_bytes
+
+    need = estimate_fit_bytes(model, size, channels, batch_size)
+    what = f"training on {size[0]}x{size[1]} px images in batches of {batch_size}"
+    advice = "use a smaller image size (--image-size) or batch size"
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if need > free:
+            raise InputError(f"{what} needs about {format_bytes(need)} of GPU memory, more than the "
+                             f"{format_bytes(free)} free on {device}; {advice}")
+        return
+    check_memory(need, what, advice)
+
+
 # -------------------------------------------------------------------------------------- fit
 #: ``on_epoch_end(epoch) -> (new training labels (N,) or None, extra history fields)``.
 EpochEndHook = Callable[[int], Tuple[Optional[np.ndarray], Dict[str, Any]]]
+#: ``(get, set)`` of the hooks' own state (tensors, numbers, lists), saved in fit's checkpoints.
+HookState = Tuple[Callable[[], Dict[str, Any]], Callable[[Dict[str, Any]], None]]
 
 
 @dataclass
@@ -228,7 +286,7 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
         config: Optional[TrainConfig] = None,
         normalize_from_data: bool = True, desc: str = "train",
         on_batch: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
-        on_epoch_end: Optional[EpochEndHook] = None) -> TrainResult:
+        on_epoch_end: Optional[EpochEndHook] = None, hook_state: Optional[HookState] = None) -> TrainResult:
     """Train ``model`` in place with SGD + multistep lr + warm-up, keep the best-val weights.
 
     Args:
@@ -247,6 +305,13 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
             ``on_epoch_end(epoch) -> (new_labels or None, extra history fields)``; new labels
             (N,) replace the training labels from the next epoch on (label-correcting trainers
             such as PLC are built this way).
+        hook_state: ``(get, set)`` of the hooks' own state; inside
+            :func:`~synref.train.checkpoint.checkpoint_folder` it is checkpointed with the rest
+            (hooks without it switch checkpoints off, as their state could not be restored).
+
+    Inside :func:`~synref.train.checkpoint.checkpoint_folder` the whole training state is saved
+    atomically after every epoch and a re-run of the same fit (same config, data and initial
+    weights) continues after the last saved epoch, with the same result.
     """
     config = config if config is not None else TrainConfig()
     images = as_image_array(images)
@@ -268,6 +333,7 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
 
     device = resolve_device(config.device, "train config")
     model.to(device=device, memory_format=torch.channels_last)   # ~1.3-2x faster convs on CPU
+    check_fit_memory(model, images.shape[1:3], images.shape[-1], min(config.batch_size, len(images)), device)
     if normalize_from_data:
         mean, std = channel_stats(images)
         model.set_normalization(mean, std)
@@ -286,8 +352,27 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
     history: List[Dict[str, Any]] = []
     best_epoch, best_acc = -1, -1.0
     best_state: Optional[Dict[str, torch.Tensor]] = None
+    hooked = on_batch is not None or on_epoch_end is not None
+    ckpt = LoopCheckpoint("fit", config.to_dict(), images, labels, val_images, val_labels,
+                          hash_state_dict(model.state_dict()), hooked) \
+        if (checkpointing() and (not hooked or hook_state is not None)) else None
+    start_epoch = 0
+    saved = ckpt.load() if ckpt is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        g_order.set_state(saved["g_order"])
+        g_aug.set_state(saved["g_aug"])
+        y_all = saved["labels"].to(device)
+        history = json.loads(saved["history"])
+        best_epoch, best_acc = int(saved["best_epoch"]), float(saved["best_acc"])
+        best_state = {k: v.to(device) for k, v in saved["best_state"].items()} or None
+        if hook_state is not None:
+            hook_state[1](saved["hooks"])
+        start_epoch = int(saved["epoch"]) + 1
     t0 = time.perf_counter()
-    bar = progress_bar(range(config.epochs), desc=desc, unit="epoch")
+    bar = progress_bar(range(start_epoch, config.epochs), desc=desc, unit="epoch", initial=start_epoch,
+                       total=config.epochs)
     for epoch in bar:
         model.train()
         perm = torch.randperm(n, generator=g_order)
@@ -329,6 +414,12 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
         if has_val and val_acc is not None and val_acc > best_acc:
             best_epoch, best_acc = epoch, val_acc
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if ckpt is not None:
+            ckpt.save({"epoch": epoch, "model": tensor_state(model.state_dict()),
+                       "optimizer": optimizer.state_dict(), "g_order": g_order.get_state(),
+                       "g_aug": g_aug.get_state(), "labels": y_all.cpu(), "history": json.dumps(history),
+                       "best_epoch": best_epoch, "best_acc": best_acc, "best_state": best_state or {},
+                       "hooks": hook_state[0]() if hook_state is not None else {}})
         postfix = {"loss": f"{train_loss:.3f}", "acc": f"{train_acc:.3f}"}
         if has_val:
             postfix["val"] = f"{val_acc:.3f}"

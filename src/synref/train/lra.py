@@ -27,6 +27,7 @@ is a trainable ``Linear(D -> H)`` on f_p (then the model's BatchNorm, as in the 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from ..errors import InputError
 from ..optional import require
 from ..progress import progress
 from ..validation import as_labels
+from .checkpoint import LoopCheckpoint, checkpointing, tensor_state
 
 __all__ = [
     "LRAConfig",
@@ -341,8 +343,23 @@ def train_lra(features, labels, *, num_classes: int, config: Optional[LRAConfig]
 
     history: List[Dict[str, float]] = []
     best_state, best_epoch, best_acc = None, cfg.epochs - 1, None
-    bar = progress(desc="lra-diffusion", total=cfg.epochs, unit="epoch")
-    for epoch in range(cfg.epochs):
+    start_epoch = 0
+    ckpt = LoopCheckpoint("lra", cfg.to_dict(), feats.numpy(), lab, num_classes,
+                          None if not has_val else vfeats.numpy(), None if not has_val else vlab) \
+        if checkpointing() else None
+    saved = ckpt.load() if ckpt is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        gen.set_state(saved["gen"])
+        torch.set_rng_state(saved["torch_rng"])
+        history = json.loads(saved["history"])
+        best_epoch = int(saved["best_epoch"])
+        best_acc = None if saved["best_acc"] is None else float(saved["best_acc"])
+        best_state = {k: v.to(device) for k, v in saved["best_state"].items()} or None
+        start_epoch = int(saved["epoch"]) + 1
+    bar = progress(desc="lra-diffusion", total=cfg.epochs, unit="epoch", initial=start_epoch)
+    for epoch in range(start_epoch, cfg.epochs):
         model.train()
         perm = torch.randperm(n, generator=gen)
         total, lr = 0.0, cfg.lr
@@ -375,6 +392,11 @@ def train_lra(features, labels, *, num_classes: int, config: Optional[LRAConfig]
                 best_acc, best_epoch = acc, epoch
                 best_state = copy.deepcopy(model.state_dict())
         history.append(rec)
+        if ckpt is not None:
+            ckpt.save({"epoch": epoch, "model": tensor_state(model.state_dict()), "optimizer": opt.state_dict(),
+                       "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": json.dumps(history),
+                       "best_epoch": best_epoch, "best_acc": best_acc,
+                       "best_state": tensor_state(best_state) if best_state is not None else {}})
         bar.update(1)
         bar.set_postfix(loss=f"{rec['loss']:.4f}", **({"val": f"{rec['val_acc']:.3f}"}
                                                       if "val_acc" in rec else {}))

@@ -209,8 +209,17 @@ def train_plc(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
             extra["label_acc"] = float(np.mean(state["current"] == truth))
         return new, extra
 
+    def get_state() -> Dict[str, Any]:
+        return {"record": record.clone(), "filled": state["filled"], "delta": state["delta"],
+                "current": torch.from_numpy(state["current"].copy())}
+
+    def set_state(saved: Dict[str, Any]) -> None:
+        record.copy_(saved["record"])
+        state.update(filled=int(saved["filled"]), delta=float(saved["delta"]),
+                     current=saved["current"].numpy().astype(np.int64))
+
     result = fit(model, images, given, val_images=val_images, val_labels=val_labels, config=config.train,
                  normalize_from_data=normalize_from_data, desc=desc,
-                 on_batch=on_batch, on_epoch_end=on_epoch_end)
+                 on_batch=on_batch, on_epoch_end=on_epoch_end, hook_state=(get_state, set_state))
     return PLCResult(model=result.model, best_epoch=result.best_epoch, best_val_acc=result.best_val_acc,
                      corrected_labels=state["current"].copy(), history=result.history, seconds=result.seconds)

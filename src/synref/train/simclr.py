@@ -22,6 +22,7 @@ the same seed gives bit-identical weights.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from ..errors import InputError
 from ..models import ImageClassifier, channel_stats, create_model
 from ..progress import progress as progress_bar
 from ..validation import as_image_array
+from .checkpoint import LoopCheckpoint, checkpointing, tensor_state
 from .loop import split_batches, sub_seed
 
 __all__ = [
@@ -275,8 +277,18 @@ def train_simclr(images: np.ndarray, *, model_name: str = "small_cnn",
     total = config.epochs * steps_per_epoch
     history: List[Dict[str, Any]] = []
     t0 = time.perf_counter()
-    step = 0
-    bar = progress_bar(range(config.epochs), desc=desc, unit="epoch")
+    step, start_epoch = 0, 0
+    ckpt = LoopCheckpoint("simclr", model_name, config.to_dict(), pool) if checkpointing() else None
+    saved = ckpt.load() if ckpt is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        head.load_state_dict(saved["head"])
+        optimizer.load_state_dict(saved["optimizer"])
+        g_order.set_state(saved["g_order"])
+        g_aug.set_state(saved["g_aug"])
+        step, history, start_epoch = int(saved["step"]), json.loads(saved["history"]), int(saved["epoch"]) + 1
+    bar = progress_bar(range(start_epoch, config.epochs), desc=desc, unit="epoch", initial=start_epoch,
+                       total=config.epochs)
     for epoch in bar:
         model.train()
         head.train()
@@ -302,6 +314,10 @@ def train_simclr(images: np.ndarray, *, model_name: str = "small_cnn",
             raise FloatingPointError(f"SimCLR diverged at epoch {epoch} (loss {ep_loss}); "
                                      "lower the lr")
         history.append({"epoch": epoch, "lr": lr, "loss": ep_loss})
+        if ckpt is not None:
+            ckpt.save({"epoch": epoch, "step": step, "model": tensor_state(model.state_dict()),
+                       "head": tensor_state(head.state_dict()), "optimizer": optimizer.state_dict(),
+                       "g_order": g_order.get_state(), "g_aug": g_aug.get_state(), "history": json.dumps(history)})
         bar.set_postfix({"loss": f"{ep_loss:.3f}"}, refresh=False)
     bar.close()
     model.eval()
