@@ -14,7 +14,7 @@ from .errors import InputError, SynrefError
 from .experiments.demo import PRESETS
 from .experiments.protocol import PROTOCOLS
 from .experiments.recipes import DATASETS
-from .features import DEFAULT_CLIP_MODEL, FEATURE_EXTRACTORS
+from .features import DEFAULT_CLIP_MODEL, DEFAULT_ENCODER, FEATURE_EXTRACTORS
 from .models import MODELS
 from .noise import PMD_NOISE_TYPES
 from .progress import progress_setting
@@ -365,9 +365,14 @@ def _run_report(args: argparse.Namespace) -> int:
 
 def _add_refine(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("refine", help="find and correct wrong labels in your own labelled images",
-                       description="Score every image against synthetic class anchors and a classifier's "
-                                   "out-of-sample softmax; write refined_labels.csv, summary.json and report.html. "
-                                   "--config OUT/config.json re-runs a results folder into a new --out.")
+                       description="Score every image against synthetic class anchors and an out-of-sample "
+                                   "softmax; write refined_labels.csv, summary.json and report.html. By default "
+                                   f"the evidence is pretrained: a frozen {DEFAULT_ENCODER} encoder (offline) "
+                                   "and cross-fitted linear heads on its features, with image files decoded "
+                                   "from disk a batch at a time (no network is trained; resumable; under "
+                                   "`accelerate launch` the feature extraction is split between the processes). "
+                                   "--train / --classifier use CNNs instead. --config OUT/config.json re-runs a "
+                                   "results folder into a new --out.")
     p.add_argument("--config", type=Path, default=None, help="re-run the config.json of a results folder "
                                                               "(then give only --out and --quiet)")
     p.add_argument("--data", default=None, help="image folder (one sub-folder per class), CSV manifest "
@@ -384,16 +389,19 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", action="append", default=None, help="with --generator diffusers: prompt template(s)")
     p.add_argument("--per-class", type=int, default=100, help="anchors per class to generate (default 100)")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--classifier", type=Path, help="classifier checkpoint (synref.models.save_classifier)")
+    source.add_argument("--classifier", type=Path, help="classifier checkpoint (synref.models.save_classifier) "
+                                                        "instead of pretrained evidence")
     source.add_argument("--train", action="store_true",
-                        help="train k-fold cross-fitted classifiers for out-of-sample pred_probs (as cleanlab advises)")
+                        help="train k-fold cross-fitted CNNs for out-of-sample pred_probs instead of pretrained "
+                             "evidence (images decoded into memory)")
     p.add_argument("--arch", default="small_cnn", choices=MODELS.names(), help="network for --train (default small_cnn)")
     p.add_argument("--epochs", type=int, default=30, help="epochs per fold model (default 30)")
     p.add_argument("--folds", type=int, default=4, help="k of the cross-fitting (default 4)")
-    p.add_argument("--rounds", type=int, default=1, help="refinement rounds with --train (default 1; 3 in the demo)")
-    p.add_argument("--features", default="classifier", choices=FEATURE_EXTRACTORS.choices(),
-                   help="classifier, clip, ssl (simclr) or efficientnet-lite0 (ImageNet-pretrained, offline) "
-                        "(default classifier)")
+    p.add_argument("--rounds", type=int, default=1, help="refinement rounds (default 1; 3 in the demo)")
+    p.add_argument("--encoder", "--features", dest="features", default=None, choices=FEATURE_EXTRACTORS.choices(),
+                   help=f"feature space: a frozen pretrained encoder ({DEFAULT_ENCODER}, the default: ImageNet, "
+                        "offline; clip with --clip-model; any registered one), or with --train / --classifier: "
+                        "classifier (their default) or ssl (simclr)")
     p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="CLIP model id or local folder")
     p.add_argument("--refiner", default=DEFAULT_REFINER, choices=REFINERS.choices(),
                    help=f"the refinement rule (default {DEFAULT_REFINER}: the estimated posterior of the true class "
@@ -405,8 +413,16 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=_unit_float("--threshold"), default=0.6, help="score-rule refiners: relabel threshold (default 0.6)")
     p.add_argument("--no-calibrate", action="store_true", help="use raw cosine similarity (the paper) instead of "
                                                                "anchor-calibrated probabilities")
-    p.add_argument("--image-size", type=int, default=None, help="working resolution (square); default: the data's")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="working resolution (square); pretrained evidence: the encoder input side, image files decoded "
+                        "straight to it (default 160); --train / --classifier: decoding size (default: the data's)")
     p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them in summary.json")
+    p.add_argument("--batch-size", type=int, default=64, help="pretrained evidence: images per encoder pass (default 64)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="pretrained evidence: decoding threads, ahead of the encoder (default 2)")
+    p.add_argument("--chunk-size", type=int, default=4096,
+                   help="pretrained evidence: rows per feature-cache chunk, the unit of resume and of work sharing "
+                        "between processes (default 4096)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="results folder (re-run the same command to resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -440,9 +456,11 @@ def _run_refine(args: argparse.Namespace) -> int:
             train=args.train, model=args.arch, epochs=args.epochs, folds=args.folds, rounds=args.rounds,
             features=args.features, clip_model=args.clip_model, refiner=args.refiner, alpha=args.alpha,
             threshold=args.threshold, target_precision=args.target_precision, calibrate=not args.no_calibrate, image_size=args.image_size,
-            skip_bad=args.skip_bad, seed=args.seed)
+            skip_bad=args.skip_bad, seed=args.seed, batch_size=args.batch_size, workers=args.workers,
+            chunk_size=args.chunk_size)
     summary = run_refine(config, out=args.out)
-    print(format_refine_summary(summary, args.out))
+    if summary is not None:  # process 0 of a multi-process launch (or the only one)
+        print(format_refine_summary(summary, args.out))
     return 0
 
 
