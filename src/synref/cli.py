@@ -523,9 +523,24 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                                                               "(then give only --out and --quiet)")
     p.add_argument("--protocol", choices=PROTOCOLS.names(), default=None,
                    help="paper: the paper's CIFAR settings (GPU); cpu: 10,000-image subset, small CNN, short "
-                        "schedules; digits: the built-in data (default: digits for --dataset digits, else cpu)")
-    p.add_argument("--dataset", choices=DATASETS, default="digits")
+                        "schedules; digits: the built-in data; pretrained: your own data (default: digits for "
+                        "--dataset digits, pretrained for a folder / CSV, else cpu)")
+    p.add_argument("--dataset", default="digits",
+                   help=f"{', '.join(DATASETS)}, or your own data: an image folder (one sub-folder per class; "
+                        "train/ test/ split folders) or a CSV manifest (path,label[,split]); your own data runs the "
+                        "correction methods (given, cleanlab, refine-<refiner>) on pretrained evidence "
+                        "(--protocol pretrained) and needs --anchors and clean labels")
     p.add_argument("--data", default=None, help="CIFAR: folder with the official python layout")
+    p.add_argument("--labels", default=None,
+                   help="your own data: the given (noisy) labels, a file (.npy or one per line) in the order of "
+                        "--dataset's training split; the dataset's own labels are then the clean ones")
+    p.add_argument("--clean-labels", default=None,
+                   help="your own data: clean labels (a file, same order) to measure against; the dataset's own "
+                        "labels are then the given ones (unless --labels)")
+    p.add_argument("--split", default="train", help="your own data: the split refined (default train)")
+    p.add_argument("--test-split", default="test",
+                   help="your own data: clean test split (CSV split column value or split folder; default test, "
+                        "used when present): each method's labels train a linear probe measured there")
     p.add_argument("--methods", default=None,
                    help="comma-separated rows (default: standard,ours,plc,plc+ours and lra-<encoder>[+ours] for "
                         "the protocol's encoders: simclr and efficientnet-lite0; clip in the paper protocol)")
@@ -553,14 +568,18 @@ def _run_bench(args: argparse.Namespace) -> int:
     if args.config is not None:
         run_bench(_saved_config(args, BenchConfig), out=args.out)
     else:
-        protocol = args.protocol or ("digits" if args.dataset == "digits" else "cpu")
+        from .experiments.recipes import is_user_dataset
+
+        protocol = args.protocol or ("digits" if args.dataset == "digits" else
+                                     "pretrained" if is_user_dataset(args.dataset) else "cpu")
         try:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         except ValueError:
             raise InputError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
         run_bench(dataset=args.dataset, protocol=protocol, out=args.out, data=args.data, methods=args.methods,
                   noise=args.noise, seeds=seeds, noise_files=args.noise_file, anchors=args.anchors,
-                  device=args.device, clip_model=args.clip_model)
+                  device=args.device, clip_model=args.clip_model, split=args.split, labels=args.labels,
+                  clean_labels=args.clean_labels, test_split=args.test_split or None)
     print((args.out / "results.md").read_text())
     print(f"results: {args.out / 'results.csv'}, {args.out / 'results.md'}")
     return 0
