@@ -292,3 +292,49 @@ def test_default_bad_options(folder, tmp_path, capsys, extra, needle):
     code, io = _refine(["refine", "--data", folder[0], "--out", out, "--generate"] + extra, capsys)
     assert code == 2 and needle in io.err and len(io.err.strip().splitlines()) == 1, io.err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes_equal_one(folder, tmp_path):
+    """``accelerate launch --num_processes 2 -m synref refine`` on the CPU (gloo): the feature chunks
+    are split between the two processes (chunk k by rank k % 2), process 0 refines, and the results
+    equal one process's byte for byte."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from synref.anchors import create_generator
+    from synref.anchors.generate import generate_anchor_set
+
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if launcher is None:
+        pytest.skip("accelerate launcher not installed")
+    root, _ = folder
+    generate_anchor_set(create_generator("glyph", size=16), CLASSES, 10, tmp_path / "anchors")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", SYNREF_NO_PROGRESS="1", ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1",
+               HF_HOME=str(tmp_path / "hf"), CUDA_VISIBLE_DEVICES="")
+    args = ["refine", "--data", str(root), "--anchors", str(tmp_path / "anchors"), "--image-size", "32",
+            "--chunk-size", "16", "--quiet"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two, one = tmp_path / "two", tmp_path / "one"
+    proc = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+                           "-m", "synref", *args, "--out", str(two)],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("labels changed") == 1 and "on 2 processes" in proc.stdout, proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "synref", *args, "--out", str(one)], capture_output=True, text=True,
+                          env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (two / "refined_labels.csv").read_bytes() == (one / "refined_labels.csv").read_bytes()
+    s2, s1 = (json.loads((d / "summary.json").read_text()) for d in (two, one))
+    assert s2["evidence"]["processes"] == 2 and s1["evidence"]["processes"] == 1
+    f2, f1 = (np.load(d / s["evidence"]["feature_file"]) for d, s in ((two, s2), (one, s1)))
+    np.testing.assert_array_equal(f2, f1)
+    side = json.loads((two / s2["evidence"]["feature_file"]).with_suffix(".json").read_text())
+    assert [(c["chunk"], c["rank"]) for c in side["chunks"]] == [(k, k % 2) for k in range(6)]
