@@ -332,3 +332,76 @@ def test_paper_protocol_runs_the_papers_rule_on_cifar(tmp_path, monkeypatch):
     assert refine["rule"] == "paper" and refine["threshold"] == 0.3
     record = json.loads((tmp_path / "b" / "bench-cifar10-paper.json").read_text())
     assert record["protocol"]["refine"] == "paper" and record["protocol"]["train_size"] == 400
+
+
+# ------------------------------------------------------------------------------ your own data
+def _user_folder(root: Path):
+    """digits 0 / 1 / 7 as 8x8 PNGs in train/ (20 per class) and test/ (8 per class) split folders,
+    a noisy label file for train (25 % moved to the next class) and a glyph anchor set."""
+    from PIL import Image
+
+    from synref.anchors import create_generator, generate_anchor_set
+    from synref.data import load_digits_dataset, load_image_folder
+
+    digits = load_digits_dataset()
+    for c, name in enumerate(["0", "1", "7"]):
+        idx = np.flatnonzero(digits.labels == int(name))
+        for split, chosen in (("train", idx[:20]), ("test", idx[20:28])):
+            (root / "data" / split / name).mkdir(parents=True, exist_ok=True)
+            for j, i in enumerate(chosen):
+                Image.fromarray(digits.images[i, :, :, 0]).save(root / "data" / split / name / f"{j:02d}.png")
+    clean = load_image_folder(root / "data" / "train").labels
+    rng = np.random.default_rng(0)
+    noisy = np.where(rng.random(len(clean)) < 0.25, (clean + 1) % 3, clean)
+    np.save(root / "noisy.npy", noisy)
+    generate_anchor_set(create_generator("glyph", size=16), ["0", "1", "7"], 10, root / "anchors")
+    return clean, noisy
+
+
+def test_bench_on_your_own_folder_streams_and_measures(tmp_path, monkeypatch):
+    """--dataset DIR with --labels: the correction rows on pretrained evidence, measured against
+    the folder's own (clean) labels, a linear probe on the clean test split; files streamed."""
+    from synref.features import base, cache
+
+    clean, noisy = _user_folder(tmp_path)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the user's images must be streamed, not materialized")
+
+    monkeypatch.setattr(cache, "materialize", forbidden)
+    monkeypatch.setattr(base, "materialize", forbidden)
+    rows = run_bench(dataset=str(tmp_path / "data"), protocol="pretrained", out=tmp_path / "out",
+                     methods="given,refine-paper", labels=str(tmp_path / "noisy.npy"), anchors=str(tmp_path / "anchors"),
+                     protocol_overrides=lambda p: setattr(p, "encoder_size", 32))
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"given", "refine-paper"} and all(r["dataset"] == "data" and r["noise"] == "given"
+                                                        for r in rows)
+    assert by["given"]["label_acc"] == pytest.approx(float(np.mean(noisy == clean)))
+    assert by["given"]["noise_rate"] == pytest.approx(float(np.mean(noisy != clean)))
+    assert by["given"]["flagged"] == 0 and by["refine-paper"]["flagged"] > 0
+    for r in rows:
+        assert 0.0 <= r["test_acc"] <= 1.0        # the clean test split (24 images) was probed
+    features = sorted(p.name for p in (tmp_path / "out" / "work").rglob("*.npy"))
+    assert any("-test-32x32-c3__" in f for f in features) and any("-train-32x32-c3__" in f for f in features)
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "Label correction" in text and "given labels" in text
+    saved = _read_csv(tmp_path / "out" / "results.csv")
+    assert {r["method"] for r in saved} == {"given", "refine-paper"}
+
+
+def test_bench_on_your_own_data_errors(tmp_path, capsys):
+    _user_folder(tmp_path)
+    data, anchors = tmp_path / "data", tmp_path / "anchors"
+    code, _, err = run(["bench", "--dataset", data, "--anchors", anchors, "--out", tmp_path / "o"], capsys)
+    assert_one_line_error(code, err, "needs clean labels")
+    code, _, err = run(["bench", "--dataset", data, "--anchors", anchors, "--labels", tmp_path / "noisy.npy",
+                        "--methods", "standard", "--out", tmp_path / "o"], capsys)
+    assert_one_line_error(code, err, "--methods standard")
+    code, _, err = run(["bench", "--dataset", data, "--labels", tmp_path / "noisy.npy", "--out", tmp_path / "o"],
+                       capsys)
+    assert_one_line_error(code, err, "--anchors")
+    code, _, err = run(["bench", "--dataset", tmp_path / "nowhere", "--out", tmp_path / "o"], capsys)
+    assert_one_line_error(code, err, "nowhere")
+    code, _, err = run(["bench", "--dataset", data, "--protocol", "cpu", "--out", tmp_path / "o"], capsys)
+    assert_one_line_error(code, err, "--protocol pretrained")
+    assert not (tmp_path / "o").exists()

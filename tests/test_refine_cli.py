@@ -98,22 +98,6 @@ def _copy_folder(src, dst):
     return dst
 
 
-def test_corrupt_image_stops_or_is_skipped(folder, tmp_path, capsys):
-    root = _copy_folder(folder[0], tmp_path / "data")
-    bad = root / "1" / "zz_truncated.png"
-    good = (root / "1" / sorted(p.name for p in (root / "1").iterdir())[0]).read_bytes()
-    bad.write_bytes(good[: len(good) // 2])
-    out = tmp_path / "out"
-    code, io = _refine(["refine", "--data", root, "--out", out] + FAST, capsys)
-    assert code == 2 and "zz_truncated.png" in io.err and len(io.err.strip().splitlines()) == 1
-    assert not out.exists()
-    code, io = _refine(["refine", "--data", root, "--out", out, "--skip-bad"] + FAST, capsys)
-    assert code == 0, io.err
-    summary = json.loads((out / "summary.json").read_text())
-    assert [s["file"].split("/")[-1] for s in summary["skipped"]] == ["zz_truncated.png"]
-    assert summary["num_samples"] == 90
-
-
 def test_odd_image_modes_are_converted(folder, tmp_path, capsys):
     root = _copy_folder(folder[0], tmp_path / "data")
     base = np.asarray(Image.open(next((root / "0").iterdir())))
@@ -184,3 +168,173 @@ def test_config_json_reruns_the_folder_byte_for_byte(folder, tmp_path, capsys):
     # --config replaces the other options
     code, io = _refine(["refine", "--config", out / "config.json", "--out", tmp_path / "x", "--alpha", "0.2"], capsys)
     assert code == 2 and "--alpha" in io.err and not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- the default: pretrained evidence
+# Neither --train nor --classifier: the frozen EfficientNet-Lite0 (at 32 px here, for speed) and
+# cross-fitted linear heads; chunks of 16 rows so resume and work sharing have several chunks.
+DEFAULT = ["--generate", "--generator", "glyph", "--per-class", "20", "--image-size", "32", "--chunk-size", "16",
+           "--quiet", "--seed", "0"]
+
+
+def _accuracy(rows, truth, column):
+    return float(np.mean([truth[r["path"].split("/")[-1]] == r[column] for r in rows]))
+
+
+@pytest.fixture(scope="module")
+def default_run(folder, tmp_path_factory):
+    """One default run; every decoded file is counted and nothing may materialize the images."""
+    from synref.apps import refine_run
+    from synref.data import stream
+    from synref.features import base, cache
+
+    root, _ = folder
+    out = tmp_path_factory.mktemp("default") / "out"
+    decoded = []
+    real = stream.decode_file
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the default route must not decode the whole image set")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stream, "decode_file", lambda path, size, channels: decoded.append((path, size, channels))
+                   or real(path, size, channels))
+        for module, name in ((refine_run, "decode_images"), (cache, "materialize"), (base, "materialize")):
+            mp.setattr(module, name, forbidden)
+        code = main([str(a) for a in ["refine", "--data", root, "--out", out] + DEFAULT])
+    assert code == 0
+    return out, decoded
+
+
+def test_default_needs_no_training_and_streams(folder, default_run):
+    from synref.features import DEFAULT_ENCODER
+
+    root, truth = folder
+    out, decoded = default_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["evidence"]["mode"] == "pretrained" and summary["features"] == DEFAULT_ENCODER
+    assert summary["evidence"]["feature_shape"] == [90, 1280] and summary["num_samples"] == 90
+    assert "linear heads" in summary["classifier"] and summary["image_size"] == [32, 32]
+    # every data file and every anchor decoded exactly once, straight at the encoder's input size
+    data_files = sorted(str(p) for p in root.rglob("*.png"))
+    anchor_files = sorted(str(p) for p in (out / "anchors").rglob("*.png"))
+    assert sorted(p for p, _, _ in decoded) == sorted(data_files + anchor_files)
+    assert {(size, channels) for _, size, channels in decoded} == {((32, 32), 3)}
+    # no image array is kept: the only per-sample arrays on disk are the features and the scores
+    assert not (out / "cache" / "images.npy").exists() and not (out / "cache" / "anchors.npz").exists()
+    shapes = {p.name: np.load(p, mmap_mode="r").shape for p in out.rglob("*.npy")}
+    assert all(len(shape) == 2 for shape in shapes.values()), shapes
+    assert (out / summary["evidence"]["feature_file"]).is_file()
+    rows = list(csv.DictReader(open(out / "refined_labels.csv")))
+    assert len(rows) == 90 and summary["num_changed"] == sum(r["changed"] == "yes" for r in rows)
+    # measured on this folder: 0.811 -> 0.856
+    assert _accuracy(rows, truth, "suggested_class") > _accuracy(rows, truth, "given_class")
+    html = (out / "report.html").read_text()
+    assert html.count('<article class="card"') == summary["num_changed"] > 0
+
+
+def test_config_rerun_resumes_after_a_kill_byte_for_byte(default_run, tmp_path, capsys, monkeypatch):
+    """--config OUT/config.json into a new folder, killed after two feature chunks, then re-run:
+    only the missing chunks are computed and refined_labels.csv equals the first run's."""
+    from synref.features import cache
+
+    out, _ = default_run
+    again = tmp_path / "again"
+    real = cache._chunk_features
+    calls = []
+
+    def dying(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "_chunk_features", dying)
+    code, io = _refine(["refine", "--config", out / "config.json", "--out", again, "--quiet"], capsys)
+    assert code == 130 and not (again / "summary.json").exists()
+    assert len(list(again.rglob("chunk-*.npy"))) == 2
+    monkeypatch.setattr(cache, "_chunk_features", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    code, io = _refine(["refine", "--config", out / "config.json", "--out", again, "--quiet"], capsys)
+    assert code == 0, io.err
+    # 90 rows in chunks of 16: 6 chunks, 2 done before the kill; then the 4 anchor chunks (60 anchors)
+    assert calls[:2] == [0, 16] and calls[2:6] == [32, 48, 64, 80] and calls[6:] == [0, 16, 32, 48]
+    assert (again / "refined_labels.csv").read_bytes() == (out / "refined_labels.csv").read_bytes()
+    assert json.loads((again / "config.json").read_text()) == json.loads((out / "config.json").read_text())
+
+
+def test_default_corrupt_image_stops_or_is_skipped(folder, tmp_path, capsys):
+    root = _copy_folder(folder[0], tmp_path / "data")
+    bad = root / "1" / "zz_truncated.png"
+    good = (root / "1" / sorted(p.name for p in (root / "1").iterdir())[0]).read_bytes()
+    bad.write_bytes(good[: len(good) // 2])
+    out = tmp_path / "out"
+    code, io = _refine(["refine", "--data", root, "--out", out] + DEFAULT, capsys)
+    assert code == 2 and "zz_truncated.png" in io.err and len(io.err.strip().splitlines()) == 1
+    assert not (out / "summary.json").exists()
+    code, io = _refine(["refine", "--data", root, "--out", out, "--skip-bad"] + DEFAULT, capsys)
+    assert code == 0, io.err
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["file"].split("/")[-1] for s in summary["skipped"]] == ["zz_truncated.png"]
+    assert summary["num_samples"] == 90 and summary["evidence"]["feature_shape"] == [91, 1280]
+    rows = list(csv.DictReader(open(out / "refined_labels.csv")))
+    assert len(rows) == 90 and not any(r["path"].endswith("zz_truncated.png") for r in rows)
+    assert [int(r["index"]) for r in rows] == list(range(90))
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--features", "classifier"], "--features classifier needs --classifier CKPT or --train"),
+    (["--encoder", "ssl"], "--features ssl trains a SimCLR encoder"),
+    (["--workers", "-1"], "--workers must be at least 0"),
+    (["--chunk-size", "0"], "--chunk-size must be at least 1"),
+])
+def test_default_bad_options(folder, tmp_path, capsys, extra, needle):
+    out = tmp_path / "out"
+    code, io = _refine(["refine", "--data", folder[0], "--out", out, "--generate"] + extra, capsys)
+    assert code == 2 and needle in io.err and len(io.err.strip().splitlines()) == 1, io.err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes_equal_one(folder, tmp_path):
+    """``accelerate launch --num_processes 2 -m synref refine`` on the CPU (gloo): the feature chunks
+    are split between the two processes (chunk k by rank k % 2), process 0 refines, and the results
+    equal one process's byte for byte."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from synref.anchors import create_generator
+    from synref.anchors.generate import generate_anchor_set
+
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if launcher is None:
+        pytest.skip("accelerate launcher not installed")
+    root, _ = folder
+    generate_anchor_set(create_generator("glyph", size=16), CLASSES, 10, tmp_path / "anchors")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", SYNREF_NO_PROGRESS="1", ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1",
+               HF_HOME=str(tmp_path / "hf"), CUDA_VISIBLE_DEVICES="")
+    args = ["refine", "--data", str(root), "--anchors", str(tmp_path / "anchors"), "--image-size", "32",
+            "--chunk-size", "16", "--quiet"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two, one = tmp_path / "two", tmp_path / "one"
+    proc = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+                           "-m", "synref", *args, "--out", str(two)],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("labels changed") == 1 and "on 2 processes" in proc.stdout, proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "synref", *args, "--out", str(one)], capture_output=True, text=True,
+                          env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (two / "refined_labels.csv").read_bytes() == (one / "refined_labels.csv").read_bytes()
+    s2, s1 = (json.loads((d / "summary.json").read_text()) for d in (two, one))
+    assert s2["evidence"]["processes"] == 2 and s1["evidence"]["processes"] == 1
+    f2, f1 = (np.load(d / s["evidence"]["feature_file"]) for d, s in ((two, s2), (one, s1)))
+    np.testing.assert_array_equal(f2, f1)
+    side = json.loads((two / s2["evidence"]["feature_file"]).with_suffix(".json").read_text())
+    assert [(c["chunk"], c["rank"]) for c in side["chunks"]] == [(k, k % 2) for k in range(6)]

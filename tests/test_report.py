@@ -26,8 +26,16 @@ EXPECTED_ORDER = [7, 20, 3, 11, 33]
 
 
 def make_results(out: Path, *, n: int = 40, changes=CHANGES, scores: bool = True) -> dict:
+    """A results folder as synref refine writes it: the CSV's paths are real PNG files (what the
+    report opens), the summary names an anchor set on disk (6 glyph anchors per class)."""
+    from PIL import Image
+
+    from synref.anchors import create_generator, generate_anchor_set
+
     rng = np.random.default_rng(0)
-    (out / "cache").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    data = out.parent / "data"
+    data.mkdir(exist_ok=True)
     images = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
     given = rng.integers(0, 3, n)
     for index, g, _s, _b, _gs in changes:
@@ -41,19 +49,19 @@ def make_results(out: Path, *, n: int = 40, changes=CHANGES, scores: bool = True
         if i in by_index:
             _, g, s, b, gs = by_index[i]
             suggested[i], best[i], gscore[i] = s, b, gs
-        rows.append([i, f"img-{i}", f"data/{CLASSES[given[i]]}/{i}.png", given[i], CLASSES[given[i]],
+        path = data / f"{i}.png"
+        Image.fromarray(images[i]).save(path)
+        rows.append([i, f"img-{i}", str(path), given[i], CLASSES[given[i]],
                      suggested[i], CLASSES[suggested[i]], f"{best[i]:.4f}", f"{gscore[i]:.4f}",
                      f"{gscore[i] / best[i]:.4f}", "yes" if i in by_index else "no"])
     with open(out / "refined_labels.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
         writer.writerows(rows)
-    np.save(out / "cache" / "images.npy", images)
-    anchor_labels = np.repeat(np.arange(3), 6).astype(np.int64)
-    anchor_images = np.zeros((18, 16, 16, 3), dtype=np.uint8)
-    for k, c in enumerate(anchor_labels):
-        anchor_images[k, ..., c] = 200  # class c anchors are pure red / green / blue
-    np.savez(out / "cache" / "anchors.npz", images=anchor_images, labels=anchor_labels)
+    anchor_dir = out.parent / "anchors"
+    if not anchor_dir.exists():
+        generate_anchor_set(create_generator("glyph", size=16, texts={"cat": "C", "dog <b>": "D", "a&b": "A"}),
+                            CLASSES, 6, anchor_dir)
     if scores:
         np.save(out / "scores.npy", rng.random((n, 3)).astype(np.float32))
     transitions = np.zeros((3, 3), int)
@@ -62,14 +70,15 @@ def make_results(out: Path, *, n: int = 40, changes=CHANGES, scores: bool = True
     summary = {
         "data": "folder:data/<pets> & co", "labels_file": "noisy.csv", "num_samples": n,
         "num_classes": 3, "class_names": CLASSES, "image_size": [16, 16], "channels": 3,
-        "anchors": "anchors/", "num_anchors": 18, "features": "clip", "classifier": "linear",
+        "anchors": {"dir": str(anchor_dir)}, "num_anchors": 18, "features": "clip", "classifier": "linear",
         "alpha": 0.5, "threshold": 0.615, "temperature": None, "num_changed": len(changes),
         "counts_before": np.bincount(given, minlength=3).tolist(),
         "counts_after": np.bincount(suggested, minlength=3).tolist(),
         "transitions": transitions.tolist(), "skipped": [], "seconds": 12.5, "synref_version": "9.9.9",
     }
     (out / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
-    return {"given": given, "suggested": suggested, "images": images, "summary": summary}
+    return {"given": given, "suggested": suggested, "images": images, "summary": summary,
+            "anchors": anchor_dir, "data": data}
 
 
 def cards(text):
@@ -190,8 +199,6 @@ def test_atomic_when_rendering_fails(results, monkeypatch):
 @pytest.mark.parametrize("remove, needle", [
     ("summary.json", "has no summary.json: run synref refine first"),
     ("refined_labels.csv", "has no refined_labels.csv"),
-    ("cache/images.npy", "images.npy"),
-    ("cache/anchors.npz", "anchors.npz"),
 ])
 def test_missing_pieces_name_the_file(results, remove, needle):
     out, _ = results
@@ -199,6 +206,56 @@ def test_missing_pieces_name_the_file(results, remove, needle):
     with pytest.raises(InputError, match=re.escape(needle)):
         write_report(out)
     assert not (out / "report.html").exists()
+
+
+def test_report_opens_only_the_images_it_shows(results, monkeypatch):
+    """No image array in the results folder: the gallery's samples are opened from their paths,
+    and only those (plus a few anchors of each class shown)."""
+    out, info = results
+    assert not (out / "cache").exists()
+    opened = []
+    real = report._open_image
+    monkeypatch.setattr(report, "_open_image", lambda path, channels: opened.append(path) or real(path, channels))
+    text = write_report(out, max_gallery=2, anchors_per_side=3).read_text(encoding="utf-8")
+    samples = [p for p in opened if Path(p).parent == info["data"]]
+    assert sorted(samples) == sorted(str(info["data"] / f"{i}.png") for i in EXPECTED_ORDER[:2])
+    anchors = [p for p in opened if str(info["anchors"]) in p]
+    shown_classes = {c for i in EXPECTED_ORDER[:2] for c in (info["given"][i], info["suggested"][i])}
+    assert len(anchors) == 3 * len(shown_classes) and len(opened) == 2 + len(anchors)
+    # the card shows the file's pixels
+    assert report.image_data_uri(info["images"][7], report.IMAGE_PX) in text
+
+
+def test_missing_image_and_anchor_folder_do_not_stop_the_report(results):
+    import shutil
+
+    out, info = results
+    (info["data"] / "7.png").unlink()
+    shutil.rmtree(info["anchors"])
+    text = write_report(out).read_text(encoding="utf-8")
+    assert len(cards(text)) == 5 and text.count("image could not be opened") == 1
+    assert "anchors of given class" not in text
+
+
+def test_corrupt_anchor_set_names_it(results):
+    out, info = results
+    (info["anchors"] / "anchorset.json").write_text("garbage")
+    with pytest.raises(InputError, match="anchor set"):
+        write_report(out)
+
+
+def test_array_datasets_are_reloaded_and_indexed(tmp_path):
+    """digits (no files): the report loads the dataset named in the summary and shows its images."""
+    from synref.data import load_digits_dataset
+
+    digits = load_digits_dataset()
+    summary = {"class_names": [str(i) for i in range(10)], "threshold": 0.5, "data": "digits", "channels": 1}
+    rows = [{"index": i, "path": "", "given_label": int(digits.labels[i]), "suggested_label": int(digits.labels[i]),
+             "best_score": 0.5, "given_score": 0.5, "changed": "no"} for i in range(len(digits))]
+    rows[1234].update(given_label=(int(digits.labels[1234]) + 1) % 10, best_score=0.9, given_score=0.1,
+                      changed="yes")
+    text = render_report(summary, rows, report.sample_images(summary, rows), None, None)
+    assert report.image_data_uri(digits.images[1234], report.IMAGE_PX) in text
 
 
 def test_scores_are_optional(results):
@@ -211,8 +268,6 @@ def test_scores_are_optional(results):
 @pytest.mark.parametrize("target, content, needle", [
     ("summary.json", "{not json", "summary.json"),
     ("summary.json", "[1, 2]", "summary.json"),
-    ("cache/images.npy", "garbage", "images.npy"),
-    ("cache/anchors.npz", "garbage", "anchors.npz"),
     ("scores.npy", "garbage", "scores.npy"),
 ])
 def test_corrupt_pieces_name_the_file(results, target, content, needle):

@@ -14,7 +14,7 @@ from .errors import InputError, SynrefError
 from .experiments.demo import PRESETS
 from .experiments.protocol import PROTOCOLS
 from .experiments.recipes import DATASETS
-from .features import DEFAULT_CLIP_MODEL, FEATURE_EXTRACTORS
+from .features import DEFAULT_CLIP_MODEL, DEFAULT_ENCODER, FEATURE_EXTRACTORS
 from .models import MODELS
 from .noise import PMD_NOISE_TYPES
 from .progress import progress_setting
@@ -375,9 +375,14 @@ def _run_report(args: argparse.Namespace) -> int:
 
 def _add_refine(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("refine", help="find and correct wrong labels in your own labelled images",
-                       description="Score every image against synthetic class anchors and a classifier's "
-                                   "out-of-sample softmax; write refined_labels.csv, summary.json and report.html. "
-                                   "--config OUT/config.json re-runs a results folder into a new --out.")
+                       description="Score every image against synthetic class anchors and an out-of-sample "
+                                   "softmax; write refined_labels.csv, summary.json and report.html. By default "
+                                   f"the evidence is pretrained: a frozen {DEFAULT_ENCODER} encoder (offline) "
+                                   "and cross-fitted linear heads on its features, with image files decoded "
+                                   "from disk a batch at a time (no network is trained; resumable; under "
+                                   "`accelerate launch` the feature extraction is split between the processes). "
+                                   "--train / --classifier use CNNs instead. --config OUT/config.json re-runs a "
+                                   "results folder into a new --out.")
     p.add_argument("--config", type=Path, default=None, help="re-run the config.json of a results folder "
                                                               "(then give only --out and --quiet)")
     p.add_argument("--data", default=None, help="image folder (one sub-folder per class), CSV manifest "
@@ -394,16 +399,19 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", action="append", default=None, help="with --generator diffusers: prompt template(s)")
     p.add_argument("--per-class", type=int, default=100, help="anchors per class to generate (default 100)")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--classifier", type=Path, help="classifier checkpoint (synref.models.save_classifier)")
+    source.add_argument("--classifier", type=Path, help="classifier checkpoint (synref.models.save_classifier) "
+                                                        "instead of pretrained evidence")
     source.add_argument("--train", action="store_true",
-                        help="train k-fold cross-fitted classifiers for out-of-sample pred_probs (as cleanlab advises)")
+                        help="train k-fold cross-fitted CNNs for out-of-sample pred_probs instead of pretrained "
+                             "evidence (images decoded into memory)")
     p.add_argument("--arch", default="small_cnn", choices=MODELS.names(), help="network for --train (default small_cnn)")
     p.add_argument("--epochs", type=int, default=30, help="epochs per fold model (default 30)")
     p.add_argument("--folds", type=int, default=4, help="k of the cross-fitting (default 4)")
-    p.add_argument("--rounds", type=int, default=1, help="refinement rounds with --train (default 1; 3 in the demo)")
-    p.add_argument("--features", default="classifier", choices=FEATURE_EXTRACTORS.choices(),
-                   help="classifier, clip, ssl (simclr) or efficientnet-lite0 (ImageNet-pretrained, offline) "
-                        "(default classifier)")
+    p.add_argument("--rounds", type=int, default=1, help="refinement rounds (default 1; 3 in the demo)")
+    p.add_argument("--encoder", "--features", dest="features", default=None, choices=FEATURE_EXTRACTORS.choices(),
+                   help=f"feature space: a frozen pretrained encoder ({DEFAULT_ENCODER}, the default: ImageNet, "
+                        "offline; clip with --clip-model; any registered one), or with --train / --classifier: "
+                        "classifier (their default) or ssl (simclr)")
     p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="CLIP model id or local folder")
     p.add_argument("--refiner", default=DEFAULT_REFINER, choices=REFINERS.choices(),
                    help=f"the refinement rule (default {DEFAULT_REFINER}: the estimated posterior of the true class "
@@ -415,8 +423,16 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=_unit_float("--threshold"), default=0.6, help="score-rule refiners: relabel threshold (default 0.6)")
     p.add_argument("--no-calibrate", action="store_true", help="use raw cosine similarity (the paper) instead of "
                                                                "anchor-calibrated probabilities")
-    p.add_argument("--image-size", type=int, default=None, help="working resolution (square); default: the data's")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="working resolution (square); pretrained evidence: the encoder input side, image files decoded "
+                        "straight to it (default 160); --train / --classifier: decoding size (default: the data's)")
     p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them in summary.json")
+    p.add_argument("--batch-size", type=int, default=64, help="pretrained evidence: images per encoder pass (default 64)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="pretrained evidence: decoding threads, ahead of the encoder (default 2)")
+    p.add_argument("--chunk-size", type=int, default=4096,
+                   help="pretrained evidence: rows per feature-cache chunk, the unit of resume and of work sharing "
+                        "between processes (default 4096)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="results folder (re-run the same command to resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -450,9 +466,11 @@ def _run_refine(args: argparse.Namespace) -> int:
             train=args.train, model=args.arch, epochs=args.epochs, folds=args.folds, rounds=args.rounds,
             features=args.features, clip_model=args.clip_model, refiner=args.refiner, alpha=args.alpha,
             threshold=args.threshold, target_precision=args.target_precision, calibrate=not args.no_calibrate, image_size=args.image_size,
-            skip_bad=args.skip_bad, seed=args.seed)
+            skip_bad=args.skip_bad, seed=args.seed, batch_size=args.batch_size, workers=args.workers,
+            chunk_size=args.chunk_size)
     summary = run_refine(config, out=args.out)
-    print(format_refine_summary(summary, args.out))
+    if summary is not None:  # process 0 of a multi-process launch (or the only one)
+        print(format_refine_summary(summary, args.out))
     return 0
 
 
@@ -515,9 +533,24 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                                                               "(then give only --out and --quiet)")
     p.add_argument("--protocol", choices=PROTOCOLS.names(), default=None,
                    help="paper: the paper's CIFAR settings (GPU); cpu: 10,000-image subset, small CNN, short "
-                        "schedules; digits: the built-in data (default: digits for --dataset digits, else cpu)")
-    p.add_argument("--dataset", choices=DATASETS, default="digits")
+                        "schedules; digits: the built-in data; pretrained: your own data (default: digits for "
+                        "--dataset digits, pretrained for a folder / CSV, else cpu)")
+    p.add_argument("--dataset", default="digits",
+                   help=f"{', '.join(DATASETS)}, or your own data: an image folder (one sub-folder per class; "
+                        "train/ test/ split folders) or a CSV manifest (path,label[,split]); your own data runs the "
+                        "correction methods (given, cleanlab, refine-<refiner>) on pretrained evidence "
+                        "(--protocol pretrained) and needs --anchors and clean labels")
     p.add_argument("--data", default=None, help="CIFAR: folder with the official python layout")
+    p.add_argument("--labels", default=None,
+                   help="your own data: the given (noisy) labels, a file (.npy or one per line) in the order of "
+                        "--dataset's training split; the dataset's own labels are then the clean ones")
+    p.add_argument("--clean-labels", default=None,
+                   help="your own data: clean labels (a file, same order) to measure against; the dataset's own "
+                        "labels are then the given ones (unless --labels)")
+    p.add_argument("--split", default="train", help="your own data: the split refined (default train)")
+    p.add_argument("--test-split", default="test",
+                   help="your own data: clean test split (CSV split column value or split folder; default test, "
+                        "used when present): each method's labels train a linear probe measured there")
     p.add_argument("--methods", default=None,
                    help="comma-separated rows (default: standard,ours,plc,plc+ours and lra-<encoder>[+ours] for "
                         "the protocol's encoders: simclr and efficientnet-lite0; clip in the paper protocol)")
@@ -545,14 +578,18 @@ def _run_bench(args: argparse.Namespace) -> int:
     if args.config is not None:
         run_bench(_saved_config(args, BenchConfig), out=args.out)
     else:
-        protocol = args.protocol or ("digits" if args.dataset == "digits" else "cpu")
+        from .experiments.recipes import is_user_dataset
+
+        protocol = args.protocol or ("digits" if args.dataset == "digits" else
+                                     "pretrained" if is_user_dataset(args.dataset) else "cpu")
         try:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         except ValueError:
             raise InputError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
         run_bench(dataset=args.dataset, protocol=protocol, out=args.out, data=args.data, methods=args.methods,
                   noise=args.noise, seeds=seeds, noise_files=args.noise_file, anchors=args.anchors,
-                  device=args.device, clip_model=args.clip_model)
+                  device=args.device, clip_model=args.clip_model, split=args.split, labels=args.labels,
+                  clean_labels=args.clean_labels, test_split=args.test_split or None)
     print((args.out / "results.md").read_text())
     print(f"results: {args.out / 'results.csv'}, {args.out / 'results.md'}")
     return 0

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -14,16 +14,18 @@ from .store import load_anchor_set
 __all__ = ["load_matched_anchors"]
 
 
-def load_matched_anchors(anchor_dir: Path, class_names: List[str], *, size: Tuple[int, int],
-                         channels: int) -> Tuple[LabeledImages, List[str]]:
+def load_matched_anchors(anchor_dir: Path, class_names: List[str], *, size: Optional[Tuple[int, int]] = None,
+                         channels: Optional[int] = None, decode: bool = True) -> Tuple[LabeledImages, List[str]]:
     """The anchor set in ``anchor_dir`` (from ``synref generate``) relabelled to ``class_names``'
-    indices (matched by name), resized to ``size`` with ``channels``. Returns the anchors and the
-    anchor classes that are not dataset classes (ignored). A dataset class without anchors raises
-    InputError naming it and the folder."""
+    indices (matched by name), resized to ``size`` with ``channels`` (uint8 ``(M, H, W, C)``);
+    ``decode=False`` gives a path-backed set instead (the PNG files, nothing decoded; ``size`` /
+    ``channels`` unused), for streaming. Returns the anchors and the anchor classes that are not
+    dataset classes (ignored). A dataset class without anchors raises InputError naming it and
+    the folder."""
     anchor_dir = Path(anchor_dir)
     if not anchor_dir.is_dir():
         raise InputError(f"--anchors {anchor_dir}: not a folder (make one with synref generate)")
-    anchors = load_anchor_set(anchor_dir)
+    anchors = load_anchor_set(anchor_dir, decode=decode)
     index = {name: i for i, name in enumerate(class_names)}
     missing = [name for name in class_names if name not in set(anchors.class_names)]
     if missing:
@@ -34,6 +36,11 @@ def load_matched_anchors(anchor_dir: Path, class_names: List[str], *, size: Tupl
     extra = [name for name in anchors.class_names if name not in index]
     keep = np.array([anchors.class_names[label] in index for label in anchors.labels], dtype=bool)
     remapped = np.array([index[anchors.class_names[label]] for label in anchors.labels[keep]], dtype=np.int64)
-    anchors = LabeledImages(anchors.images[keep], remapped, list(class_names),
-                            ids=[anchors.ids[i] for i in np.flatnonzero(keep)])
+    rows = np.flatnonzero(keep)
+    if not decode:
+        return LabeledImages(None, remapped, list(class_names), paths=[anchors.paths[i] for i in rows],
+                             ids=[anchors.ids[i] for i in rows]), extra
+    if size is None or channels is None:
+        raise InputError("load_matched_anchors: decoded anchors need size and channels")
+    anchors = LabeledImages(anchors.images[keep], remapped, list(class_names), ids=[anchors.ids[i] for i in rows])
     return match_format(anchors, size=tuple(size), channels=int(channels)), extra

@@ -1,25 +1,34 @@
 """``synref refine`` as one library call: a user's labelled images in, suggested labels out.
 
-    summary = run_refine(RefineRunConfig(data="photos/", anchors="anchors/", train=True), out="out/")
+    summary = run_refine(RefineRunConfig(data="photos/", anchors="anchors/"), out="out/")
 
-Steps: load the data (image folder, CSV manifest or CIFAR layout; optional label-file override;
-bad images stop the run or, with ``skip_bad``, are listed in the summary) -> anchors (an anchor
-set from ``synref generate``, or generated into ``OUT/anchors``) matched by class name ->
-evidence (a saved classifier's softmax, or k-fold cross-fitted classifiers trained here; features
-from the classifier or a fixed space: CLIP, a self-supervised encoder, EfficientNet-Lite0) ->
-:func:`synref.refiners.refine` with the chosen refiner -> results (``refined_labels.csv``,
-``scores.npy``, ``summary.json``, ``config.json``, ``report.html``; see DEVELOPERS.md).
+Steps: load the data (image folder, CSV manifest, CIFAR layout or digits; optional label-file
+override) -> anchors (an anchor set from ``synref generate``, or generated into ``OUT/anchors``)
+matched by class name -> evidence -> :func:`synref.refiners.refine` with the chosen refiner ->
+results (``refined_labels.csv``, ``scores.npy``, ``summary.json``, ``config.json``,
+``report.html``; see DEVELOPERS.md).
 
-Everything expensive is cached under ``OUT/cache`` (features per extractor, cross-fitted
-evidence per configuration), and every file is written atomically, so a killed run re-run with
-the same ``--out`` picks up where it stopped. ``OUT/config.json`` re-runs the folder:
+Evidence, three ways (:attr:`RefineRunConfig.evidence_mode`):
+
+- ``pretrained`` (the default: neither ``classifier`` nor ``train``): features of a frozen
+  label-free encoder (``features``, default :data:`~synref.features.DEFAULT_ENCODER`) and the
+  out-of-sample softmax of cross-fitted linear heads on them. Image files are **streamed**:
+  decoded a batch at a time (in ``workers`` threads, ahead of the encoder) at the encoder's input
+  size straight into the encoder, never all in memory; the features ``(N, D)`` float32 are the only
+  per-sample array, written in chunks to ``OUT/cache`` (a killed run resumes at the first missing
+  chunk) and memory-mapped from there. Under ``accelerate launch`` the chunks are split between
+  the processes (:func:`~synref.features.compute_features`) and process 0 refines.
+- ``train``: k-fold cross-fitted CNNs trained here (images decoded into memory).
+- ``classifier``: a saved classifier's softmax (images decoded into memory).
+
+Unreadable images stop the run with one line naming the file, or, with ``skip_bad``, are left
+out and listed in the summary. ``OUT/config.json`` re-runs the folder:
 ``run_refine(RefineRunConfig.load("OUT/config.json"), out="OUT2")`` writes the same
 ``refined_labels.csv``.
 """
 from __future__ import annotations
 
 import csv
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -33,9 +42,12 @@ from ..anchors import create_generator, generate_anchor_set, load_matched_anchor
 from ..anchors.store import read_meta
 from ..config import ConfigMixin
 from ..data import LabeledImages, decode_images, load_dataset, load_labels_file
+from ..distributed import distributed_context, release_distributed
 from ..errors import InputError
-from ..evidence import CrossFitEvidenceConfig, Evidence, classifier_evidence, crossfit_evidence
-from ..features import DEFAULT_CLIP_MODEL, FEATURE_EXTRACTORS, ExtractorContext, cached_features, extractor_from_context
+from ..evidence import (CrossFitEvidenceConfig, Evidence, check_anchor_classes, classifier_evidence,
+                        crossfit_evidence, linear_head_evidence)
+from ..features import (DEFAULT_CLIP_MODEL, DEFAULT_ENCODER, FEATURE_EXTRACTORS, ExtractorContext, cached_features,
+                        compute_features, extractor_from_context)
 from ..hashing import digest
 from ..io import atomic_open, check_not_inside, check_output_dir, remove_stale_temp_files, write_json, write_npy
 from ..models import create_model, load_classifier, read_checkpoint
@@ -45,13 +57,16 @@ from ..train import TrainConfig, activation_bytes, checkpoint_folder, clear_chec
 from ..validation import check_memory
 from .report import write_report
 
-__all__ = ["RefineRunConfig", "run_refine", "format_refine_summary", "load_images", "load_anchors",
-           "build_evidence"]
+__all__ = ["RefineRunConfig", "run_refine", "format_refine_summary", "decode_dataset", "load_data",
+           "load_anchors", "build_evidence", "pretrained_features", "PRETRAINED_SIZE", "EVIDENCE_MODES"]
 
-#: the working size of pretrained CNN spaces (EfficientNet-Lite0) in ``synref refine``.
+#: the input side of pretrained CNN spaces (EfficientNet) in ``synref refine``; image files are
+#: decoded straight to it (one resize).
 PRETRAINED_SIZE = 160
 #: the smallest working image side (``--image-size`` and the data's own size).
 MIN_IMAGE_SIZE = 4
+#: where the evidence comes from (see the module docstring).
+EVIDENCE_MODES = ("pretrained", "train", "classifier")
 
 
 @dataclass
@@ -65,17 +80,25 @@ class RefineRunConfig(ConfigMixin):
         anchors: an anchor-set folder from ``synref generate``; or ``generator`` (+ options,
             ``per_class``) to generate one into ``OUT/anchors``.
         classifier: a checkpoint saved with ``synref.models.save_classifier``; or ``train`` to
-            train k-fold cross-fitted classifiers (``model``, ``epochs``, ``folds``; ``rounds``
-            of the refiner).
-        features: a :data:`~synref.features.FEATURE_EXTRACTORS` name: "classifier" (penultimate
-            layer), "clip" (``clip_model``), "ssl" or "efficientnet-lite0" (ImageNet-pretrained,
-            offline; 160 px).
+            train k-fold cross-fitted classifiers (``model``, ``epochs``); neither: pretrained
+            evidence (a frozen encoder + ``folds`` cross-fitted linear heads).
+        folds, rounds: the cross-fitting's k; the refiner's rounds (not with ``classifier``).
+        features: a :data:`~synref.features.FEATURE_EXTRACTORS` name; None = the mode's default:
+            :data:`~synref.features.DEFAULT_ENCODER` (pretrained evidence) or "classifier" (each
+            fold network's own space with ``train``; the saved classifier's with ``classifier``).
+            Pretrained evidence takes a label-free encoder (``efficientnet-lite0``, ``clip`` with
+            ``clip_model``, ...); ``ssl`` goes with ``train``.
         refiner: a :data:`~synref.refiners.REFINERS` name (default ``posterior``); its options,
             when it has them: alpha, threshold (the score rule), calibrate (similarity as
-            anchor-calibrated probabilities), rounds (with ``train``), target_precision (the
-            estimated precision the posterior refiner's changes must keep).
-        image_size: working resolution (square); None keeps the data's (most common) size.
+            anchor-calibrated probabilities), target_precision (the estimated precision the
+            posterior refiner's changes must keep).
+        image_size: working resolution (square). Pretrained evidence: the encoder's input side
+            (default :data:`PRETRAINED_SIZE`), image files decoded straight to it. With ``train`` /
+            ``classifier``: the size images are decoded at (None keeps the data's).
         skip_bad: leave unreadable images out (listed in the summary) instead of stopping.
+        batch_size, workers, chunk_size: pretrained evidence: images per encoder forward pass,
+            decoding threads, rows per feature-cache chunk (the unit of resume and of work sharing
+            between processes).
     """
 
     config_name = "refine config"
@@ -93,7 +116,7 @@ class RefineRunConfig(ConfigMixin):
     epochs: int = 30
     folds: int = 4
     rounds: int = 1
-    features: str = "classifier"
+    features: Optional[str] = None
     clip_model: str = DEFAULT_CLIP_MODEL
     refiner: str = DEFAULT_REFINER
     alpha: float = 0.5
@@ -103,22 +126,36 @@ class RefineRunConfig(ConfigMixin):
     image_size: Optional[int] = None
     skip_bad: bool = False
     seed: int = 0
+    batch_size: int = 64
+    workers: int = 2
+    chunk_size: int = 4096
 
     def __post_init__(self) -> None:
         if not str(self.data).strip():
             raise InputError("--data is required (an image folder, a CSV manifest, a CIFAR folder or 'digits')")
         if (self.anchors is None) == (self.generator is None):
             raise InputError("give exactly one of --anchors DIR or --generate (with --generator)")
-        if (self.classifier is None) == (not self.train):
-            raise InputError("give exactly one of --classifier CKPT or --train")
-        if self.features not in FEATURE_EXTRACTORS:
+        if self.classifier is not None and self.train:
+            raise InputError("give at most one of --classifier CKPT or --train (neither: pretrained evidence)")
+        if self.features is not None and self.features not in FEATURE_EXTRACTORS:
             raise InputError(f"unknown --features {self.features!r}; choose one of: "
                              f"{', '.join(FEATURE_EXTRACTORS.choices())}")
+        if self.evidence_mode == "pretrained":
+            if self.space == "classifier":
+                raise InputError("--features classifier needs --classifier CKPT or --train; without them the "
+                                 f"evidence comes from a frozen pretrained encoder (default {DEFAULT_ENCODER})")
+            if self.space == "ssl":
+                raise InputError("--features ssl trains a SimCLR encoder on the images in memory: use it with "
+                                 "--train (the default evidence uses a frozen pretrained encoder)")
+            if not getattr(FEATURE_EXTRACTORS.get(self.space), "label_free", False):
+                raise InputError(f"--features {self.features} sees labels; pretrained evidence needs a "
+                                 "label-free encoder")
         for name in ("alpha", "threshold"):
             value = float(getattr(self, name))
             if not 0.0 <= value <= 1.0:
                 raise InputError(f"--{name} must be in [0, 1], got {value}")
-        for name, minimum in (("folds", 2), ("rounds", 1), ("per_class", 1), ("epochs", 1)):
+        for name, minimum in (("folds", 2), ("rounds", 1), ("per_class", 1), ("epochs", 1), ("batch_size", 1),
+                              ("workers", 0), ("chunk_size", 1)):
             if int(getattr(self, name)) < minimum:
                 raise InputError(f"--{name.replace('_', '-')} must be at least {minimum}, got {getattr(self, name)}")
         if self.image_size is not None and int(self.image_size) < MIN_IMAGE_SIZE:
@@ -127,15 +164,23 @@ class RefineRunConfig(ConfigMixin):
             raise InputError(f"unknown --refiner {self.refiner!r}; choose one of: {', '.join(REFINERS.choices())}")
         self.refiner_for_run()  # the refiner options go through the refiner's own config class
 
+    @property
+    def evidence_mode(self) -> str:
+        """``classifier`` (a saved one), ``train`` (cross-fitted CNNs) or ``pretrained`` (a frozen
+        encoder + cross-fitted linear heads: the default)."""
+        if self.classifier is not None:
+            return "classifier"
+        return "train" if self.train else "pretrained"
+
     def refiner_for_run(self) -> Refiner:
-        """The refiner with this run's options (``rounds`` only with ``train``: a saved
+        """The refiner with this run's options (``rounds`` not with ``classifier``: a saved
         classifier cannot be refit)."""
         accepted = refiner_option_names(self.refiner)
         if self.target_precision is not None and "target_precision" not in accepted:
             raise InputError(f"--target-precision applies to the posterior refiner, not --refiner {self.refiner}")
         options = {"alpha": self.alpha, "threshold": self.threshold, "calibrate": self.calibrate,
-                   "rounds": self.rounds if self.train else 1, "seed": self.seed, "keep_scores": True,
-                   "target_precision": self.target_precision}
+                   "rounds": 1 if self.evidence_mode == "classifier" else self.rounds, "seed": self.seed,
+                   "keep_scores": True, "target_precision": self.target_precision}
         return create_refiner(self.refiner, **{k: v for k, v in options.items() if k in accepted})
 
     def evidence_config(self) -> CrossFitEvidenceConfig:
@@ -148,19 +193,29 @@ class RefineRunConfig(ConfigMixin):
 
     @property
     def space(self) -> str:
-        """The canonical feature extractor name of ``features``."""
-        return FEATURE_EXTRACTORS.canonical(self.features)
+        """The canonical feature extractor name of ``features`` (or of the mode's default)."""
+        name = self.features
+        if name is None:
+            name = DEFAULT_ENCODER if self.evidence_mode == "pretrained" else "classifier"
+        return FEATURE_EXTRACTORS.canonical(name)
 
 
 # ----------------------------------------------------------------------------- steps
-def load_images(config: RefineRunConfig) -> Tuple[LabeledImages, List[Dict[str, str]]]:
-    """The dataset as uint8 (N, H, W, C) at the working size, and the skipped files."""
+def load_data(config: RefineRunConfig) -> LabeledImages:
+    """The dataset as loaded (image files stay paths: nothing is decoded) with the label-file
+    override applied."""
     dataset = load_dataset(config.data, split=config.split)
     if len(dataset) == 0:
         raise InputError(f"dataset {config.data} is empty")
     if config.labels is not None:
         labels = load_labels_file(config.labels, num_samples=len(dataset), num_classes=dataset.num_classes)
         dataset = dataset.with_labels(labels)
+    return dataset
+
+
+def decode_dataset(config: RefineRunConfig, dataset: LabeledImages) -> Tuple[LabeledImages, List[Dict[str, str]]]:
+    """``train`` / ``classifier`` runs: the dataset as uint8 (N, H, W, C) at the working size, and
+    the skipped files."""
     size = None if config.image_size is None else (int(config.image_size), int(config.image_size))
     check = _working_size_check(config, dataset.num_classes)
     return decode_images(dataset, size=size, skip_bad=config.skip_bad, check=check)
@@ -201,28 +256,38 @@ def _working_size_check(config: RefineRunConfig, num_classes: int) -> Callable[[
     return check
 
 
-def load_anchors(config: RefineRunConfig, dataset: LabeledImages, out: Path) -> Tuple[LabeledImages, Dict[str, Any]]:
-    """Anchors relabelled to the dataset's class indices (matched by name) and brought to its
-    image size and channels. Returns them and a description for the summary."""
+def anchor_dir(config: RefineRunConfig, class_names: List[str], out: Path, *, process_index: int = 0,
+               num_processes: int = 1, barrier: Optional[Callable[[], Any]] = None) -> Tuple[Path, Dict[str, Any]]:
+    """The anchor-set folder (generated into ``out/anchors`` first when asked, split between
+    the processes) and its description for the summary."""
     if config.generator is not None:
-        anchor_dir = out / "anchors"
+        directory = out / "anchors"
         generator = create_generator(config.generator, **config.generator_options)
-        generate_anchor_set(generator, dataset.class_names, config.per_class, anchor_dir, seed=config.seed)
-        source: Dict[str, Any] = {"generated": config.generator, "dir": str(anchor_dir), **config.generator_options}
-    else:
-        anchor_dir = Path(config.anchors)  # type: ignore[arg-type]
-        source = {"dir": str(anchor_dir)}
+        generate_anchor_set(generator, class_names, config.per_class, directory, seed=config.seed,
+                            process_index=process_index, num_processes=num_processes, barrier=barrier)
+        return directory, {"generated": config.generator, "dir": str(directory.resolve()),
+                           **config.generator_options}
+    directory = Path(config.anchors)  # type: ignore[arg-type]
+    return directory, {"dir": str(directory.resolve())}
+
+
+def load_anchors(directory: Path, dataset: LabeledImages, *, decode: bool) -> Tuple[LabeledImages, List[str]]:
+    """Anchors relabelled to the dataset's class indices (matched by name): path-backed
+    (``decode=False``: streamed into the encoder like the data), or uint8 ``(M, H, W, C)`` at the
+    dataset's size and channels (``dataset`` must hold arrays). Also returns the anchor classes
+    that are not dataset classes."""
+    if not decode:
+        return load_matched_anchors(directory, dataset.class_names, decode=False)
     assert dataset.images is not None
-    anchors, extra = load_matched_anchors(anchor_dir, dataset.class_names, size=dataset.images.shape[1:3],
-                                          channels=dataset.images.shape[-1])
-    source.update(num_anchors=len(anchors), ignored_anchor_classes=extra)
-    return anchors, source
+    return load_matched_anchors(directory, dataset.class_names, size=dataset.images.shape[1:3],
+                                channels=dataset.images.shape[-1])
 
 
 def fixed_space(config: RefineRunConfig, dataset: LabeledImages, anchors: LabeledImages, cache: Path,
                 model: Any = None) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """(features (N, D), anchor features (M, D)) in one fixed space, cached; None when the
-    features come from each cross-fitted fold model (``classifier`` without a saved one)."""
+    """``train`` / ``classifier`` runs: (features (N, D), anchor features (M, D)) in one fixed
+    space, cached; None when the features come from each cross-fitted fold model
+    (``classifier`` without a saved one)."""
     if config.space == "classifier" and model is None:
         return None
     context = ExtractorContext(images=dataset.images, extra_images=anchors.images, ssl_config={"seed": config.seed},
@@ -233,9 +298,42 @@ def fixed_space(config: RefineRunConfig, dataset: LabeledImages, anchors: Labele
     return features, anchor_features
 
 
+def pretrained_features(config: RefineRunConfig, dataset: LabeledImages, anchors: LabeledImages, cache: Path, *,
+                        process_index: int = 0, num_processes: int = 1,
+                        barrier: Optional[Callable[[], Any]] = None, device: Optional[str] = None
+                        ) -> Dict[str, Any]:
+    """Pretrained evidence's features: ``{"features": (N, D) float32 memory-mapped from the
+    cache, "anchor_features": (M, D), "skipped": [{index, file, reason}], "resumed": bool,
+    "seconds", "image_size": [H, W] | None, "file": the cache file}``.
+
+    The encoder's input side is ``image_size`` (default :data:`PRETRAINED_SIZE`). Path-backed
+    sets (image folder, CSV manifest, anchor sets) are streamed, decoded straight to that size
+    with 3 channels; arrays go to the encoder as they are (it resizes them). Call it in every process of a multi-process launch (the cache's chunks
+    are split between them); every process gets the same memory-mapped arrays."""
+    side = int(config.image_size) if config.image_size is not None else PRETRAINED_SIZE
+    context = ExtractorContext(size=side, clip_model=config.clip_model, device=device)
+    extractor = extractor_from_context(config.space, context)
+    options = dict(cache_dir=cache, process_index=process_index, num_processes=num_processes, barrier=barrier,
+                   batch_size=config.batch_size, chunk_size=config.chunk_size, num_workers=config.workers)
+
+    def geometry(images: LabeledImages) -> Dict[str, Any]:
+        return {"size": (side, side), "channels": 3} if images.is_path_backed else {}
+
+    started = time.time()
+    data = compute_features(extractor, dataset, skip_bad=config.skip_bad, **geometry(dataset), **options)
+    seconds = time.time() - started
+    anchor_set = compute_features(extractor, anchors, **geometry(anchors), **options)
+    path = Path(getattr(data.features, "filename", "") or "")
+    resumed = path.is_file() and path.stat().st_mtime < started
+    return {"features": data.features, "anchor_features": anchor_set.features, "skipped": data.skipped,
+            "resumed": bool(resumed), "seconds": round(seconds, 3), "file": str(path),
+            "image_size": [side, side] if dataset.is_path_backed else None, "extractor": extractor.name}
+
+
 def build_evidence(config: RefineRunConfig, dataset: LabeledImages, anchors: LabeledImages, cache: Path
                    ) -> Tuple[Evidence, Dict[str, Any]]:
-    """The run's evidence (a saved classifier's, or cross-fitted) and a description of it."""
+    """``train`` / ``classifier`` runs: the evidence (a saved classifier's, or cross-fitted) and
+    a description of it."""
     num_classes = dataset.num_classes
     if config.classifier is not None:
         model = load_classifier(config.classifier)
@@ -259,6 +357,8 @@ def build_evidence(config: RefineRunConfig, dataset: LabeledImages, anchors: Lab
 
 def _score(config: RefineRunConfig, dataset: LabeledImages, anchors: LabeledImages,
            cache: Path) -> Tuple[RefinementResult, Dict[str, Any]]:
+    """``train`` / ``classifier`` runs: the refinement (cross-fitted runs cached per
+    configuration and data)."""
     refiner = config.refiner_for_run()
     if config.classifier is not None:
         evidence, info = build_evidence(config, dataset, anchors, cache)
@@ -292,47 +392,141 @@ def _score(config: RefineRunConfig, dataset: LabeledImages, anchors: LabeledImag
 
 # ----------------------------------------------------------------------------- outputs
 def _write_csv(path: Path, dataset: LabeledImages, result: RefinementResult) -> None:
+    """``refined_labels.csv``, one row per sample, written row by row into a temporary file that
+    is renamed at the end (never the whole table in memory)."""
     names = dataset.class_names
     quality = result.label_quality
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["index", "id", "path", "given_label", "given_class", "suggested_label", "suggested_class",
-                     "best_score", "given_score", "label_quality", "changed"])
-    paths = dataset.paths or [""] * len(dataset)
-    for i in range(len(dataset)):
-        given, suggested = int(result.labels[i]), int(result.refined_labels[i])
-        writer.writerow([i, dataset.ids[i], paths[i], given, names[given], suggested, names[suggested],
-                         f"{result.best_score[i]:.6f}", f"{result.given_score[i]:.6f}", f"{quality[i]:.6f}",
-                         "yes" if given != suggested else "no"])
+    paths = dataset.paths
+    ids = dataset.ids or []
     with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
-        handle.write(buffer.getvalue())
+        writer = csv.writer(handle)
+        writer.writerow(["index", "id", "path", "given_label", "given_class", "suggested_label", "suggested_class",
+                         "best_score", "given_score", "label_quality", "changed"])
+        for i in range(len(dataset)):
+            given, suggested = int(result.labels[i]), int(result.refined_labels[i])
+            writer.writerow([i, ids[i], paths[i] if paths else "", given, names[given], suggested, names[suggested],
+                             f"{result.best_score[i]:.6f}", f"{result.given_score[i]:.6f}", f"{quality[i]:.6f}",
+                             "yes" if given != suggested else "no"])
 
 
-def run_refine(config: RefineRunConfig, *, out: Path) -> Dict[str, Any]:
-    """Run ``synref refine``; write the results folder ``out``; return the summary dict."""
+def _skip_rows(dataset: LabeledImages, features: np.ndarray, skipped: List[Dict[str, Any]]
+               ) -> Tuple[LabeledImages, np.ndarray, List[Dict[str, str]]]:
+    """Leave the unreadable files (all-zero feature rows of ``skip_bad``) out of the dataset and
+    the features (a copy of the kept rows only when something was skipped)."""
+    if not skipped:
+        return dataset, features, []
+    bad = {int(s["index"]) for s in skipped}
+    keep = np.array([i for i in range(len(dataset)) if i not in bad], dtype=np.int64)
+    if keep.size == 0:
+        raise InputError(f"none of the {len(dataset)} images could be read (first: {skipped[0]['reason']})")
+    listed = [{"file": str(s["file"]), "reason": str(s["reason"])} for s in sorted(skipped, key=lambda s: s["index"])]
+    return dataset.subset(keep), np.asarray(features[keep]), listed
+
+
+def _run_pretrained(config: RefineRunConfig, dataset: LabeledImages, out: Path, cache: Path, *, rank: int,
+                    world: int, barrier: Optional[Callable[[], Any]], device: Optional[str]
+                    ) -> Optional[Tuple[LabeledImages, RefinementResult, Dict[str, Any]]]:
+    """Pretrained evidence: streamed features (every process) -> process 0 refines. Returns
+    None in the other processes."""
+    directory, anchor_info = anchor_dir(config, dataset.class_names, out, process_index=rank, num_processes=world,
+                                        barrier=barrier)
+    anchors, extra = load_anchors(directory, dataset, decode=not dataset.is_path_backed)
+    check_anchor_classes(anchors.labels, dataset.num_classes, dataset.class_names)
+    space = pretrained_features(config, dataset, anchors, cache, process_index=rank, num_processes=world,
+                                barrier=barrier, device=device)
+    if rank != 0:
+        return None
+    dataset, features, skipped = _skip_rows(dataset, space["features"], space["skipped"])
+    t0 = time.time()
+    evidence = linear_head_evidence(features, dataset.labels, space["anchor_features"], anchors.labels,
+                                    num_classes=dataset.num_classes, folds=config.folds, seed=config.seed,
+                                    class_names=dataset.class_names,
+                                    description={"features": space["extractor"]})
+    evidence_seconds = time.time() - t0
+    t0 = time.time()
+    result = refine(evidence, config.refiner_for_run())
+    info = {"classifier": f"{config.folds}-fold cross-fitted linear heads on {space['extractor']} features",
+            "anchors": {**anchor_info, "num_anchors": len(anchors), "ignored_anchor_classes": extra},
+            "num_anchors": len(anchors), "skipped": skipped, "resumed": space["resumed"],
+            "image_size": space["image_size"], "channels": 3 if dataset.is_path_backed else None,
+            "temperatures": result.info.get("temperatures", []), "rounds": result.info.get("rounds", []),
+            "evidence": {"mode": "pretrained", "encoder": space["extractor"],
+                         "feature_file": str(Path(space["file"]).relative_to(out.resolve()))
+                         if Path(space["file"]).is_relative_to(out.resolve()) else space["file"],
+                         "feature_shape": list(space["features"].shape), "processes": world},
+            "timings": {"features": space["seconds"], "heads": round(evidence_seconds, 3),
+                        "refine": round(time.time() - t0, 3)}}
+    return dataset, result, info
+
+
+def _run_in_memory(config: RefineRunConfig, dataset: LabeledImages, out: Path, cache: Path
+                   ) -> Tuple[LabeledImages, RefinementResult, Dict[str, Any]]:
+    """``train`` / ``classifier`` evidence: the images decoded into memory (one process)."""
+    dataset, skipped = decode_dataset(config, dataset)
+    directory, anchor_info = anchor_dir(config, dataset.class_names, out)
+    anchors, extra = load_anchors(directory, dataset, decode=True)
+    t0 = time.time()
+    with checkpoint_folder(cache / "checkpoints"):  # a killed training resumes at its last epoch
+        result, info = _score(config, dataset, anchors, cache)
+    clear_checkpoints(cache / "checkpoints")
+    assert dataset.images is not None
+    info.update(anchors={**anchor_info, "num_anchors": len(anchors), "ignored_anchor_classes": extra},
+                num_anchors=len(anchors), skipped=skipped, image_size=list(dataset.images.shape[1:3]),
+                channels=int(dataset.images.shape[-1]),
+                evidence={"mode": config.evidence_mode, "features": config.space},
+                timings={"evidence_and_refine": round(time.time() - t0, 3)})
+    return dataset, result, info
+
+
+def run_refine(config: RefineRunConfig, *, out: Path) -> Optional[Dict[str, Any]]:
+    """Run ``synref refine``; write the results folder ``out``; return the summary dict.
+
+    Under ``accelerate launch`` (or torchrun) with pretrained evidence every process extracts
+    its share of the feature chunks and process 0 refines and writes the results; the other
+    processes return None."""
     out = Path(out)
     check_output_dir(out)
     check_not_inside(out, config.data)
     remove_stale_temp_files(out)
     started = time.time()
-    dataset, skipped = load_images(config)
-    anchors, anchor_info = load_anchors(config, dataset, out)
-    cache = out / "cache"
-    with checkpoint_folder(cache / "checkpoints"):  # a killed training resumes at its last epoch
-        result, info = _score(config, dataset, anchors, cache)
-    clear_checkpoints(cache / "checkpoints")
+    rank, world, device, barrier, state = distributed_context(None)
+    try:
+        if world > 1 and config.evidence_mode != "pretrained":
+            raise InputError(f"--{'train' if config.train else 'classifier'} runs in one process; a multi-process "
+                             "launch splits the pretrained encoder's features (leave out --train / --classifier)")
+        dataset = load_data(config)
+        cache = out / "cache"
+        if config.evidence_mode == "pretrained":
+            done = _run_pretrained(config, dataset, out, cache, rank=rank, world=world, barrier=barrier,
+                                   device=device)
+            if done is None:
+                return None
+            dataset, result, info = done
+        else:
+            dataset, result, info = _run_in_memory(config, dataset, out, cache)
+        summary = _write_results(config, dataset, result, info, out, started)
+    finally:
+        release_distributed(state)
+    return summary
 
+
+def _write_results(config: RefineRunConfig, dataset: LabeledImages, result: RefinementResult,
+                   info: Dict[str, Any], out: Path, started: float) -> Dict[str, Any]:
     num_classes = dataset.num_classes
     changed = result.changed
     transitions = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(transitions, (result.labels[changed], result.refined_labels[changed]), 1)
     temperatures = info.get("temperatures") or []
+    image_size = info.get("image_size")
+    channels = info.get("channels")
+    if image_size is None and dataset.images is not None:
+        image_size, channels = list(dataset.images.shape[1:3]), int(dataset.images.shape[-1])
     summary: Dict[str, Any] = {
         "data": str(config.data), "split": config.split, "labels_file": config.labels,
         "num_samples": len(dataset), "num_classes": num_classes, "class_names": dataset.class_names,
-        "image_size": list(dataset.images.shape[1:3]), "channels": int(dataset.images.shape[-1]),  # type: ignore
-        "anchors": anchor_info, "num_anchors": len(anchors), "features": config.features,
-        "classifier": info.get("classifier"), "refiner": config.refiner,
+        "image_size": image_size, "channels": channels, "path_backed": dataset.is_path_backed,
+        "anchors": info["anchors"], "num_anchors": info["num_anchors"], "features": config.space,
+        "evidence": info.get("evidence"), "classifier": info.get("classifier"), "refiner": config.refiner,
         "refiner_options": config.refiner_for_run().options.to_dict(),
         # the score rule's alpha / threshold (the posterior refiner: no alpha; threshold = the
         # lowest posterior among the changes)
@@ -341,25 +535,26 @@ def run_refine(config: RefineRunConfig, *, out: Path) -> Dict[str, Any]:
         "num_changed": int(changed.sum()),
         "counts_before": np.bincount(result.labels, minlength=num_classes).tolist(),
         "counts_after": np.bincount(result.refined_labels, minlength=num_classes).tolist(),
-        "transitions": transitions.tolist(), "skipped": skipped, "rounds": info.get("rounds", []),
-        "resumed": bool(info.get("resumed", False)),
-        "seconds": round(time.time() - started, 2), "synref_version": __version__,
+        "transitions": transitions.tolist(), "skipped": info.get("skipped", []), "rounds": info.get("rounds", []),
+        "resumed": bool(info.get("resumed", False)), "timings": info.get("timings", {}),
+        "synref_version": __version__,
     }
-    write_npy(cache / "images.npy", dataset.images)
-    with atomic_open(cache / "anchors.npz", "wb") as handle:
-        np.savez(handle, images=anchors.images, labels=anchors.labels)
     write_npy(out / "scores.npy", result.scores)
     _write_csv(out / "refined_labels.csv", dataset, result)
     config.save(out / "config.json")
+    summary["seconds"] = round(time.time() - started, 2)
     write_json(out / "summary.json", summary)
     write_report(out)
     return summary
 
 
 def format_refine_summary(summary: Dict[str, Any], out: Path) -> str:
+    evidence = summary.get("evidence") or {}
+    where = f" on {evidence['processes']} processes" if evidence.get("processes", 1) > 1 else ""
     lines = [f"{summary['num_changed']} of {summary['num_samples']} labels changed "
              f"({100 * summary['num_changed'] / max(summary['num_samples'], 1):.1f} %), "
-             f"features {summary['features']}, alpha {summary['alpha']}, threshold {summary['threshold']}"]
+             f"features {summary['features']}{where}, refiner {summary['refiner']}, "
+             f"threshold {summary['threshold']:.3g}"]
     if summary["skipped"]:
         lines.append(f"skipped {len(summary['skipped'])} files (unreadable images, special files or linked "
                      f"folders; listed in summary.json)")

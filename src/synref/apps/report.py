@@ -1,9 +1,11 @@
 """The HTML report of a results folder (``synref report OUT``).
 
 :func:`write_report` reads what ``synref refine --out OUT`` wrote (``summary.json``,
-``refined_labels.csv``, optional ``scores.npy``, ``cache/images.npy``, ``cache/anchors.npz``;
-formats in DEVELOPERS.md) and writes ``OUT/report.html`` atomically. :func:`render_report` is
-the pure part: data in, one HTML string out.
+``refined_labels.csv``, optional ``scores.npy``; formats in DEVELOPERS.md) and writes
+``OUT/report.html`` atomically. :func:`render_report` is the pure part: data in, one HTML string
+out. Only the images the page shows are opened: the gallery's samples from their files (the CSV's
+``path``; arrays such as digits or CIFAR are reloaded from ``summary["data"]`` and indexed) and a
+few anchors per shown class from the anchor set (``summary["anchors"]["dir"]``).
 
 The page is a single self-contained file -- inline CSS, every image a base64 ``data:`` PNG, no
 script and no external request -- with: the run's settings, the counts per class before and
@@ -21,7 +23,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -31,6 +33,8 @@ from ..io import check_output_file, npy_problem, read_json_object, write_text
 from ..validation import check_count
 
 PathLike = Union[str, os.PathLike]
+#: ``index -> (H, W, C) uint8 image`` or None when it cannot be read (shown as a placeholder).
+ImageOf = Callable[[int], Optional[np.ndarray]]
 
 #: Columns refined_labels.csv must have (the others are optional for the report).
 REQUIRED_COLUMNS = ("index", "given_label", "suggested_label", "best_score", "given_score", "changed")
@@ -75,25 +79,84 @@ def _read_npy(path: Path, out: Path, *, required: bool = True) -> Optional[np.nd
         raise InputError(f"cannot read {path}: {npy_problem(exc)}") from None
 
 
-def _read_anchors(path: Path, out: Path) -> Tuple[np.ndarray, np.ndarray]:
-    if not path.is_file():
-        raise InputError(f"{out} has no cache/anchors.npz: run synref refine first")
+def _open_image(path: str, channels: int) -> Optional[np.ndarray]:
+    """One image file at its own size (None when it cannot be read)."""
+    from ..data.decode import decode_image
+
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "images" not in npz.files or "labels" not in npz.files:
-                raise InputError(f"{path} must hold arrays 'images' and 'labels', has {sorted(npz.files)}")
-            return np.asarray(npz["images"]), np.asarray(npz["labels"])
+        return decode_image(path, None, channels)
     except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"cannot read {path}: {one_line(exc)}") from None
+        return None
+
+
+def sample_images(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> ImageOf:
+    """``index -> image`` of the results' samples, opened one at a time when asked: from the
+    file in the row's ``path``; for a dataset without files (digits, CIFAR arrays) the dataset
+    ``summary["data"]`` is loaded once, at the first call."""
+    channels = 1 if summary.get("channels") == 1 else 3
+    paths = {}
+    for row in rows:
+        try:
+            paths[int(str(row["index"]).strip())] = str(row.get("path") or "")
+        except (KeyError, ValueError):
+            continue
+    arrays: Dict[str, Any] = {}
+
+    def image_of(index: int) -> Optional[np.ndarray]:
+        path = paths.get(index, "")
+        if path:
+            return _open_image(path, channels)
+        if "images" not in arrays:
+            from ..data import load_dataset
+
+            try:
+                arrays["images"] = load_dataset(str(summary.get("data")), split=str(summary.get("split") or
+                                                                                 "train")).images
+            except InputError:
+                arrays["images"] = None
+        images = arrays["images"]
+        return None if images is None or not 0 <= index < len(images) else np.asarray(images[index])
+
+    return image_of
+
+
+def _anchor_folder(summary: Mapping[str, Any], out: Path) -> Optional[Path]:
+    """The anchor set of the run: ``summary["anchors"]["dir"]``, else ``OUT/anchors``."""
+    anchors = summary.get("anchors")
+    candidates = []
+    if isinstance(anchors, Mapping) and anchors.get("dir"):
+        candidates.append(Path(str(anchors["dir"])))
+    elif isinstance(anchors, str) and anchors:
+        candidates.append(Path(anchors))
+    candidates.append(out / "anchors")
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+def anchor_images(summary: Mapping[str, Any], out: Path, class_names: Sequence[str]
+                  ) -> Tuple[Optional[ImageOf], Optional[np.ndarray]]:
+    """``(index -> anchor image, anchor labels (M,))`` of the run's anchor set, relabelled to
+    ``class_names``; nothing is decoded until asked. ``(None, None)`` when the folder is gone."""
+    from ..anchors import load_matched_anchors
+
+    folder = _anchor_folder(summary, out)
+    if folder is None:
+        return None, None
+    try:
+        anchors, _ = load_matched_anchors(folder, list(class_names), decode=False)
+    except InputError as exc:
+        raise InputError(f"anchor set {folder}: {one_line(exc)}") from None
+    paths = list(anchors.paths or [])
+    channels = 1 if summary.get("channels") == 1 else 3
+    return (lambda i: _open_image(paths[i], channels)), anchors.labels
 
 
 def load_results(out_dir: PathLike) -> Dict[str, Any]:
     """Read a results folder: ``{summary, rows, images, anchor_images, anchor_labels, scores}``.
 
-    ``rows`` are the CSV rows as string dicts; ``scores`` is None without ``scores.npy``.
-    Raises InputError naming the missing or unreadable file.
+    ``rows`` are the CSV rows as string dicts; ``images`` / ``anchor_images`` are ``index ->
+    image`` functions (:func:`sample_images`, :func:`anchor_images`; nothing decoded yet);
+    ``scores`` is None without ``scores.npy``. Raises InputError naming the missing or
+    unreadable file.
     """
     out = Path(out_dir)
     if not out.exists():
@@ -102,14 +165,12 @@ def load_results(out_dir: PathLike) -> Dict[str, Any]:
         raise InputError(f"not a results folder (not a directory): {out}")
     summary = _read_summary(out / "summary.json", out)
     rows = _read_rows(out / "refined_labels.csv", out)
-    images = _read_npy(out / "cache" / "images.npy", out)
-    anchor_images, anchor_labels = _read_anchors(out / "cache" / "anchors.npz", out)
     scores = _read_npy(out / "scores.npy", out, required=False)
-    return {"summary": summary, "rows": rows, "images": images, "anchor_images": anchor_images,
-            "anchor_labels": anchor_labels, "scores": scores,
-            "_files": {"images": out / "cache" / "images.npy", "anchors": out / "cache" / "anchors.npz",
-                       "scores": out / "scores.npy", "rows": out / "refined_labels.csv",
-                       "summary": out / "summary.json"}}
+    anchors, labels = anchor_images(summary, out, _class_names(summary, rows))
+    return {"summary": summary, "rows": rows, "images": sample_images(summary, rows), "anchor_images": anchors,
+            "anchor_labels": labels, "scores": scores,
+            "_files": {"scores": out / "scores.npy", "rows": out / "refined_labels.csv",
+                       "summary": out / "summary.json", "anchors": "anchor set"}}
 
 
 def write_report(out_dir: PathLike, *, max_gallery: int = 60, anchors_per_side: int = 4) -> Path:
@@ -180,7 +241,7 @@ def _normalize_rows(rows: Sequence[Mapping[str, Any]], num_classes: int, num_ima
             if not 0 <= label < num_classes:
                 raise InputError(f"{where}: {name} {label} is outside [0, {num_classes})")
         if num_images >= 0 and not 0 <= index < num_images:
-            raise InputError(f"{where}: index {index} is outside the {num_images} cached images")
+            raise InputError(f"{where}: index {index} is outside the {num_images} samples")
         out.append({"index": index, "id": str(row.get("id") or index), "path": str(row.get("path") or ""),
                     "given_label": given, "suggested_label": suggested, "best_score": best,
                     "given_score": given_score, "label_quality": quality,
@@ -610,7 +671,7 @@ def _scores_section(best: np.ndarray, given: np.ndarray, changed: np.ndarray,
 
 
 def _gallery_section(order: List[Dict[str, Any]], num_changed: int, names: Sequence[str],
-                     images: np.ndarray, strips: Dict[int, Tuple[str, int, int]],
+                     image_of: ImageOf, strips: Dict[int, Tuple[str, int, int]],
                      scores: Optional[np.ndarray]) -> str:
     if num_changed == 0:
         return ('<section id="gallery"><h2>Changed samples</h2><p class="note">No labels were changed.'
@@ -618,11 +679,15 @@ def _gallery_section(order: List[Dict[str, Any]], num_changed: int, names: Seque
     cards = []
     for rank, row in enumerate(order, 1):
         g, s = row["given_label"], row["suggested_label"]
-        img = image_data_uri(images[row["index"]], IMAGE_PX)
+        pixels = image_of(row["index"])
+        img = image_data_uri(np.full((IMAGE_PX, IMAGE_PX, 3), 220, np.uint8) if pixels is None
+                             else _as_images(pixels[None], "image")[0], IMAGE_PX)
         meta = [f"id: {_e(row['id'])}"]
         if row["path"] and row["path"] != row["id"]:
             meta.append(f"path: {_e(row['path'])}")
         meta.append(f"index {row['index']}")
+        if pixels is None:
+            meta.append("image could not be opened")
         if math.isfinite(row["label_quality"]):
             meta.append(f"label quality {row['label_quality']:.3f}")
         top_html = ""
@@ -669,8 +734,9 @@ def _gallery_order(typed: Sequence[Dict[str, Any]], limit: int) -> List[Dict[str
     return sorted((r for r in typed if r["changed"]), key=_confidence_key)[:limit]
 
 
-def render_report(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], images: np.ndarray,
-                  anchor_images: Optional[np.ndarray], anchor_labels: Optional[np.ndarray],
+def render_report(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+                  images: Union[np.ndarray, ImageOf],
+                  anchor_images: Union[np.ndarray, ImageOf, None], anchor_labels: Optional[np.ndarray],
                   scores: Optional[np.ndarray] = None, *, max_gallery: int = 60,
                   anchors_per_side: int = 4, _files: Optional[Mapping[str, Path]] = None) -> str:
     """The report as one self-contained HTML string.
@@ -679,8 +745,9 @@ def render_report(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
         summary: the ``summary.json`` dict (class_names, threshold, alpha, ... see DEVELOPERS.md).
         rows: the ``refined_labels.csv`` rows as dicts (strings as read by ``csv.DictReader``, or
             already typed values); ``index`` points into ``images``.
-        images: (N, H, W, C) uint8 images at the working size, C in {1, 3}.
-        anchor_images: (M, H, W, C) uint8 anchors, or None (no anchor strips).
+        images: (N, H, W, C) uint8 images, C in {1, 3}; or ``index -> (H, W, C) image or None``
+            (only the gallery's are asked for; None is drawn as a placeholder).
+        anchor_images: (M, H, W, C) uint8 anchors, ``index -> image``, or None (no anchor strips).
         anchor_labels: (M,) int class of each anchor.
         scores: optional (N, C) score matrix (adds each card's top-3 classes).
         max_gallery: the most changed samples shown (most confident first).
@@ -696,12 +763,17 @@ def render_report(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
     src = lambda key, default: str(files.get(key, default))  # noqa: E731
     if not isinstance(summary, Mapping):
         raise InputError(f"{src('summary', 'summary')} must be a JSON object")
-    images = _as_images(images, src("images", "images"))
+    if callable(images):
+        image_of: ImageOf = images
+        num_images = len(rows)  # one CSV row per sample, indexed 0..N-1
+    else:
+        array = _as_images(images, src("images", "images"))
+        image_of, num_images = (lambda i: array[i]), len(array)
     names = _class_names(summary, rows)
     c = len(names)
     if c < 1:
         raise InputError(f"{src('summary', 'summary')} names no classes")
-    typed = _normalize_rows(rows, c, len(images), src("rows", "refined_labels.csv"))
+    typed = _normalize_rows(rows, c, num_images, src("rows", "refined_labels.csv"))
     n = len(typed)
 
     scores_arr: Optional[np.ndarray] = None
@@ -710,15 +782,19 @@ def render_report(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
         if (scores_arr.ndim != 2 or scores_arr.shape[1] != c
                 or any(r["index"] >= scores_arr.shape[0] for r in typed)):
             raise InputError(f"{src('scores', 'scores')} has shape {scores_arr.shape}, expected "
-                             f"({len(images)}, {c})")
+                             f"({max(num_images, len(typed))}, {c})")
 
     strips: Dict[int, Tuple[str, int, int]] = {}
     if anchor_images is not None and anchor_labels is not None and anchors_per_side:
-        a_imgs = _as_images(anchor_images, src("anchors", "anchor images"))
         a_lab = np.asarray(anchor_labels).reshape(-1)
-        if len(a_lab) != len(a_imgs):
-            raise InputError(f"{src('anchors', 'anchors')}: {len(a_imgs)} anchor images but "
-                             f"{len(a_lab)} labels")
+        if callable(anchor_images):
+            anchor_of: ImageOf = anchor_images
+        else:
+            a_imgs = _as_images(anchor_images, src("anchors", "anchor images"))
+            if len(a_lab) != len(a_imgs):
+                raise InputError(f"{src('anchors', 'anchors')}: {len(a_imgs)} anchor images but "
+                                 f"{len(a_lab)} labels")
+            anchor_of = lambda i: a_imgs[i]  # noqa: E731
         try:
             a_lab = a_lab.astype(np.int64)
         except (TypeError, ValueError):
@@ -728,7 +804,9 @@ def render_report(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
             needed.update((r["given_label"], r["suggested_label"]))
         for cls, idx in _pick_anchors(a_lab, c, anchors_per_side).items():
             if cls in needed:
-                strips[cls] = _strip_uri([a_imgs[i] for i in idx], ANCHOR_PX)
+                tiles = [img for img in (anchor_of(int(i)) for i in idx) if img is not None]
+                if tiles:
+                    strips[cls] = _strip_uri(tiles, ANCHOR_PX)
 
     given = np.array([r["given_label"] for r in typed], dtype=np.int64)
     sugg = np.array([r["suggested_label"] for r in typed], dtype=np.int64)
@@ -766,7 +844,7 @@ def render_report(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
         _counts_section(names, before, after, "; ".join(warnings)),
         _transitions_section(names, transitions),
         _scores_section(best, given_scores, changed, threshold),
-        _gallery_section(order, num_changed, names, images, strips, scores_arr),
+        _gallery_section(order, num_changed, names, image_of, strips, scores_arr),
         f"<footer>Generated by synref {_e(__version__)} from the results of synref "
         f"{_e(version)}. Self-contained: no external resources.</footer>",
         "</main></body></html>\n",

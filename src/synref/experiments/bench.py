@@ -6,6 +6,14 @@ Methods (rows): ``standard``, ``ours``, ``plc``, ``plc+ours``, ``lra-<encoder>``
 ``pmd-0.35``, ``pmd-0.7``, ``pmd-0.35+u-0.3``, ``pmd-0.35+u-0.6``, ``pmd-0.35+a-0.3``, or label
 files. Protocols: :mod:`synref.experiments.protocol` (``paper``, ``cpu``, ``digits``).
 
+A user's own data (``dataset`` = an image folder or a CSV manifest): protocol ``pretrained``, the
+correction methods (``given``, ``cleanlab``, ``refine-<refiner>``) on pretrained evidence (the
+frozen encoder's features streamed from the files, cross-fitted linear heads), measured against
+clean labels (``clean_labels``, or the dataset's own when ``labels`` gives the noisy ones); noise
+setting ``given`` = the given labels (uniform / asymmetric noise on the clean labels also works:
+``u-0.3``); a clean test split (CSV ``split`` column or split folders) adds each method's
+linear-probe test accuracy.
+
 Everything is resumable: each finished cell is written at once to ``OUT/cells/<cell>.json`` and
 ``OUT/results.csv`` / ``OUT/results.md`` are rebuilt from the cells; the expensive shared steps
 (noisy labels, the Standard model, refined labels, encoder features) are cached under
@@ -23,9 +31,10 @@ from ..device import default_device
 from ..errors import InputError
 from ..io import check_output_dir
 from ..validation import check_split_seed
-from .methods import parse_methods
+from .methods import create_method, parse_methods
 from .protocol import Protocol, protocol_for
-from .recipes import DATASETS, NOISE_SETTINGS, noise_files as find_noise_files
+from .recipes import (DATASETS, GIVEN, NOISE_SETTINGS, is_user_dataset, noise_files as find_noise_files,
+                      user_dataset_name)
 from .results import read_cells
 from .runner import Experiment, parse_noise_settings
 
@@ -37,11 +46,15 @@ class BenchConfig(ConfigMixin):
     """One ``synref bench`` invocation (saved as ``OUT/config.json``).
 
     Attributes:
-        dataset: cifar10, cifar100 or digits. protocol: the full protocol (recipes included).
+        dataset: cifar10, cifar100, digits, or an image folder / CSV manifest (the user's data).
+        protocol: the full protocol (recipes included).
         data: the CIFAR folder. methods, noise: the grid's rows and columns (normalised).
         noise_files: community label folders / label files. seeds: the seeds.
-        anchors: an anchor set (else glyph anchors or the real-anchor stand-in).
+        anchors: an anchor set (else glyph anchors or the real-anchor stand-in; required for the
+            user's data).
         device, clip_model: where to train; the CLIP model of ``lra-clip``.
+        split, labels, clean_labels, test_split: the user's data: the split refined, its given
+            labels file, its clean labels file, the clean test split (None: none).
     """
 
     config_name = "bench config"
@@ -56,11 +69,15 @@ class BenchConfig(ConfigMixin):
     anchors: Optional[str] = None
     device: Optional[str] = None
     clip_model: Optional[str] = None
+    split: str = "train"
+    labels: Optional[str] = None
+    clean_labels: Optional[str] = None
+    test_split: Optional[str] = "test"
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise InputError(f"unknown --dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
-        if self.dataset != "digits" and not self.data:
+        if is_user_dataset(self.dataset):
+            check_user_dataset(self.dataset)
+        elif self.dataset != "digits" and not self.data:
             raise InputError(f"--dataset {self.dataset} needs --data DIR (the official CIFAR python layout)")
         self.methods = tuple(self.methods)
         self.noise = tuple(self.noise)
@@ -70,14 +87,54 @@ class BenchConfig(ConfigMixin):
             raise InputError("--seeds: no seed given")
 
 
+def check_user_dataset(dataset: str) -> None:
+    """InputError unless ``dataset`` is a built-in name or an existing folder / .csv file."""
+    path = Path(dataset).expanduser()
+    if not (path.is_dir() or (path.is_file() and path.suffix.lower() == ".csv")):
+        raise InputError(f"--dataset {dataset!r}: not one of {', '.join(DATASETS)} nor an image folder or a .csv "
+                         f"manifest")
+
+
+def user_methods(methods: Optional[str]) -> List[str]:
+    """The rows of a user dataset: correction methods only (default: given, cleanlab when installed,
+    and every refiner)."""
+    import importlib.util
+
+    from ..refiners import REFINERS
+
+    if methods is None:
+        default = ["given"] + (["cleanlab"] if importlib.util.find_spec("cleanlab") else [])
+        return default + [f"refine-{r}" for r in REFINERS.names()]
+    chosen = list(dict.fromkeys(m.strip().lower() for m in methods.split(",") if m.strip()))
+    if not chosen:
+        raise InputError("--methods: no method given")
+    for method in chosen:
+        if create_method(method).kind != "correct":
+            raise InputError(f"--methods {method}: on your own data bench runs the correction methods (given, "
+                             f"cleanlab, refine-<refiner>); {method} trains a network on images in memory")
+    return chosen
+
+
 def bench_config(*, dataset: str = "digits", protocol: str = "digits", data: Optional[str] = None,
                  methods: Optional[str] = None, noise: Optional[str] = None, seeds: Sequence[int] = (0,),
                  noise_files: Sequence[str] = (), anchors: Optional[str] = None, device: Optional[str] = None,
                  clip_model: Optional[str] = None,
-                 protocol_overrides: Optional[Callable[[Protocol], None]] = None) -> BenchConfig:
+                 protocol_overrides: Optional[Callable[[Protocol], None]] = None, split: str = "train",
+                 labels: Optional[str] = None, clean_labels: Optional[str] = None,
+                 test_split: Optional[str] = "test") -> BenchConfig:
     """The :class:`BenchConfig` of command-line style arguments: the named protocol (edited by
     ``protocol_overrides``), methods in table order, the noise settings (the paper's five unless
-    only label files are given, then theirs) and the label files found."""
+    only label files are given, then theirs; ``given`` on the user's data) and the label files
+    found."""
+    if is_user_dataset(dataset):
+        check_user_dataset(dataset)
+        proto = protocol_for(protocol, user_dataset_name(dataset), protocol_overrides)
+        settings = parse_noise_settings(noise, (GIVEN,))
+        seeds = [int(s) for s in seeds]
+        return BenchConfig(dataset=dataset, protocol=proto, methods=tuple(user_methods(methods)),
+                           noise=tuple(settings), noise_files=tuple(str(f) for f in noise_files),
+                           seeds=tuple(seeds), anchors=anchors, device=device, clip_model=clip_model, split=split,
+                           labels=labels, clean_labels=clean_labels, test_split=test_split)
     proto = protocol_for(protocol, dataset, protocol_overrides)
     method_list = parse_methods(methods, proto.encoders)
     settings = parse_noise_settings(noise, NOISE_SETTINGS) if (noise is not None or not noise_files) else []
@@ -108,8 +165,15 @@ def run_bench(config: Optional[BenchConfig] = None, *, out: Path, **arguments: A
         raise InputError(f"give a bench config or arguments, not both ({', '.join(sorted(arguments))})")
     files = find_noise_files(config.noise_files, config.dataset, config.noise or NOISE_SETTINGS)
     device = config.device or default_device()
-    experiment = Experiment(config.dataset, config.protocol, out=out, data=config.data, noise_files=files,
-                            anchors=config.anchors, device=device, clip_model=config.clip_model)
-    experiment.run(config.methods, config.noise, config.seeds)
+    name, data, user = config.dataset, config.data, None
+    if is_user_dataset(config.dataset):
+        name, data = user_dataset_name(config.dataset), config.dataset
+        user = {"split": config.split, "labels": config.labels, "clean_labels": config.clean_labels,
+                "test_split": config.test_split}
+    experiment = Experiment(name, config.protocol, out=out, data=data, noise_files=files,
+                            anchors=config.anchors, device=device, clip_model=config.clip_model, user_data=user)
+    # a user's data is loaded (labels, anchors, splits checked) before anything is written
+    experiment.run(config.methods, config.noise, config.seeds,
+                   preflight=(lambda data: None) if user is not None else None)
     config.save(out / "config.json")
-    return [r for r in read_cells(out) if r["dataset"] == config.dataset and r["protocol"] == config.protocol.name]
+    return [r for r in read_cells(out) if r["dataset"] == name and r["protocol"] == config.protocol.name]

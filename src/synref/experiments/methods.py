@@ -211,10 +211,16 @@ def refiner_row_name(refiner: str, alpha: float, threshold: float) -> str:
     return f"synref {refiner}"
 
 
-def _correction_row(runner: Any, run: Any, name: str, row: Dict[str, Any]) -> Dict[str, Any]:
+def _correction_row(runner: Any, run: Any, name: str, row: Dict[str, Any], corrected: np.ndarray) -> Dict[str, Any]:
+    """A correction cell: the metrics of :func:`correction_row`, ``label_acc`` (= accuracy after
+    correction) and, on a user dataset with a clean test split, ``test_acc`` of a linear probe
+    trained on the corrected labels (:meth:`~synref.experiments.runner.Runner.probe_accuracy`)."""
+    probe = getattr(runner, "probe_accuracy", None)
+    test_acc = probe(corrected, run.seed) if probe is not None else None
     return {"dataset": runner.dataset, "protocol": runner.protocol.name, "method": name, "noise": run.noise,
             "seed": run.seed, "noise_rate": run.noise_rate, "anchors": runner.data.anchor_source,
-            **{k: v for k, v in row.items() if k != "method"}, "title": row["method"]}
+            **{k: v for k, v in row.items() if k != "method"}, "title": row["method"],
+            "label_acc": row["label_acc_after_correction"], "test_acc": test_acc}
 
 
 @METHODS.register("given")
@@ -223,7 +229,7 @@ def _given() -> Method:
         noisy = run.noisy()
         row = correction_row("given labels (no correction)", noisy, runner.data.train.labels, noisy,
                              np.zeros(len(noisy), bool), 0.0)
-        return _correction_row(runner, run, "given", row)
+        return _correction_row(runner, run, "given", row, noisy)
 
     return Method("given", "correct", False, run_)
 
@@ -236,7 +242,7 @@ def _cleanlab() -> Method:
         corrected, mask = cleanlab_correction(run.noisy(), evidence.pred_probs)
         row = correction_row("cleanlab find_label_issues + argmax", run.noisy(), runner.data.train.labels,
                              corrected, mask, time.perf_counter() - t0)
-        return _correction_row(runner, run, "cleanlab", row)
+        return _correction_row(runner, run, "cleanlab", row, corrected)
 
     return Method("cleanlab", "correct", False, run_)
 
@@ -287,7 +293,7 @@ def _refine(refiner: str) -> Method:
         result = refine(evidence, refiner, **options)
         row = correction_row(refiner_row_name(refiner, p.alpha, p.threshold), run.noisy(), runner.data.train.labels,
                              result.refined_labels, result.changed, time.perf_counter() - t0)
-        return _correction_row(runner, run, name, row)
+        return _correction_row(runner, run, name, row, result.refined_labels)
 
     return Method(name, "correct", False, run_)
 

@@ -4,7 +4,7 @@ named protocols.
 A :class:`Protocol` fixes everything a run does besides its grid (methods x noise settings x
 seeds): the network and its recipes, the splits, the anchors, how the labels are refined, the
 robust trainers, the encoders. :data:`PROTOCOLS` holds the named ones (``paper``, ``cpu``,
-``digits``); :func:`protocol_for` builds one for a dataset.
+``digits``, ``pretrained``: a user's own data); :func:`protocol_for` builds one for a dataset.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from ..config import ConfigMixin
 from ..errors import InputError
 from ..evidence import FEATURE_SPACES, HEADS, CrossFitEvidenceConfig
-from ..features import FEATURE_EXTRACTORS
+from ..features import DEFAULT_ENCODER, FEATURE_EXTRACTORS
 from ..models import MODELS
 from ..noise import PMD_NOISE_TYPES
 from ..refiners import (DEFAULT_ALPHA, DEFAULT_REFINER, DEFAULT_THRESHOLD, Refiner, create_refiner,
@@ -23,7 +23,7 @@ from ..refiners import (DEFAULT_ALPHA, DEFAULT_REFINER, DEFAULT_THRESHOLD, Refin
 from ..registry import Registry
 from ..train import LRAConfig, PLCConfig, SSLConfig, TrainConfig
 from ..validation import check_unit_interval
-from .recipes import DATASETS, cpu_cifar_schedule, digits_standard, digits_synref_finetune
+from .recipes import DATASETS, cpu_cifar_schedule, digits_standard, digits_synref_finetune, is_user_dataset
 
 __all__ = ["Protocol", "PROTOCOLS", "REFINE_RECIPES", "protocol_for", "protocol_names"]
 
@@ -199,19 +199,33 @@ def digits_protocol() -> Protocol:
         ssl=SSLConfig(), ssl_model="small_cnn", eta_model="small_cnn", eta=None, anchors_per_class=100)
 
 
+@PROTOCOLS.register("pretrained")
+def pretrained_protocol() -> Protocol:
+    """A user's own dataset (``--dataset DIR_OR_CSV``), correction methods only: the frozen
+    :data:`~synref.features.DEFAULT_ENCODER` at 160 px, features streamed from the files, 4-fold
+    cross-fitted linear heads (what ``synref refine`` does by default); no network is trained."""
+    return Protocol(
+        name="pretrained", model="small_cnn", train_size=None, test_size=None, refine="synref",
+        refine_encoder=DEFAULT_ENCODER, refine_head="linear", refine_folds=4, refine_rounds=1,
+        encoders=(), encoder_size=160)
+
+
 def protocol_names() -> Tuple[str, ...]:
     return tuple(PROTOCOLS.names())
 
 
 def protocol_for(name: str, dataset: str,
                  overrides: Optional[Callable[[Protocol], None]] = None) -> Protocol:
-    """The protocol ``name`` (paper, cpu, digits) for ``dataset`` (cifar10, cifar100, digits);
-    ``overrides`` may edit it (tests shrink the schedules)."""
+    """The protocol ``name`` (paper, cpu, digits, pretrained) for ``dataset`` (cifar10, cifar100,
+    digits, or a user dataset's name: ``pretrained`` only); ``overrides`` may edit it (tests shrink
+    the schedules)."""
     if name not in PROTOCOLS:
         raise InputError(f"unknown --protocol {name!r}; choose one of: {', '.join(PROTOCOLS.names())}")
-    if dataset not in DATASETS:
-        raise InputError(f"unknown --dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
-    if (name == "digits") != (dataset == "digits"):
+    if is_user_dataset(dataset) != (name == "pretrained"):
+        if name == "pretrained":
+            raise InputError(f"--protocol pretrained is for your own data (--dataset DIR_OR_CSV), not {dataset}")
+        raise InputError(f"--protocol {name} does not apply to your own data ({dataset}): use --protocol pretrained")
+    if (name == "digits") != (dataset == "digits") and not is_user_dataset(dataset):
         raise InputError(f"--protocol {name} does not apply to --dataset {dataset}: use --protocol digits with "
                          f"--dataset digits, and --protocol paper or cpu with CIFAR")
     protocol = PROTOCOLS.create(name)

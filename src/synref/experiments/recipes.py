@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..anchors import create_generator, load_matched_anchors, match_format
-from ..data import LabeledImages, load_cifar, load_digits_dataset, load_labels_file, split_indices
+from ..data import LabeledImages, load_cifar, load_dataset, load_digits_dataset, load_labels_file, split_indices
+from ..hashing import digest
 from ..errors import InputError
 from ..models import create_model, predict_proba
 from ..noise import NOISE_MODELS, format_noise_spec, parse_noise_spec
@@ -24,11 +25,14 @@ __all__ = [
     "digits_standard", "digits_paper_finetune", "digits_synref_finetune", "cpu_cifar_schedule", "eta_schedule",
     "ExperimentData", "load_experiment_data", "digits_split", "stand_in_anchors", "make_glyph_anchors",
     "inject_noise", "noisy_labels", "noise_files", "COMMUNITY_FILES", "NOISE_SETTINGS", "DATASETS",
+    "GIVEN", "is_user_dataset", "user_dataset_name", "load_user_data",
 ]
 
 #: the paper's noise settings (the columns of its table).
 NOISE_SETTINGS: Tuple[str, ...] = ("pmd-0.35", "pmd-0.7", "pmd-0.35+u-0.3", "pmd-0.35+u-0.6", "pmd-0.35+a-0.3")
 DATASETS: Tuple[str, ...] = ("cifar10", "cifar100", "digits")
+#: the noise setting of a user dataset's own given labels (its label file or its folder / CSV labels).
+GIVEN = "given"
 #: community label files (first 45,000 CIFAR training images) per noise setting.
 COMMUNITY_FILES: Dict[str, str] = {
     "pmd-0.35": "{dataset}-1-0.35.npy", "pmd-0.7": "{dataset}-1-0.70.npy",
@@ -85,6 +89,9 @@ class ExperimentData:
     #: identifies the images of every split (features are cached under it): seed-independent for
     #: CIFAR (fixed splits), per seed for digits (the split depends on the seed).
     key: str = ""
+    #: a user dataset's given (noisy) labels (N,) and where they come from (the ``given`` setting).
+    given: Optional[np.ndarray] = None
+    given_source: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -179,6 +186,76 @@ def load_experiment_data(dataset: str, protocol: Any, *, data: Optional[str] = N
                           key=f"{dataset}-train{n_train}-test{len(test)}")
 
 
+# ------------------------------------------------------------------------------ user datasets
+def is_user_dataset(dataset: str) -> bool:
+    """True when ``dataset`` is not a built-in name (cifar10, cifar100, digits): an image folder or a
+    CSV manifest of the user's."""
+    return str(dataset) not in DATASETS
+
+
+def user_dataset_name(spec: str) -> str:
+    """The table name of a user dataset: its folder or CSV file name."""
+    path = Path(str(spec).rstrip("/\\"))
+    name = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in (path.stem or path.name)) or "data"
+    return name + "-data" if name in DATASETS else name
+
+
+def _split_in_classes(spec: str, split: str, class_names: List[str]) -> Optional[LabeledImages]:
+    """The ``split`` split of ``spec`` (CSV split column or split folder) with labels re-indexed to
+    ``class_names`` (by name); None when the dataset has no such split."""
+    try:
+        part = load_dataset(spec, split=split)
+    except InputError as exc:
+        if "no " in str(exc) and repr(split) in str(exc):
+            return None
+        raise
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = [n for n in part.class_names if n not in index]
+    if unknown:
+        raise InputError(f"{spec}: split {split!r} has class {unknown[0]!r}, not a class of the training split")
+    labels = np.array([index[part.class_names[label]] for label in part.labels], dtype=np.int64)
+    return LabeledImages(None, labels, list(class_names), paths=part.paths, ids=part.ids)
+
+
+def load_user_data(spec: str, *, anchors: Optional[str], split: str = "train", labels: Optional[str] = None,
+                   clean_labels: Optional[str] = None, test_split: Optional[str] = "test") -> ExperimentData:
+    """A user's image folder or CSV manifest as :class:`ExperimentData` (images stay files: the
+    features are streamed from them).
+
+    ``train``: the ``split`` split (CSV ``split`` column or split folders; the whole set when it has
+    none). Its given labels (the ``given`` noise setting): ``labels`` (a label file), else the
+    dataset's own. Its clean labels (what every row is measured against): ``clean_labels`` (a label
+    file), else -- when ``labels`` is given -- the dataset's own. ``test``: the clean
+    ``test_split`` split when the dataset has one (a linear probe on the encoder features measures
+    each method's labels there), else empty. ``anchors``: an anchor set from ``synref generate``,
+    matched by class name (required)."""
+    from ..anchors import load_matched_anchors
+
+    train = load_dataset(spec, split=split)
+    if len(train) == 0:
+        raise InputError(f"dataset {spec} is empty")
+    n = len(train)
+    if labels is None and clean_labels is None:
+        raise InputError(f"bench on {spec} needs clean labels to measure against: give --labels FILE (the given, "
+                         f"noisy labels; the dataset's own are then the clean ones) or --clean-labels FILE")
+    given = train.labels if labels is None else load_labels_file(labels, num_samples=n, num_classes=train.num_classes)
+    clean = train.labels if clean_labels is None else load_labels_file(clean_labels, num_samples=n,
+                                                                       num_classes=train.num_classes)
+    if not anchors:
+        raise InputError(f"bench on {spec} needs --anchors DIR (an anchor set from synref generate)")
+    anchor_set, _ = load_matched_anchors(Path(anchors), train.class_names, decode=False)
+    names = list(train.class_names)
+    empty = LabeledImages(None, np.zeros(0, np.int64), names, paths=[])
+    test = None if test_split is None or test_split == split else _split_in_classes(spec, test_split, names)
+    train = LabeledImages(None, clean, names, paths=train.paths, ids=train.ids)
+    name = user_dataset_name(spec)
+    return ExperimentData(name, names, train, empty, test if test is not None else empty, anchor_set,
+                          f"anchor set {anchors} ({len(anchor_set)} images)",
+                          key=f"{name}-{digest(str(Path(spec).resolve()), split, test_split)[:12]}",
+                          given=np.asarray(given, dtype=np.int64),
+                          given_source=f"file {Path(labels).name}" if labels else "the dataset's labels")
+
+
 # ------------------------------------------------------------------------------ noise
 def inject_noise(images: np.ndarray, labels: np.ndarray, steps: Sequence[Tuple[str, float]], *,
                  num_classes: int, seed: int, pmd_type: int = 1, model: str = "small_cnn",
@@ -233,9 +310,13 @@ def noisy_labels(setting: str, files: Dict[str, Path], data: ExperimentData, pro
     45,000-label CIFAR file, or exactly the training split's for digits) or, without one,
     :func:`inject_noise` with the protocol's eta model."""
     n = len(data.train)
+    if setting == GIVEN:
+        if data.given is None:
+            raise InputError(f"noise setting {GIVEN!r} applies to a user dataset (--dataset DIR_OR_CSV)")
+        return data.given.copy(), {"source": data.given_source}
     if setting in files:
         path = files[setting]
-        total = 45000 if data.dataset != "digits" else n
+        total = 45000 if data.dataset in ("cifar10", "cifar100") else n
         labels = load_labels_file(path, num_samples=None, num_classes=data.num_classes)
         if len(labels) not in (total, n):
             raise InputError(f"{path}: {len(labels)} labels; expected {total} (or the {n} used)")
@@ -243,6 +324,9 @@ def noisy_labels(setting: str, files: Dict[str, Path], data: ExperimentData, pro
         return labels, {"source": f"file {path.name}"}
     if setting.startswith("file:"):
         raise InputError(f"noise setting {setting!r} has no label file")
+    if data.train.images is None and "pmd" in setting:
+        raise InputError(f"noise setting {setting!r}: PMD noise trains a CNN on images in memory; on a user "
+                         f"dataset use {GIVEN!r} or uniform / asymmetric noise on its clean labels (u-0.3, a-0.3)")
     eta = None if protocol.eta is None else dataclasses.replace(protocol.eta, seed=seed)
     labels, info = inject_noise(data.train.images, data.train.labels, parse_noise_spec(setting),
                                 num_classes=data.num_classes, seed=seed, pmd_type=protocol.pmd_type,

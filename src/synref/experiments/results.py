@@ -69,6 +69,8 @@ def write_results(out: Path, rows: Sequence[Dict[str, Any]], notes: Dict[Tuple[s
 def _noise_title(setting: str) -> str:
     if setting.startswith("file:"):
         return setting[5:]
+    if setting == "given":
+        return "given labels"
     names = {"pmd": "PMD", "u": "U", "a": "A"}
     parts = []
     for part in setting.split("+"):
@@ -122,9 +124,12 @@ def format_results_md(rows: Sequence[Dict[str, Any]], note: Dict[str, Any]) -> s
     for key in ("anchors", "data", "refinement", "encoders"):
         if note.get(key):
             lines.append(f"- {key}: {note[key]}")
+    trained = [m for m in methods if any(values(m, n) for n in noises)]
+    if not trained:
+        lines += ["", "No test accuracies: these rows correct labels only (no clean test split to probe them on)."]
     lines += ["", "| Method | " + " | ".join(_noise_title(n) for n in noises) + " |",
-              "|---|" + "---:|" * len(noises)]
-    for method in methods:
+              "|---|" + "---:|" * len(noises)] if trained else []
+    for method in trained:
         cells = []
         for noise in noises:
             v = values(method, noise)
@@ -159,12 +164,31 @@ def format_results_md(rows: Sequence[Dict[str, Any]], note: Dict[str, Any]) -> s
     lines += ["", "Accuracy (%) of the training labels each method starts from (vs the clean labels):", "",
               "| Labels | " + " | ".join(_noise_title(n) for n in noises) + " |", "|---|" + "---:|" * len(noises)]
     for title, method in (("noisy (given)", "standard"), ("refined (ours)", "ours")):
+        if method == "standard" and "standard" not in present and "given" in present:
+            method = "given"
         src = method if method in present else next((m for m in methods if (method_base(m) is None) ==
                                                      (method == "standard")), None)
         if src is None:
             continue
         lines.append(f"| {title} | " + " | ".join(_mean_std(list(values(src, n, "label_acc").values()))
                                                   for n in noises) + " |")
+
+    corrections = [m for m in methods if any(r["method"] == m and r.get("label_acc_after_correction") is not None
+                                             for r in rows)]
+    if corrections:
+        lines += ["", "Label correction: accuracy (%) of the labels after correction vs the clean ones; in brackets "
+                      "the precision / recall of the flagged samples (flagged = label changed or marked wrong):", "",
+                  "| Method | " + " | ".join(_noise_title(n) for n in noises) + " |", "|---|" + "---:|" * len(noises)]
+        for method in corrections:
+            cells = []
+            for noise in noises:
+                acc = values(method, noise, "label_acc_after_correction")
+                prec = values(method, noise, "flagged_precision")
+                rec = values(method, noise, "flagged_recall")
+                cells.append(_mean_std(list(acc.values())) + (
+                    f" ({np.mean(list(prec.values())):.2f} / {np.mean(list(rec.values())):.2f})"
+                    if prec and rec and method != "given" else ""))
+            lines.append(f"| {_method_title(method)} | " + " | ".join(cells) + " |")
 
     lines += ["", "Wall time (s) per cell, mean over seeds (a \"+ Ours\" cell excludes the shared refinement, "
               "listed separately):", "", "| Method | " + " | ".join(_noise_title(n) for n in noises) + " |",

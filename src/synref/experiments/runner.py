@@ -30,7 +30,8 @@ from ..refiners import RefinementResult, refine, refiner_option_names
 from ..train import TrainConfig, checkpoint_folder, clear_checkpoints
 from .methods import create_method
 from .protocol import Protocol
-from .recipes import NOISE_SETTINGS, ExperimentData, load_experiment_data, noise_files as find_noise_files, noisy_labels
+from .recipes import (GIVEN, NOISE_SETTINGS, ExperimentData, load_experiment_data, load_user_data,
+                      noise_files as find_noise_files, noisy_labels)
 from .results import cell_name, read_cells, write_all
 
 __all__ = ["run_experiment", "Experiment", "Runner", "NoiseRun", "SharedSteps", "parse_noise_settings",
@@ -55,7 +56,7 @@ def parse_noise_settings(text: Optional[str], default: Sequence[str] = NOISE_SET
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
-        setting = format_noise_spec(parse_noise_spec(part))
+        setting = GIVEN if part.lower() == GIVEN else format_noise_spec(parse_noise_spec(part))
         if setting not in settings:
             settings.append(setting)
     if not settings:
@@ -199,14 +200,17 @@ class Runner:
             extractor = extractor_from_context(encoder, ExtractorContext(
                 images=self.data.train.images, ssl_config=dataclasses.replace(p.ssl, seed=seed), ssl_model=p.ssl_model,
                 size=p.encoder_size, clip_model=self.clip_model, device=self.device))
-            images = {"train": self.data.train.images, "val": self.data.val.images, "test": self.data.test.images,
-                      "anchors": self.data.anchors.images}
-            todo = {name: images[name] for name in missing}
+            d = self.data
+            # path-backed splits (a user dataset) are streamed from their files; empty ones are left out
+            parts = {"train": d.train, "val": d.val, "test": d.test, "anchors": d.anchors}
+            todo = {name: (parts[name].images if parts[name].images is not None else parts[name])
+                    for name in missing if len(parts[name])}
             if self.work is None:
                 memo.update({name: _unit_rows(extractor.extract(imgs)) for name, imgs in todo.items()})
             else:
                 cache = self.work / "features"
-                memo.update(encode_sets(extractor, todo, cache_dir=cache, key_prefix=self.data.key))
+                memo.update(encode_sets(extractor, todo, cache_dir=cache, key_prefix=self.data.key,
+                                        size=p.encoder_size, num_workers=2))
                 timing = cache / f"{encoder}-seed{seed}.seconds.json"
                 seconds = round(time.time() - t0, 2)
                 if timing.is_file():  # the computing runs' wall time, summed over the sets they encoded
@@ -216,7 +220,7 @@ class Runner:
                                             "seconds": round(float(done["seconds"]) + seconds, 2)})
                 else:
                     write_json(timing, {"encoder": encoder, "seed": seed, "sets": sorted(missing), "seconds": seconds})
-        return {name: memo[name] for name in sets}
+        return {name: memo[name] for name in sets if name in memo}
 
     def evidence(self, run: NoiseRun) -> Evidence:
         """Round-0 evidence of ``run``'s noisy labels: the Standard model's own (the paper's
@@ -234,6 +238,22 @@ class Runner:
                                  num_classes=d.num_classes, config=p.evidence_config(run.seed, self.device),
                                  val_images=d.val.images, val_labels=d.val.labels, fixed_features=fixed,
                                  class_names=d.class_names)
+
+    def probe_accuracy(self, labels: np.ndarray, seed: int) -> Optional[float]:
+        """Test accuracy of a linear head fitted on the training features with ``labels``: how
+        good a classifier the labels give (user datasets with a clean test split; else None)."""
+        p, d = self.protocol, self.data
+        if d.given is None or p.refine_encoder is None or len(d.test) == 0:
+            return None
+        import torch
+
+        from ..train import fit_linear_head
+
+        feats = self.features(p.refine_encoder, seed)
+        head = fit_linear_head(feats["train"], labels, d.num_classes)
+        with torch.no_grad():
+            predicted = head(torch.as_tensor(np.ascontiguousarray(feats["test"]))).argmax(1).numpy()
+        return float(np.mean(predicted == d.test.labels))
 
     def refine(self, run: NoiseRun) -> Tuple[np.ndarray, Dict[str, Any]]:
         """Refined labels of ``run``'s noisy labels with the protocol's recipe, and what was done."""
@@ -333,8 +353,12 @@ class Experiment:
     def __init__(self, dataset: str, protocol: Protocol, *, out: Optional[Path] = None, data: Optional[str] = None,
                  noise_files: Optional[Dict[str, Path]] = None, anchors: Optional[str] = None,
                  device: Optional[str] = None, clip_model: Optional[str] = None,
-                 shared: Optional[SharedSteps] = None, record: bool = True) -> None:
+                 shared: Optional[SharedSteps] = None, record: bool = True,
+                 user_data: Optional[Dict[str, Any]] = None) -> None:
         self.dataset, self.protocol, self.out, self.data_spec = dataset, protocol, out, data
+        #: a user dataset's options of :func:`~synref.experiments.recipes.load_user_data` (split,
+        #: labels, clean_labels, test_split); None for the built-in datasets.
+        self.user_data = user_data
         self.noise_files = dict(noise_files or {})
         self.anchors, self.device, self.clip_model, self.record = anchors, device, clip_model, record
         self.shared = shared if shared is not None else SharedSteps()
@@ -350,10 +374,13 @@ class Experiment:
         if self._runner is None or self._seed != seed:
             p = self.protocol
             key = digest(self.dataset, self.data_spec, self.anchors, seed, p.val_fraction, p.test_fraction,
-                         p.train_size, p.test_size, p.anchors_per_class)
+                         p.train_size, p.test_size, p.anchors_per_class, self.user_data)
             if key not in self.shared.data:
-                self.shared.data = {key: load_experiment_data(self.dataset, p, data=self.data_spec,
-                                                              anchors=self.anchors, seed=seed)}
+                if self.user_data is not None:
+                    data = load_user_data(str(self.data_spec), anchors=self.anchors, **self.user_data)
+                else:
+                    data = load_experiment_data(self.dataset, p, data=self.data_spec, anchors=self.anchors, seed=seed)
+                self.shared.data = {key: data}
             data = self.shared.data[key]
             self._runner = Runner(self.dataset, self.protocol, data, self.out, self.noise_files, device=self.device,
                                   clip_model=self.clip_model, shared=self.shared)

@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from .base import (DEFAULT_EXTRACTOR, FEATURE_EXTRACTORS, ExtractorContext, FeatureExtractor, create_extractor,
+from .base import (DEFAULT_ENCODER, DEFAULT_EXTRACTOR, FEATURE_EXTRACTORS, ExtractorContext, FeatureExtractor, create_extractor,
                    extractor_from_context, extractor_names, images_hash, label_free_extractors)
 from .cache import (FeatureSet, cache_path, cached_features, compute_features, encode_sets,
                     extract_features_distributed)
@@ -19,7 +19,7 @@ from .efficientnet import EfficientNetExtractor
 from .ssl import SSLExtractor
 
 __all__ = [
-    "FEATURE_EXTRACTORS", "DEFAULT_EXTRACTOR", "DEFAULT_CLIP_MODEL", "CLIP_MEAN", "CLIP_STD", "FeatureExtractor",
+    "FEATURE_EXTRACTORS", "DEFAULT_EXTRACTOR", "DEFAULT_ENCODER", "DEFAULT_CLIP_MODEL", "CLIP_MEAN", "CLIP_STD", "FeatureExtractor",
     "ExtractorContext", "ClassifierExtractor", "ClipExtractor", "SSLExtractor", "EfficientNetExtractor",
     "create_extractor", "extractor_from_context", "extractor_names", "label_free_extractors", "clip_preprocess",
     "load_clip_preprocess_config", "images_hash", "cache_path", "cached_features", "compute_features",

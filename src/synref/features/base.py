@@ -30,7 +30,7 @@ from ..registry import Registry
 from ..hashing import images_hash as hash_images
 from ..validation import as_image_array
 
-__all__ = ["FEATURE_EXTRACTORS", "DEFAULT_EXTRACTOR", "FeatureExtractor", "ExtractorContext", "create_extractor",
+__all__ = ["FEATURE_EXTRACTORS", "DEFAULT_EXTRACTOR", "DEFAULT_ENCODER", "FeatureExtractor", "ExtractorContext", "create_extractor",
            "extractor_from_context", "extractor_names", "label_free_extractors", "images_hash", "pixels",
            "check_batch_size", "batched_bar", "ImagesLike", "PathLike"]
 
@@ -39,6 +39,10 @@ ImagesLike = Union[np.ndarray, LabeledImages]
 
 FEATURE_EXTRACTORS: Registry["FeatureExtractor"] = Registry("feature extractor")
 DEFAULT_EXTRACTOR = "classifier"
+#: the frozen pretrained encoder of ``synref refine`` / ``synref bench --dataset DIR`` when none
+#: is named (offline: its weights ship as a Python package; Lite2 gave the best refined labels of the
+#: offline encoders, docs/posterior-refiner.md). One constant, so it can be switched.
+DEFAULT_ENCODER = "efficientnet-lite2"
 
 
 def images_hash(images: ImagesLike) -> str:

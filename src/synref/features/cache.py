@@ -439,17 +439,21 @@ def _write_sidecar(path: Path, extractor: FeatureExtractor, images: ImagesLike,
 
 
 
-def encode_sets(extractor: FeatureExtractor, image_sets: Mapping[str, np.ndarray], *, cache_dir: PathLike,
-                key_prefix: str) -> Dict[str, np.ndarray]:
+def encode_sets(extractor: FeatureExtractor, image_sets: Mapping[str, ImagesLike], *, cache_dir: PathLike,
+                key_prefix: str, size: Optional[int] = None, num_workers: int = 0) -> Dict[str, np.ndarray]:
     """L2-normalised float32 features ``(N_s, D)`` of every ``image_sets[s]`` (uint8
-    ``(N_s, H, W, C)``), cached in ``cache_dir`` under ``<key_prefix>-<s>`` (each set is encoded
-    once; a re-run loads it), as the LRA-diffusion reference normalises its SimCLR / CLIP
-    features."""
+    ``(N_s, H, W, C)``, or a path-backed :class:`LabeledImages`: streamed from its files, decoded at
+    ``size x size`` RGB when ``size`` is given), cached in ``cache_dir`` under ``<key_prefix>-<s>``
+    (each set is encoded once, in resumable chunks; a re-run loads it), as the LRA-diffusion
+    reference normalises its SimCLR / CLIP features."""
     out: Dict[str, np.ndarray] = {}
     for name, images in image_sets.items():
         if len(images) == 0:
             raise InputError(f"encoder {extractor.name}: image set {name!r} is empty")
-        feats = np.asarray(cached_features(extractor, images, cache_dir=cache_dir, dataset_key=f"{key_prefix}-{name}"),
+        streamed = isinstance(images, LabeledImages) and images.is_path_backed and size is not None
+        feats = np.asarray(cached_features(extractor, images, cache_dir=cache_dir, dataset_key=f"{key_prefix}-{name}",
+                                           size=(int(size), int(size)) if streamed else None,
+                                           channels=3 if streamed else None, num_workers=num_workers),
                            dtype=np.float32)
         norms = np.linalg.norm(feats, axis=1, keepdims=True)
         out[name] = feats / np.maximum(norms, 1e-12)

@@ -8,6 +8,7 @@ for any encoder.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -41,7 +42,9 @@ class LinearHeadConfig(ConfigMixin):
 
 
 def _normalized(features: np.ndarray) -> torch.Tensor:
-    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    with warnings.catch_warnings():  # read-only memory maps: only read here (normalize copies)
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        x = torch.as_tensor(np.asarray(features, dtype=np.float32))
     if x.ndim != 2:
         raise InputError(f"features: expected (N, D), got shape {tuple(x.shape)}")
     return F.normalize(x, dim=1)
