@@ -187,3 +187,18 @@ def test_evidence_builders_say_which_view_pred_probs_are():
     x, y, a, ya = _problem(n=200, seed=12)
     ev = linear_head_evidence(x, y, a, ya, num_classes=4, folds=2)
     assert ev.description["pred_probs_view"] == "same"
+
+
+def test_model_check_changes_nothing_when_the_anchors_do_not_describe_the_images():
+    x, y, a, ya = _problem(n=800, spread=0.3, seed=13)
+    # anchors from another geometry (a domain gap the held-out anchors cannot see): the anchor
+    # prior is little better than chance on the real images, while their clean labels are consistent
+    other = np.random.default_rng(99).normal(size=(4, 16)).astype(np.float32)
+    gap = other[ya] + 0.3 * np.random.default_rng(1).normal(size=a.shape).astype(np.float32)
+    ev = Evidence(y, 4, ya, features=x, anchor_features=gap)
+    unchecked = refine(ev, "posterior", min_model_fit=None)
+    assert np.mean(unchecked.refined_labels == y) < 0.95  # without the check clean labels get worse
+    checked = refine(ev, "posterior")
+    assert checked.num_changed() == 0 and checked.info["model_check"].startswith("failed")
+    assert checked.info["model_fit"] < 0.5 <= refine(Evidence(y, 4, ya, features=x, anchor_features=a),
+                                                      "posterior").info["model_fit"]
