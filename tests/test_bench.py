@@ -371,11 +371,14 @@ def test_bench_on_your_own_folder_streams_and_measures(tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "materialize", forbidden)
     monkeypatch.setattr(base, "materialize", forbidden)
     rows = run_bench(dataset=str(tmp_path / "data"), protocol="pretrained", out=tmp_path / "out",
-                     methods="given,refine-paper", labels=str(tmp_path / "noisy.npy"), anchors=str(tmp_path / "anchors"),
-                     protocol_overrides=lambda p: setattr(p, "encoder_size", 32))
+                     methods="given,argmax,prototype,refine-paper", labels=str(tmp_path / "noisy.npy"),
+                     anchors=str(tmp_path / "anchors"), protocol_overrides=lambda p: setattr(p, "encoder_size", 32))
     by = {r["method"]: r for r in rows}
-    assert set(by) == {"given", "refine-paper"} and all(r["dataset"] == "data" and r["noise"] == "given"
-                                                        for r in rows)
+    assert set(by) == {"given", "argmax", "prototype", "refine-paper"} and all(
+        r["dataset"] == "data" and r["noise"] == "given" for r in rows)
+    for method in ("argmax", "prototype"):  # every label replaced: flagged = the labels that changed
+        assert by[method]["title"] in ("argmax of pred_probs", "nearest anchor prototype")
+        assert 0 <= by[method]["flagged"] <= len(clean) and 0.0 <= by[method]["test_acc"] <= 1.0
     assert by["given"]["label_acc"] == pytest.approx(float(np.mean(noisy == clean)))
     assert by["given"]["noise_rate"] == pytest.approx(float(np.mean(noisy != clean)))
     assert by["given"]["flagged"] == 0 and by["refine-paper"]["flagged"] > 0
@@ -386,7 +389,7 @@ def test_bench_on_your_own_folder_streams_and_measures(tmp_path, monkeypatch):
     text = (tmp_path / "out" / "results.md").read_text()
     assert "Label correction" in text and "given labels" in text
     saved = _read_csv(tmp_path / "out" / "results.csv")
-    assert {r["method"] for r in saved} == {"given", "refine-paper"}
+    assert {r["method"] for r in saved} == {"given", "argmax", "prototype", "refine-paper"}
 
 
 def test_bench_on_your_own_data_errors(tmp_path, capsys):

@@ -234,68 +234,68 @@ def _given() -> Method:
     return Method("given", "correct", False, run_)
 
 
-@METHODS.register("cleanlab")
-def _cleanlab() -> Method:
+#: ``correct(runner, run, evidence) -> (corrected labels (N,), flagged (N,) bool)``.
+Corrector = Callable[[Any, Any, Any], Tuple[np.ndarray, np.ndarray]]
+
+
+def _correction(name: str, title: Callable[[Any], str], correct: Corrector) -> Method:
+    """A correction row on the shared out-of-sample evidence (built before the clock starts:
+    ``seconds`` is the correction's own time)."""
     def run_(runner: Any, run: Any) -> Dict[str, Any]:
         evidence = run.evidence()
         t0 = time.perf_counter()
-        corrected, mask = cleanlab_correction(run.noisy(), evidence.pred_probs)
-        row = correction_row("cleanlab find_label_issues + argmax", run.noisy(), runner.data.train.labels,
-                             corrected, mask, time.perf_counter() - t0)
-        return _correction_row(runner, run, "cleanlab", row, corrected)
+        corrected, flagged = correct(runner, run, evidence)
+        row = correction_row(title(runner), run.noisy(), runner.data.train.labels, corrected, flagged,
+                             time.perf_counter() - t0)
+        return _correction_row(runner, run, name, row, corrected)
 
-    return Method("cleanlab", "correct", False, run_)
+    return Method(name, "correct", False, run_)
+
+
+@METHODS.register("cleanlab")
+def _cleanlab() -> Method:
+    return _correction("cleanlab", lambda runner: "cleanlab find_label_issues + argmax",
+                       lambda runner, run, evidence: cleanlab_correction(run.noisy(), evidence.pred_probs))
+
+
+def _argmax_correction(runner: Any, run: Any, evidence: Any) -> Tuple[np.ndarray, np.ndarray]:
+    corrected = np.asarray(evidence.pred_probs).argmax(axis=1)
+    return corrected, corrected != run.noisy()
+
+
+def _prototype_correction(runner: Any, run: Any, evidence: Any) -> Tuple[np.ndarray, np.ndarray]:
+    best = refine(evidence, "paper", alpha=1.0, threshold=0.0, keep_scores=False).best_class
+    return best, best != run.noisy()
 
 
 @METHODS.register("argmax")
 def _argmax() -> Method:
     """Every label replaced by the argmax of the out-of-sample ``pred_probs``."""
-    def run_(runner: Any, run: Any) -> Dict[str, Any]:
-        evidence = run.evidence()
-        t0 = time.perf_counter()
-        corrected = np.asarray(evidence.pred_probs).argmax(axis=1)
-        noisy = run.noisy()
-        row = correction_row("argmax of pred_probs", noisy, runner.data.train.labels, corrected, corrected != noisy,
-                             time.perf_counter() - t0)
-        return _correction_row(runner, run, "argmax", row)
-
-    return Method("argmax", "correct", False, run_)
+    return _correction("argmax", lambda runner: "argmax of pred_probs", _argmax_correction)
 
 
 @METHODS.register("prototype")
 def _prototype() -> Method:
     """Every label replaced by its nearest anchor prototype (cosine; the anchors alone)."""
-    def run_(runner: Any, run: Any) -> Dict[str, Any]:
-        evidence = run.evidence()
-        t0 = time.perf_counter()
-        result = refine(evidence, "paper", alpha=1.0, threshold=0.0, keep_scores=False)
-        noisy = run.noisy()
-        row = correction_row("nearest anchor prototype", noisy, runner.data.train.labels, result.best_class,
-                             result.best_class != noisy, time.perf_counter() - t0)
-        return _correction_row(runner, run, "prototype", row)
-
-    return Method("prototype", "correct", False, run_)
+    return _correction("prototype", lambda runner: "nearest anchor prototype", _prototype_correction)
 
 
 @METHODS.register("refine")
 def _refine(refiner: str) -> Method:
     """``refine-<refiner>``: the refiner, one round, on the shared out-of-sample evidence."""
     REFINERS.canonical(refiner)
-    name = f"refine-{refiner}"
 
-    def run_(runner: Any, run: Any) -> Dict[str, Any]:
+    def correct(runner: Any, run: Any, evidence: Any) -> Tuple[np.ndarray, np.ndarray]:
         p = runner.protocol
-        evidence = run.evidence()
         options: Dict[str, Any] = {"alpha": p.alpha, "threshold": p.threshold, "keep_scores": False}
         if "rounds" in refiner_option_names(refiner):
             options["rounds"] = 1
-        t0 = time.perf_counter()
         result = refine(evidence, refiner, **options)
-        row = correction_row(refiner_row_name(refiner, p.alpha, p.threshold), run.noisy(), runner.data.train.labels,
-                             result.refined_labels, result.changed, time.perf_counter() - t0)
-        return _correction_row(runner, run, name, row, result.refined_labels)
+        return result.refined_labels, result.changed
 
-    return Method(name, "correct", False, run_)
+    return _correction(f"refine-{refiner}",
+                       lambda runner: refiner_row_name(refiner, runner.protocol.alpha, runner.protocol.threshold),
+                       correct)
 
 
 # ------------------------------------------------------------------------------ names
