@@ -171,9 +171,10 @@ def cpu_protocol() -> Protocol:
     return Protocol(
         name="cpu", model="small_cnn", train_size=10000, test_size=None,
         standard=standard,
-        # the paper's fine-tuning (re-initialised head, lr x0.1 twice) at lr 1e-2 for 10 epochs
-        finetune=TrainConfig(epochs=10, batch_size=128, lr=0.01, momentum=0.9, weight_decay=1e-4,
-                             milestones=[5, 8], gamma=0.1, warmup_epochs=0, hflip=True),
+        # fine-tuning (re-initialised head) with Standard's own schedule: chosen on the clean
+        # validation split at 35 % PMD (best val accuracy: this 0.621; 10 epochs at lr 0.03 0.596;
+        # the paper's recipe at lr 1e-2 for 10 epochs 0.565, which lost to Standard)
+        finetune=cpu_cifar_schedule(15, 0.05),
         plc=PLCConfig(train=plc_train, warmup_epochs=5, window=5, delta_start=0.3, delta_step=0.1,
                       delta_max=0.9, min_change_fraction=0.001),
         # LRA as the paper but 50 epochs (200 take ~4 min per cell here), cosine over those 50

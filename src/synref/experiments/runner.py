@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..evidence import Evidence, classifier_evidence, crossfit_evidence
+from ..arrays import l2_normalize
 from ..errors import InputError
 from ..features import ExtractorContext, encode_sets, extractor_from_context
 from ..hashing import digest
@@ -206,7 +207,7 @@ class Runner:
             todo = {name: (parts[name].images if parts[name].images is not None else parts[name])
                     for name in missing if len(parts[name])}
             if self.work is None:
-                memo.update({name: _unit_rows(extractor.extract(imgs)) for name, imgs in todo.items()})
+                memo.update({name: l2_normalize(extractor.extract(imgs)) for name, imgs in todo.items()})
             else:
                 cache = self.work / "features"
                 memo.update(encode_sets(extractor, todo, cache_dir=cache, key_prefix=self.data.key,
@@ -287,11 +288,6 @@ class Runner:
         if folder is not None:
             clear_checkpoints(folder)
         return row
-
-
-def _unit_rows(features: np.ndarray) -> np.ndarray:
-    feats = np.asarray(features, dtype=np.float32)
-    return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
 
 
 def _check_protocol_record(out: Path, dataset: str, protocol: Protocol, anchors: Optional[str],

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..arrays import as_tensor, l2_normalize, row_chunks
 from ..errors import InputError
 from ..evidence import Evidence
 from ..progress import progress as progress_bar
@@ -55,7 +56,6 @@ _EPS = 1e-12
 PENALTY_GRID = (1.0, 3.0, 10.0, 30.0)
 TEMPERATURE_GRID = tuple(float(t) for t in np.geomspace(0.2, 5.0, 41))
 LOGIT_SCALE = 10.0
-KNN_CHUNK = 2048
 
 
 @dataclass
@@ -72,6 +72,10 @@ class PosteriorOptions(RefinerOptions):
             same features would count the image twice).
         self_training_rounds: self-training rounds (0: the anchor-only prior).
         folds: cross-fitting folds of the self-training heads.
+        head_steps: L-BFGS iterations of each self-training head (the anchor-only head always
+            runs 60). 20 was chosen on allowed data: mean refined label accuracy over seven noise
+            settings of the CIFAR-10 clean validation split 0.7904 (60 steps: 0.7902), over the
+            five digits settings 0.9199 (60: 0.9209), at a third of the time.
         penalty: L2 penalty of the heads; None picks it on held-out anchor halves.
         deconvolve: correct the estimated T for the prior's own errors, measured on held-out
             anchors (see :func:`transition_matrix`).
@@ -94,6 +98,7 @@ class PosteriorOptions(RefinerOptions):
     pred_probs_weight: Optional[float] = None
     self_training_rounds: int = 2
     folds: int = 4
+    head_steps: int = 20
     penalty: Optional[float] = None
     deconvolve: bool = True
     target_precision: Optional[float] = None
@@ -102,6 +107,8 @@ class PosteriorOptions(RefinerOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if int(self.head_steps) < 1:
+            raise InputError(f"{self.config_name}: head_steps must be >= 1, got {self.head_steps}")
         for name in ("neighbors", "self_training_rounds"):
             if int(getattr(self, name)) < 0:
                 raise InputError(f"{self.config_name}: {name} must be >= 0, got {getattr(self, name)}")
@@ -119,11 +126,6 @@ class PosteriorOptions(RefinerOptions):
 
 
 # ----------------------------------------------------------------------------- pieces
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)
-
-
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -136,21 +138,28 @@ def _folds(n: int, k: int, seed: int) -> np.ndarray:
     return out
 
 
-def fit_soft_head(x: np.ndarray, targets: np.ndarray, *, penalty: float, steps: int = 60
-                  ) -> Tuple[np.ndarray, np.ndarray]:
+def fit_soft_head(x: np.ndarray, targets: np.ndarray, *, penalty: float, steps: int = 60,
+                  extra: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression on unit rows ``x`` (n, D) with soft ``targets`` (n, C):
     logits ``LOGIT_SCALE * x @ W + b``, loss ``mean cross-entropy + penalty / n * |W|^2``
-    (full-batch L-BFGS from zero: deterministic). Returns ``W`` (D, C), ``b`` (C,)."""
-    xt = torch.as_tensor(x, dtype=torch.float32)
-    tt = torch.as_tensor(targets, dtype=torch.float32)
-    w = torch.zeros(xt.shape[1], tt.shape[1], requires_grad=True)
-    b = torch.zeros(tt.shape[1], requires_grad=True)
+    (full-batch L-BFGS from zero: deterministic). Returns ``W`` (D, C), ``b`` (C,).
+
+    A row whose targets are all zero is left out (no loss, not counted in n): a fold's training
+    set is a target mask over all of ``x``, so a memory-mapped ``x`` is never copied. ``extra``
+    = (rows, targets) more rows of the same problem (the anchors)."""
+    parts = [(as_tensor(x), torch.as_tensor(targets, dtype=torch.float32))]
+    if extra is not None:
+        parts.append((as_tensor(extra[0]), torch.as_tensor(extra[1], dtype=torch.float32)))
+    n = max(float(sum(float(t.sum()) for _, t in parts)), 1.0)
+    w = torch.zeros(parts[0][0].shape[1], parts[0][1].shape[1], requires_grad=True)
+    b = torch.zeros(parts[0][1].shape[1], requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=steps, history_size=10, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        logp = F.log_softmax(LOGIT_SCALE * (xt @ w) + b, dim=1)
-        loss = -(tt * logp).sum(dim=1).mean() + penalty / len(xt) * (w ** 2).sum()
+        loss = penalty / n * (w ** 2).sum()
+        for xt, tt in parts:
+            loss = loss - (tt * F.log_softmax(LOGIT_SCALE * (xt @ w) + b, dim=1)).sum() / n
         loss.backward()
         return loss
 
@@ -238,15 +247,17 @@ def transition_matrix(prior: np.ndarray, labels: np.ndarray, num_classes: int, *
 
 
 def knn_indices(features: np.ndarray, k: int) -> np.ndarray:
-    """(N, k) indices of each unit row's k most cosine-similar other rows (exact, chunked)."""
-    x = torch.as_tensor(features)
+    """(N, k) indices of each unit row's k most cosine-similar other rows (exact; rows in blocks
+    of at most :data:`~synref.arrays.BLOCK_ELEMENTS` similarities, so memory stays flat in N)."""
+    x = as_tensor(features)
     k = min(int(k), len(x) - 1)
-    out = []
-    for s in range(0, len(x), KNN_CHUNK):
-        sim = x[s:s + KNN_CHUNK] @ x.T
-        sim[torch.arange(sim.shape[0]), torch.arange(s, s + sim.shape[0])] = -2.0
-        out.append(sim.topk(k, dim=1).indices)
-    return torch.cat(out).numpy()
+    out = np.empty((len(x), k), np.int64)
+    for rows in row_chunks(len(x), len(x)):
+        sim = x[rows] @ x.T
+        sim[torch.arange(sim.shape[0]), torch.arange(rows.start, rows.stop)] = -2.0
+        out[rows] = sim.topk(k, dim=1).indices.numpy()
+        del sim
+    return out
 
 
 def neighbor_purity(prior: np.ndarray, neighbors: np.ndarray) -> float:
@@ -338,8 +349,8 @@ class PosteriorRefiner(Refiner):
             raise InputError(f"class {name} has {counts[k]} anchors; refiner posterior needs at least 2 per class")
         seed = evidence.seed if o.seed is None else int(o.seed)
         truth = None if true_labels is None else np.asarray(true_labels)
-        if evidence.fold_ids is None:  # one fixed space
-            groups = [(np.arange(len(labels)), evidence.anchor_features)]
+        if evidence.fold_ids is None:  # one fixed space: all rows, the features as they are (no copy)
+            groups = [(slice(None), evidence.anchor_features)]
         else:  # per-fold spaces: each fold's held-out samples are refined in that fold's space
             groups = [(np.flatnonzero(evidence.fold_ids == k), evidence.anchor_features[k])
                       for k in range(int(evidence.anchor_features.shape[0]))]
@@ -349,11 +360,12 @@ class PosteriorRefiner(Refiner):
         post = np.zeros((len(labels), c), np.float32)
         spaces: List[Dict[str, Any]] = []
         for rows, anchor_features in groups:
-            if rows.size == 0:
+            if isinstance(rows, np.ndarray) and rows.size == 0:
                 continue
             pred_probs = None if evidence.pred_probs is None else np.asarray(evidence.pred_probs[rows], np.float32)
             post[rows], stats = self._posterior(
-                _unit(evidence.features[rows]), _unit(anchor_features), labels[rows], evidence.anchor_labels, c,
+                l2_normalize(evidence.features[rows]), l2_normalize(anchor_features), labels[rows],
+                evidence.anchor_labels, c,
                 pred_probs=pred_probs, pred_probs_weight=float(weight), seed=seed,
                 true_labels=None if truth is None else truth[rows])
             spaces.append(stats)
@@ -416,9 +428,9 @@ class PosteriorRefiner(Refiner):
             anchor_logits = np.zeros((len(a), c), np.float32)
             for k in range(o.folds):
                 train, anchor_train = fold != k, anchor_fold != k
-                head_k = fit_soft_head(np.concatenate([x[train], a[anchor_train]]),
-                                       np.concatenate([post[train], onehot[anchor_train]]), penalty=penalty)
-                logits[~train] = _logits(x[~train], head_k)
+                head_k = fit_soft_head(x, post * train[:, None], penalty=penalty, steps=int(o.head_steps),
+                                       extra=(a, onehot * anchor_train[:, None]))
+                logits[~train] = _logits(x, head_k)[~train]
                 anchor_logits[~anchor_train] = _logits(a[~anchor_train], head_k)
             temperature = fit_temperature(anchor_logits, anchor_labels)
             post = posterior(_softmax(logits / temperature))

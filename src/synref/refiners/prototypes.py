@@ -6,16 +6,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..arrays import l2_normalize
 from ..validation import as_2d_float, check_finite, check_labels
 
 __all__ = ["l2_normalize", "class_prototypes"]
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows of ``x`` (N, D) scaled to unit length (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, eps)
 
 
 def class_prototypes(anchor_features: np.ndarray, anchor_labels: np.ndarray, num_classes: int,
