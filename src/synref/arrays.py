@@ -10,8 +10,8 @@ import torch
 
 __all__ = ["l2_normalize", "row_norms", "as_tensor", "row_chunks"]
 
-#: float32 elements of one temporary block (64 MB): bounds what chunked passes allocate.
-BLOCK_ELEMENTS = 1 << 24
+#: float32 elements of one temporary block (16 MB): bounds what chunked passes allocate.
+BLOCK_ELEMENTS = 1 << 22
 
 
 def row_chunks(n: int, width: int, elements: int = BLOCK_ELEMENTS) -> Iterator[slice]:
