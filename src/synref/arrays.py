@@ -3,7 +3,7 @@ memory-mapped ``(N, D)`` feature matrix is never copied whole."""
 from __future__ import annotations
 
 import warnings
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -14,9 +14,10 @@ __all__ = ["l2_normalize", "row_norms", "as_tensor", "row_chunks"]
 BLOCK_ELEMENTS = 1 << 22
 
 
-def row_chunks(n: int, width: int, elements: int = BLOCK_ELEMENTS) -> Iterator[slice]:
-    """Slices of ``range(n)`` whose blocks of ``width`` columns hold at most ``elements``."""
-    step = max(1, int(elements) // max(int(width), 1))
+def row_chunks(n: int, width: int, elements: Optional[int] = None) -> Iterator[slice]:
+    """Slices of ``range(n)`` whose blocks of ``width`` columns hold at most ``elements``
+    (default :data:`BLOCK_ELEMENTS`)."""
+    step = max(1, int(elements or BLOCK_ELEMENTS) // max(int(width), 1))
     for start in range(0, n, step):
         yield slice(start, min(n, start + step))
 
