@@ -58,6 +58,15 @@ def features(name: str, size: int, images: np.ndarray, path: Path) -> np.ndarray
     return feats
 
 
+def cifar_with_stand_in(data: str) -> tuple:
+    """(CIFAR-10 training set, indices of the real-anchor stand-in, indices of the clean
+    validation images left after it): the cpu protocol's split of images 45,000-49,999."""
+    full = load_cifar(data, split="train")
+    val_idx = np.arange(45000, 50000)
+    anchor_idx = val_idx[stand_in_anchors(full.labels[val_idx], 100, 10)]
+    return full, anchor_idx, np.setdiff1d(val_idx, anchor_idx)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="CIFAR-10 python layout (cifar-10-batches-py)")
@@ -71,9 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    full = load_cifar(args.data, split="train")
-    val_idx = np.arange(45000, 50000)
-    anchor_idx = val_idx[stand_in_anchors(full.labels[val_idx], 100, 10)]
+    full, anchor_idx, _ = cifar_with_stand_in(args.data)
     n = args.train_size
     train, truth = full.images[:n], full.labels[:n]
     noisy = {k: np.load(Path(args.noise_dir) / f)[:n].astype(np.int64) for k, f in SETTINGS.items()}

@@ -22,11 +22,9 @@ from typing import Dict, List
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encoders import features  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
+from encoders import cifar_with_stand_in, features  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
 
-from synref.data import load_cifar  # noqa: E402
 from synref.evidence import Evidence  # noqa: E402
-from synref.experiments.recipes import stand_in_anchors  # noqa: E402
 from synref.noise import NOISE_MODELS, parse_noise_spec  # noqa: E402
 from synref.refiners import refine  # noqa: E402
 from synref.train.linear import cross_fit_linear  # noqa: E402
@@ -50,10 +48,8 @@ def main() -> None:
     args = parser.parse_args()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    full = load_cifar(args.data, split="train")
-    val_idx = np.arange(45000, 50000)
-    anchor_idx = val_idx[stand_in_anchors(full.labels[val_idx], 100, 10)]
-    held = np.setdiff1d(val_idx, anchor_idx)[:args.limit]
+    full, anchor_idx, held = cifar_with_stand_in(args.data)
+    held = held[:args.limit]
     tag = f"{args.encoder}-{args.size}"
     x = features(args.encoder, args.size, full.images[held], cache / f"{tag}-val{len(held)}.npy")
     a = features(args.encoder, args.size, full.images[anchor_idx], cache / f"{tag}-anchors.npy")
