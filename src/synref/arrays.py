@@ -25,7 +25,7 @@ def row_chunks(n: int, width: int, elements: Optional[int] = None) -> Iterator[s
 def row_norms(x: np.ndarray) -> np.ndarray:
     """(N,) float32 L2 norms of the rows of ``x`` (N, D), without an (N, D) temporary."""
     out = np.empty(len(x), np.float32)
-    for rows in row_chunks(len(x), x.shape[1] if x.ndim == 2 else 1):
+    for rows in row_chunks(len(x), x.shape[1]):
         block = np.asarray(x[rows], dtype=np.float32)
         out[rows] = np.sqrt(np.einsum("ij,ij->i", block, block))
     return out

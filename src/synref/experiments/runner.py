@@ -18,8 +18,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..evidence import Evidence, classifier_evidence, crossfit_evidence
 from ..arrays import l2_normalize
+from ..evidence import Evidence, classifier_evidence, crossfit_evidence
 from ..errors import InputError
 from ..features import ExtractorContext, encode_sets, extractor_from_context
 from ..hashing import digest

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Seq
 
 import numpy as np
 
+from ..arrays import l2_normalize
 from ..data import LabeledImages, materialize
 from ..data.stream import PathStream, probe_geometry
 from ..errors import InputError
@@ -455,6 +456,5 @@ def encode_sets(extractor: FeatureExtractor, image_sets: Mapping[str, ImagesLike
                                            size=(int(size), int(size)) if streamed else None,
                                            channels=3 if streamed else None, num_workers=num_workers),
                            dtype=np.float32)
-        norms = np.linalg.norm(feats, axis=1, keepdims=True)
-        out[name] = feats / np.maximum(norms, 1e-12)
+        out[name] = l2_normalize(feats)
     return out

@@ -5,8 +5,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import InputError
 from ..arrays import l2_normalize
+from ..errors import InputError
 from ..validation import as_2d_float, check_finite, check_labels
 
 __all__ = ["l2_normalize", "class_prototypes"]

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..arrays import as_tensor
 from ..config import ConfigMixin
 from ..errors import InputError
 from ..optional import require
@@ -142,7 +143,7 @@ def ddim_timesteps(timesteps: int, ddim_steps: int) -> np.ndarray:
 # --------------------------------------------------------------------------- kNN retrieval
 
 def _as_float_tensor(x, name: str) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    t = as_tensor(x)
     if t.ndim != 2:
         raise InputError(f"{name}: expected a 2-D (N, D) array, got shape {tuple(t.shape)}")
     if not torch.isfinite(t).all():
