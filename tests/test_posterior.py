@@ -31,12 +31,14 @@ def _flip(y, c, rate, seed, pairs=True):
 
 def test_registered_and_options_round_trip():
     assert "posterior" in REFINERS.names()
-    opts = PosteriorOptions(neighbors=5, self_training_rounds=1, target_precision=0.9)
+    opts = PosteriorOptions(neighbors=5, self_training_rounds=1, target_precision=0.9, head_steps=7)
     assert PosteriorOptions.from_dict(opts.to_dict()) == opts
     with pytest.raises(InputError, match="target precision"):
         PosteriorOptions(target_precision=1.5)
     with pytest.raises(InputError, match="folds"):
         PosteriorOptions(folds=1)
+    with pytest.raises(InputError, match="head_steps"):
+        PosteriorOptions(head_steps=0)
 
 
 def test_transition_matrix_by_moments_recovers_known_noise():
