@@ -33,6 +33,7 @@ SETTINGS = ["pmd-0.35", "pmd-0.7", "pmd-0.35+u-0.6", "pmd-0.35+a-0.3", "pmd-0.35
 CHOICES: Dict[str, List[Dict[str, float]]] = {
     "pred-probs-weight": [{"pred_probs_weight": w} for w in (0.0, 0.5, 1.0)],
     "head-steps": [{"head_steps": s} for s in (60, 20)],
+    "rounds": [{"self_training_rounds": r} for r in (2, 4, 6, 8)],
 }
 
 

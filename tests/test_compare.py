@@ -78,6 +78,16 @@ def test_compare_rows_on_a_small_problem():
     assert [r["method"] for r in plain][-1] == "synref posterior" and len(plain) == 4
 
 
+def test_compare_out_must_be_a_folder(tmp_path):
+    pytest.importorskip("cleanlab")
+    from synref.errors import InputError
+    from synref.experiments.compare import run_compare
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="file"):
+        run_compare("digits", out=tmp_path / "file")
+
+
 def test_missing_cleanlab_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "cleanlab", None)
     monkeypatch.setitem(sys.modules, "cleanlab.filter", None)
@@ -123,8 +133,9 @@ def test_crossfit_spaces_rows_match_a_direct_computation():
 
 
 @pytest.mark.slow
-def test_compare_cli_on_real_cifar10(capsys):
-    """Needs SYNREF_CIFAR10_DIR (official python layout) and the shared community noise files."""
+def test_compare_cli_on_real_cifar10(capsys, tmp_path, monkeypatch):
+    """Needs SYNREF_CIFAR10_DIR (official python layout) and the shared community noise files.
+    With --out, a re-run resumes: no feature is computed again and the rows are the same."""
     import os
     from pathlib import Path
 
@@ -135,7 +146,17 @@ def test_compare_cli_on_real_cifar10(capsys):
     pytest.importorskip("cleanlab")
     from synref.cli import main
 
-    assert main(["compare", "--dataset", "cifar10", "--data", data, "--noise-file", str(noise_file), "--subset", "400",
-                 "--epochs", "1", "--quiet"]) == 0
+    argv = ["compare", "--dataset", "cifar10", "--data", data, "--noise-file", str(noise_file), "--subset", "400",
+            "--epochs", "1", "--quiet", "--out", str(tmp_path / "cmp")]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "cleanlab find_label_issues + argmax" in out and "synref calibrated similarity" in out
+    assert list((tmp_path / "cmp" / "cells").glob("*.json")) and (tmp_path / "cmp" / "results.md").is_file()
+    import synref.features.cache as cache
+
+    def no_features(*args, **kwargs):
+        raise AssertionError("features computed again on a resumed run")
+
+    monkeypatch.setattr(cache, "compute_features", no_features)
+    assert main(argv) == 0
+    assert capsys.readouterr().out == out

@@ -5,7 +5,7 @@ import pytest
 from synref.errors import InputError
 from synref.evidence import Evidence
 from synref.refiners import REFINERS, create_refiner, refine
-from synref.refiners.posterior import (PosteriorOptions, choose_changes, label_posterior,
+from synref.refiners.posterior import (SEPARATE_VIEW_WEIGHT, PosteriorOptions, choose_changes, label_posterior,
                                        transition_matrix)
 
 
@@ -179,7 +179,7 @@ def test_pred_probs_count_only_as_a_separate_view():
         ev = Evidence(given, 4, ya, features=x, anchor_features=a, pred_probs=probs, description=desc)
         results[view] = refine(ev, "posterior", neighbors=5)
     assert results[None].info["pred_probs_weight"] == results["same"].info["pred_probs_weight"] == 0.0
-    assert results["separate"].info["pred_probs_weight"] == 1.0
+    assert results["separate"].info["pred_probs_weight"] == SEPARATE_VIEW_WEIGHT == 3.0
     np.testing.assert_array_equal(results[None].scores, results["same"].scores)
     assert not np.array_equal(results["same"].scores, results["separate"].scores)
 

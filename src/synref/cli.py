@@ -505,6 +505,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subset", type=int, default=10000,
                    help="CIFAR: first N of the 45,000 (CPU protocol; default 10000)")
     p.add_argument("--epochs", type=int, default=15, help="CIFAR: epochs per fold model (default 15)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="keep the shared steps (encoder features, noisy labels, models) and each finished row "
+                        "in OUT: a re-run resumes, other noise settings reuse the features (default: keep nothing)")
     p.add_argument("--seed", type=int, default=0, help="seed for split, noise and training (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_compare)
@@ -521,7 +524,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         title = (f"{args.dataset}, first {args.subset} training images, labels {Path(args.noise_file).name}, "
                  f"real-anchor stand-in")
     rows = run_compare(args.dataset, noise=args.noise, seed=args.seed, data=args.data, noise_file=args.noise_file,
-                       subset=args.subset, epochs=args.epochs)
+                       subset=args.subset, epochs=args.epochs, out=args.out)
     print(format_compare_table(rows, title=title))
     return 0
 

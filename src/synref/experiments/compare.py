@@ -21,12 +21,14 @@ cleanlab is an optional extra (``pip install 'synref[cleanlab]'``), imported onl
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from ..errors import InputError
+from ..io import check_output_dir
 from ..evidence import Evidence
 from ..optional import require
 from ..refiners import DEFAULT_ALPHA, DEFAULT_THRESHOLD, refine, relabel, score_matrix
@@ -34,6 +36,8 @@ from .methods import COMPARE_COLUMNS, cleanlab_correction, correction_row, refin
 from .protocol import Protocol, protocol_for
 from .recipes import cpu_cifar_schedule
 from .runner import Experiment
+
+PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["compare_with_cleanlab", "compare_crossfit_spaces", "compare_on_evidence", "correction_row",
            "format_compare_table", "run_compare", "compare_protocol", "COLUMNS", "COMPARE_METHODS"]
@@ -162,10 +166,14 @@ def compare_protocol(dataset: str, *, subset: int = 10000, epochs: int = 15, anc
 
 def run_compare(dataset: str = "digits", *, noise: str = "pmd-0.7", seed: int = 0, data: Optional[str] = None,
                 noise_file: Optional[str] = None, subset: int = 10000, epochs: int = 15,
-                protocol: Optional[Protocol] = None) -> List[Dict[str, Any]]:
+                protocol: Optional[Protocol] = None, out: Optional[PathLike] = None) -> List[Dict[str, Any]]:
     """The comparison table's rows (:data:`COMPARE_METHODS`) on ``dataset`` with noise ``noise``
     (digits: generated as in the demo) or the label file ``noise_file`` (CIFAR: the community
-    file of the first 45,000 training images). Fails before any training without cleanlab."""
+    file of the first 45,000 training images). Fails before any training without cleanlab.
+
+    ``out``: a folder that keeps the shared steps (encoder features, noisy labels, models) under
+    ``out/work/`` and each finished row under ``out/cells/`` (``out/results.md`` gathers them), so
+    a re-run resumes and other noise settings reuse the features; None keeps nothing."""
     from pathlib import Path
 
     from .runner import parse_noise_settings
@@ -180,5 +188,8 @@ def run_compare(dataset: str = "digits", *, noise: str = "pmd-0.7", seed: int = 
         raise InputError(f"--dataset {dataset} needs --data (official python layout) and --noise-file")
     else:
         setting = parse_noise_settings(noise, ())[0]
-    experiment = Experiment(dataset, protocol, data=data, noise_files=files, record=False)
+    if out is not None:
+        check_output_dir(Path(out))
+    experiment = Experiment(dataset, protocol, data=data, noise_files=files, record=False,
+                            out=None if out is None else Path(out))
     return experiment.run(list(COMPARE_METHODS), [setting], [seed])

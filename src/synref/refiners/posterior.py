@@ -56,6 +56,11 @@ _EPS = 1e-12
 PENALTY_GRID = (1.0, 3.0, 10.0, 30.0)
 TEMPERATURE_GRID = tuple(float(t) for t in np.geomspace(0.2, 5.0, 41))
 LOGIT_SCALE = 10.0
+#: weight of ``pred_probs`` that are a separate view of the image (a network on the pixels next to
+#: another feature space). Chosen on the digits (SimCLR space, cross-fitted CNN): mean refined
+#: label accuracy over the five noise settings 0.920 (weight 1), 0.927 (2), 0.933 (3), 0.934 (4),
+#: 0.938 (6), 35 % PMD peaking at 3 (0.953); at 8 % uniform noise 3 gave 0.985 against 0.973.
+SEPARATE_VIEW_WEIGHT = 3.0
 
 
 @dataclass
@@ -67,7 +72,7 @@ class PosteriorOptions(RefinerOptions):
         neighbors: k of the kNN graph over the real features (0: no neighbour term).
         neighbor_weight: weight of the neighbours' mean label log-likelihood.
         pred_probs_weight: weight of the evidence's ``pred_probs`` read as a soft noisy label;
-            None (default): 1 when they are a separate view of the image
+            None (default): :data:`SEPARATE_VIEW_WEIGHT` (3) when they are a separate view of the image
             (``evidence.description["pred_probs_view"] == "separate"``), else 0 (a head over the
             same features would count the image twice).
         self_training_rounds: self-training rounds (0: the anchor-only prior).
@@ -358,7 +363,7 @@ class PosteriorRefiner(Refiner):
                       for k in range(int(evidence.anchor_features.shape[0]))]
         weight = o.pred_probs_weight
         if weight is None:
-            weight = 1.0 if evidence.description.get("pred_probs_view") == "separate" else 0.0
+            weight = SEPARATE_VIEW_WEIGHT if evidence.description.get("pred_probs_view") == "separate" else 0.0
         post = np.zeros((len(labels), c), np.float32)
         spaces: List[Dict[str, Any]] = []
         for rows, anchor_features in groups:
