@@ -79,17 +79,19 @@ def test_refine_end_to_end_and_resume(folder, tmp_path, capsys):
         [r["suggested_label"] for r in rows]
 
 
-def test_refine_with_pretrained_efficientnet_features(folder, tmp_path, capsys):
-    """--features efficientnet-lite0: the offline ImageNet encoder gives the fixed feature space."""
+@pytest.mark.parametrize("encoder,dim", [("efficientnet-lite0", 1280), ("efficientnet-lite-ensemble", 3632)])
+def test_refine_with_pretrained_efficientnet_features(folder, tmp_path, capsys, encoder, dim):
+    """--features efficientnet-lite0 / -lite-ensemble: an offline ImageNet space is the fixed
+    feature space."""
     root, truth = folder
     out = tmp_path / "eff"
-    code, io = _refine(["refine", "--data", root, "--out", out, "--features", "efficientnet-lite0"] + FAST, capsys)
+    code, io = _refine(["refine", "--data", root, "--out", out, "--features", encoder] + FAST, capsys)
     assert code == 0, io.err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_samples"] == 90
-    cached = list((out).rglob("*efficientnet-lite0*.npy"))
+    cached = list((out).rglob(f"*{encoder}-*.npy"))
     assert cached, "features were not cached under OUT"
-    assert np.load(cached[0]).shape[1] == 1280
+    assert np.load(cached[0]).shape[1] == dim
 
 
 def _copy_folder(src, dst):

@@ -28,9 +28,9 @@ class EfficientNetExtractor(FeatureExtractor):
             default 224; see :mod:`synref.efficientnet` for speed / accuracy per size).
         weights: a ``state_dict`` ``.pth`` (default: the package's file).
         normalize: L2-normalise the features (default True).
-        layers: pooled layers, concatenated with equal weight (each L2-normalised):
-            ``"stage1"``..``"stage7"`` (end of an MBConv stage) and ``"head"`` (default: the head
-            alone, 1280-d).
+        layers: pooled layers (a sequence of names or one comma-separated string), concatenated
+            with equal weight (each L2-normalised): ``"stage1"``..``"stage7"`` (end of an MBConv
+            stage) and ``"head"`` (default: the head alone, 1280-d, as before these options).
         flip: average each layer's unit features with those of the left-right mirrored image
             (test-time augmentation; twice the time).
         device: default ``cuda`` when available, else ``cpu``.
