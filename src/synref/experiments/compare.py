@@ -13,8 +13,8 @@ Every method gets the *same* out-of-sample evidence (k-fold cross-fitting, clean
 :func:`run_compare` is a run of the experiment runner with the correction methods
 (:data:`COMPARE_METHODS`: ``given``, ``argmax``, ``prototype``, ``cleanlab``, ``refine-paper``,
 ``refine-crossfit``, ``refine-posterior``) under a protocol (digits: the demo's data and
-evidence; CIFAR: the cpu protocol's data and pretrained evidence: frozen EfficientNet-Lite2
-features and a cross-fitted linear head).
+evidence; CIFAR: the cpu protocol's data and pretrained evidence: frozen
+``efficientnet-lite-ensemble`` features and a cross-fitted linear head).
 :func:`compare_with_cleanlab` / :func:`compare_crossfit_spaces` are the same rows over arrays.
 cleanlab is an optional extra (``pip install 'synref[cleanlab]'``), imported only when needed.
 """

@@ -163,9 +163,10 @@ def paper_protocol() -> Protocol:
 @PROTOCOLS.register("cpu")
 def cpu_protocol() -> Protocol:
     """The same grid on the first 10,000 CIFAR training images with a small CNN and short
-    schedules (about an hour on 2 CPU cores); refinement by the default refiner in the frozen
-    EfficientNet-Lite2 space at 160 px (the best label accuracy per second of the offline
-    encoders: ``benchmarks/encoders.py``), ``pred_probs`` from a cross-fitted linear head."""
+    schedules (about 1.5 hours on 2 CPU cores); refinement by the default refiner in the frozen
+    ``efficientnet-lite-ensemble`` space at 160 px (Lite1 + Lite2, chosen on the clean
+    validation split; docs/posterior-refiner.md, Encoders), ``pred_probs`` from a cross-fitted
+    linear head."""
     standard = cpu_cifar_schedule(15, 0.05)
     plc_train = dataclasses.replace(cpu_cifar_schedule(15, 0.05), nesterov=True)
     return Protocol(
