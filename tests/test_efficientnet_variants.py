@@ -6,7 +6,7 @@ import torch
 from synref.errors import InputError
 from synref.features import FEATURE_EXTRACTORS, create_extractor
 from synref.models.efficientnet import (EfficientNetLite, EfficientNetLite0, efficientnet_lite_weights_path,
-                                        load_efficientnet_lite, state_dict_keys)
+                                        layer_dims, load_efficientnet_lite, state_dict_keys)
 
 
 @pytest.mark.parametrize("variant,blocks,last", [(0, 16, 320), (1, 21, 320), (2, 21, 352)])
@@ -54,8 +54,8 @@ def test_forward_pooled_gives_stage_ends_and_the_head(variant):
         torch.testing.assert_close(pooled[1], h.mean(dim=(2, 3)))
         only6 = model.forward_pooled(x, ("stage6",))  # stops at stage 6, same values
         torch.testing.assert_close(only6[0], pooled[0])
-    assert [p.shape[1] for p in pooled] == model.layer_dims(layers)
-    assert model.layer_dims(layers) == ([192, 320, 1280] if variant == 0 else [208, 352, 1280])
+    assert [p.shape[1] for p in pooled] == layer_dims(variant, layers)
+    assert layer_dims(variant, layers) == ([192, 320, 1280] if variant == 0 else [208, 352, 1280])
 
 
 def test_layers_and_flip_features_are_unit_parts_and_mirror_invariant():

@@ -271,7 +271,7 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
                    help="classifier (needs --checkpoint), clip (--clip-model), ssl / simclr (SimCLR trained "
                         "on --data; one process only), efficientnet-lite0 / -lite1 / -lite2 (ImageNet-pretrained, offline), "
                         "efficientnet-lite-ensemble (Lite1 + Lite2, stages 6-7 + head, mirror-averaged: better "
-                        "labels for 4x the time of Lite2)")
+                        "labels for 3.6x the time of Lite2)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="classifier checkpoint (synref.models.save_classifier)")
     p.add_argument("--clip-model", default=None,

@@ -21,13 +21,13 @@ cleanlab is an optional extra (``pip install 'synref[cleanlab]'``), imported onl
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from ..errors import InputError
+from ..hashing import PathLike
 from ..io import check_output_dir
 from ..evidence import Evidence
 from ..optional import require
@@ -36,8 +36,6 @@ from .methods import COMPARE_COLUMNS, cleanlab_correction, correction_row, refin
 from .protocol import Protocol, protocol_for
 from .recipes import cpu_cifar_schedule
 from .runner import Experiment
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["compare_with_cleanlab", "compare_crossfit_spaces", "compare_on_evidence", "correction_row",
            "format_compare_table", "run_compare", "compare_protocol", "COLUMNS", "COMPARE_METHODS"]

@@ -11,7 +11,7 @@ from torch import nn
 from ..device import resolve_device
 from ..errors import InputError
 from ..hashing import fingerprint, hash_file
-from .base import FEATURE_EXTRACTORS, ExtractorContext, FeatureExtractor, PathLike, batched_bar
+from .base import FEATURE_EXTRACTORS, ExtractorContext, FeatureExtractor, PathLike, batched_bar, create_extractor
 
 __all__ = ["EfficientNetExtractor", "EfficientNetLite1Extractor", "EfficientNetLite2Extractor",
            "EfficientNetLiteEnsembleExtractor"]
@@ -34,7 +34,8 @@ class EfficientNetExtractor(FeatureExtractor):
         flip: average each layer's unit features with those of the left-right mirrored image
             (test-time augmentation; twice the time).
         device: default ``cuda`` when available, else ``cpu``.
-    The fingerprint hashes the weights file, ``size`` and ``normalize``; the model is loaded
+    The fingerprint hashes the weights file, ``size``, ``normalize`` and (when not the head alone
+    without mirroring) ``layers`` and ``flip``; the model is loaded
     lazily (a cache hit in :func:`cached_features` never loads it).
     """
 
@@ -104,9 +105,9 @@ class EfficientNetExtractor(FeatureExtractor):
     @property
     def feature_dim(self) -> int:
         """Length of a feature vector (1280 for the head alone)."""
-        from ..models.efficientnet import EfficientNetLite
+        from ..models.efficientnet import layer_dims
 
-        return sum(EfficientNetLite.layer_dims_of(self.variant, self.layers))
+        return sum(layer_dims(self.variant, self.layers))
 
     def _load_model(self) -> nn.Module:
         if self._model is None:
@@ -181,13 +182,13 @@ class EfficientNetLiteEnsembleExtractor(FeatureExtractor):
     def __init__(self, *, variants: Sequence[int] = (1, 2), size: int = 160,
                  layers: Sequence[str] = DEFAULT_LAYERS, flip: bool = True,
                  device: Optional[Union[str, torch.device]] = None) -> None:
-        by_variant = {0: EfficientNetExtractor, 1: EfficientNetLite1Extractor, 2: EfficientNetLite2Extractor}
         variants = tuple(variants)
-        if not variants or any(v not in by_variant for v in variants) or len(set(variants)) != len(variants):
+        if not variants or any(v not in (0, 1, 2) for v in variants) or len(set(variants)) != len(variants):
             raise InputError(f"{self.name} extractor: variants must be distinct among 0, 1, 2, "
                              f"got {variants!r}")
         self.variants = variants
-        self.parts = [by_variant[v](size=size, layers=layers, flip=flip, device=device) for v in variants]
+        self.parts = [create_extractor(f"efficientnet-lite{v}", size=size, layers=layers, flip=flip, device=device)
+                      for v in variants]
         self.size, self.layers, self.flip = self.parts[0].size, self.parts[0].layers, self.parts[0].flip
 
     @property
@@ -204,6 +205,5 @@ class EfficientNetLiteEnsembleExtractor(FeatureExtractor):
         return d
 
     def _extract(self, images: np.ndarray, *, batch_size: int) -> np.ndarray:
-        feats = [part._extract(images, batch_size=batch_size) for part in self.parts]
-        out = np.concatenate(feats, axis=1) if feats[0].size else np.zeros((len(images), self.feature_dim), np.float32)
+        out = np.concatenate([part._extract(images, batch_size=batch_size) for part in self.parts], axis=1)
         return (out / np.sqrt(len(self.parts))).astype(np.float32, copy=False)

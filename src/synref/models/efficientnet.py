@@ -104,6 +104,7 @@ __all__ = [
     "micro_batch_size",
     "extract_features",
     "FEATURE_LAYERS",
+    "layer_dims",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -239,6 +240,14 @@ def _stage_ends(variant: int) -> List[int]:
     return [int(i) for i in np.cumsum(VARIANTS[_check_variant(variant)][0]) - 1]
 
 
+def layer_dims(variant: int, layers: Sequence[str]) -> List[int]:
+    """Channels of each of ``layers`` (names of :data:`FEATURE_LAYERS`) in EfficientNet-Lite
+    ``variant``: what :meth:`EfficientNetLite.forward_pooled` returns per layer."""
+    ends = _stage_ends(variant)
+    configs = _block_configs(variant)
+    return [FEATURE_DIM if name == "head" else configs[ends[_stage_index(name)]][1] for name in layers]
+
+
 class EfficientNetLite(nn.Module):
     """EfficientNet-Lite ``variant`` (0, 1, 2): stem 3x3/2 conv (32) -> MBConv blocks (the B0
     layout scaled by :data:`VARIANTS`; no SE, ReLU6) -> 1x1 head conv (1280) -> global average
@@ -278,17 +287,6 @@ class EfficientNetLite(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Global-average-pooled penultimate features ``(N, 1280)``."""
         return self.forward_maps(x).mean(dim=(2, 3))
-
-    @staticmethod
-    def layer_dims_of(variant: int, layers: Sequence[str]) -> List[int]:
-        """Channels of each of ``layers`` (names of :data:`FEATURE_LAYERS`) in ``variant``."""
-        ends = _stage_ends(variant)
-        configs = _block_configs(variant)
-        return [FEATURE_DIM if name == "head" else configs[ends[_stage_index(name)]][1] for name in layers]
-
-    def layer_dims(self, layers: Sequence[str]) -> List[int]:
-        """Channels of each of ``layers`` in this network."""
-        return self.layer_dims_of(self.variant, layers)
 
     def forward_pooled(self, x: torch.Tensor, layers: Sequence[str]) -> List[torch.Tensor]:
         """Global-average-pooled activations ``(N, C_layer)`` of each of ``layers``, in that
@@ -498,6 +496,6 @@ def extract_features(model: nn.Module, images: np.ndarray, *, size: int = 224,
                          for p, m in zip(parts, mirrored)]
             outs.append(torch.cat(parts, dim=1))
     if not outs:
-        dim = FEATURE_DIM if plain else sum(model.layer_dims(layers))
+        dim = FEATURE_DIM if plain else sum(layer_dims(model.variant, layers))
         return torch.zeros((0, dim), device=device)
     return torch.cat(outs)
