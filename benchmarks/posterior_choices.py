@@ -34,6 +34,7 @@ CHOICES: Dict[str, List[Dict[str, float]]] = {
     "pred-probs-weight": [{"pred_probs_weight": w} for w in (0.0, 0.5, 1.0)],
     "head-steps": [{"head_steps": s} for s in (60, 20)],
     "rounds": [{"self_training_rounds": r} for r in (2, 4, 6, 8)],
+    "neighbors": [{"neighbors": k, "neighbor_weight": w} for k, w in ((10, 1.0), (10, 2.0), (10, 3.0), (20, 1.0), (20, 2.0))],
 }
 
 

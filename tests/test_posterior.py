@@ -39,6 +39,8 @@ def test_registered_and_options_round_trip():
         PosteriorOptions(folds=1)
     with pytest.raises(InputError, match="head_steps"):
         PosteriorOptions(head_steps=0)
+    with pytest.raises(InputError, match="on_model_check_failure"):
+        PosteriorOptions(on_model_check_failure="ignore")
 
 
 def test_transition_matrix_by_moments_recovers_known_noise():
@@ -200,7 +202,44 @@ def test_model_check_changes_nothing_when_the_anchors_do_not_describe_the_images
     ev = Evidence(y, 4, ya, features=x, anchor_features=gap)
     unchecked = refine(ev, "posterior", min_model_fit=None)
     assert np.mean(unchecked.refined_labels == y) < 0.95  # without the check clean labels get worse
-    checked = refine(ev, "posterior")
+    checked = refine(ev, "posterior")  # no pred_probs: the fallback has no evidence, nothing changes
     assert checked.num_changed() == 0 and checked.info["model_check"].startswith("failed")
+    assert checked.info["decided_by"] == "none" and "no label was changed" in checked.info["model_check"]
     assert checked.info["model_fit"] < 0.5 <= refine(Evidence(y, 4, ya, features=x, anchor_features=a),
                                                       "posterior").info["model_fit"]
+
+
+def _gap_problem(noise_rate):
+    """Anchors from another geometry than the real images (the model check fails), noisy labels
+    and out-of-sample pred_probs of a linear head on them."""
+    from synref.train.linear import cross_fit_linear
+    x, y, a, ya = _problem(n=800, spread=0.3, seed=13)
+    gap = np.random.default_rng(99).normal(size=(4, 16)).astype(np.float32)[ya]
+    gap = gap + 0.3 * np.random.default_rng(1).normal(size=a.shape).astype(np.float32)
+    given = _flip(y, 4, noise_rate, seed=14, pairs=False)
+    probs = cross_fit_linear(x, given, num_classes=4, folds=4, seed=0)
+    return Evidence(given, 4, ya, features=x, anchor_features=gap, pred_probs=probs), y
+
+
+def test_failed_model_check_falls_back_to_confident_learning_on_pred_probs():
+    from synref.refiners.confident import FALLBACK_FILTER, confident_learning_correction
+    ev, y = _gap_problem(0.1)
+    res = refine(ev, "posterior")
+    assert res.info["model_check"].startswith("failed") and res.info["decided_by"] == "confident-learning"
+    corrected, flagged = confident_learning_correction(ev.labels, ev.pred_probs, filter_by=FALLBACK_FILTER)
+    np.testing.assert_array_equal(res.refined_labels, corrected)  # cleanlab decided, argmax relabelled
+    assert 0 < res.num_changed() == int(np.sum(corrected != ev.labels))
+    assert np.mean(res.refined_labels == y) > np.mean(ev.labels == y) + 0.05
+    np.testing.assert_allclose(res.scores, ev.pred_probs)  # the scores shown are the ones that decided
+    kept = refine(ev, "posterior", on_model_check_failure="keep")
+    assert kept.num_changed() == 0 and kept.info["decided_by"] == "none"
+    strict = refine(ev, "posterior", target_precision=0.99)  # the prefix rule on pred_probs' confidence
+    assert strict.num_changed() < res.num_changed()
+    assert np.all(flagged[strict.refined_labels != ev.labels])
+
+
+def test_confident_learning_fallback_leaves_clean_labels_nearly_alone():
+    ev, y = _gap_problem(0.0)
+    res = refine(ev, "posterior")
+    assert res.info["decided_by"] == "confident-learning"
+    assert np.mean(res.refined_labels == y) >= 0.99

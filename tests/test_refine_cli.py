@@ -229,6 +229,9 @@ def test_default_needs_no_training_and_streams(folder, default_run):
     assert (out / summary["evidence"]["feature_file"]).is_file()
     rows = list(csv.DictReader(open(out / "refined_labels.csv")))
     assert len(rows) == 90 and summary["num_changed"] == sum(r["changed"] == "yes" for r in rows)
+    decision = summary["decision"]
+    assert decision["model_check"] == "passed" and decision["decided_by"] == "posterior"
+    assert 0 < decision["estimated_precision"] <= 1 and decision["target_precision"] is None
     # measured on this folder: 0.811 -> 0.856
     assert _accuracy(rows, truth, "suggested_class") > _accuracy(rows, truth, "given_class")
     html = (out / "report.html").read_text()
@@ -288,12 +291,22 @@ def test_default_corrupt_image_stops_or_is_skipped(folder, tmp_path, capsys):
     (["--encoder", "ssl"], "--features ssl trains a SimCLR encoder"),
     (["--workers", "-1"], "--workers must be at least 0"),
     (["--chunk-size", "0"], "--chunk-size must be at least 1"),
+    (["--refiner", "paper", "--on-model-check-failure", "keep"],
+     "--on-model-check-failure applies to the posterior refiner, not --refiner paper"),
 ])
 def test_default_bad_options(folder, tmp_path, capsys, extra, needle):
     out = tmp_path / "out"
     code, io = _refine(["refine", "--data", folder[0], "--out", out, "--generate"] + extra, capsys)
     assert code == 2 and needle in io.err and len(io.err.strip().splitlines()) == 1, io.err
     assert not out.exists()
+
+
+def test_on_model_check_failure_reaches_the_posterior_refiner():
+    from synref.apps.refine_run import RefineRunConfig
+    config = RefineRunConfig(data="digits", generator="glyph", on_model_check_failure="keep")
+    assert RefineRunConfig.from_dict(config.to_dict()) == config
+    assert config.refiner_for_run().options.on_model_check_failure == "keep"
+    assert RefineRunConfig(data="digits", generator="glyph").refiner_for_run().options.on_model_check_failure == "confident-learning"
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from .models import MODELS
 from .noise import PMD_NOISE_TYPES
 from .progress import progress_setting
 from .refiners import DEFAULT_REFINER, REFINERS
+from .refiners.posterior import MODEL_CHECK_FALLBACKS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -421,6 +422,10 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-precision", type=_unit_float("--target-precision"), default=None,
                    help="posterior refiner: change only as many labels as keep the estimated precision of the "
                         "changes at least this (e.g. 0.9); default: every label whose most probable class differs")
+    p.add_argument("--on-model-check-failure", default="confident-learning", choices=MODEL_CHECK_FALLBACKS,
+                   help="posterior refiner: when neighbours' given labels agree far more than the model predicts "
+                        "(the anchors do not describe the images): confident-learning (default: cleanlab on the "
+                        "given labels and pred_probs alone decides) or keep (change nothing)")
     p.add_argument("--alpha", type=_unit_float("--alpha"), default=0.5, help="score-rule refiners (paper, crossfit): weight of anchor similarity (default 0.5)")
     p.add_argument("--threshold", type=_unit_float("--threshold"), default=0.6, help="score-rule refiners: relabel threshold (default 0.6)")
     p.add_argument("--no-calibrate", action="store_true", help="use raw cosine similarity (the paper) instead of "
@@ -467,7 +472,8 @@ def _run_refine(args: argparse.Namespace) -> int:
             per_class=args.per_class, classifier=None if args.classifier is None else str(args.classifier),
             train=args.train, model=args.arch, epochs=args.epochs, folds=args.folds, rounds=args.rounds,
             features=args.features, clip_model=args.clip_model, refiner=args.refiner, alpha=args.alpha,
-            threshold=args.threshold, target_precision=args.target_precision, calibrate=not args.no_calibrate, image_size=args.image_size,
+            threshold=args.threshold, target_precision=args.target_precision,
+            on_model_check_failure=args.on_model_check_failure, calibrate=not args.no_calibrate, image_size=args.image_size,
             skip_bad=args.skip_bad, seed=args.seed, batch_size=args.batch_size, workers=args.workers,
             chunk_size=args.chunk_size)
     summary = run_refine(config, out=args.out)
@@ -495,8 +501,7 @@ def _generator_options(args: argparse.Namespace) -> dict:
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="synref next to cleanlab on the same out-of-sample pred_probs "
-                                       "(needs synref[cleanlab])")
+    p = sub.add_parser("compare", help="synref next to cleanlab on the same out-of-sample pred_probs")
     p.add_argument("--dataset", choices=DATASETS, default="digits",
                    help="dataset with known clean labels (default digits)")
     p.add_argument("--noise", default="pmd-0.7", help="digits: noise setting, e.g. pmd-0.7 or 'pmd-0.35+u-0.3'")

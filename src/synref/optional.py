@@ -18,7 +18,7 @@ __all__ = ["OPTIONAL", "require", "install_hint"]
 
 #: top-level module -> the pip command that provides it.
 OPTIONAL: Dict[str, str] = {
-    "cleanlab": "pip install 'synref[cleanlab]'",
+    "cleanlab": "pip install cleanlab",
     "transformers": "pip install 'synref[clip]'",
     "huggingface_hub": "pip install 'synref[clip]'",
     "safetensors": "pip install 'synref[clip]'",

@@ -91,7 +91,8 @@ class RefineRunConfig(ConfigMixin):
         refiner: a :data:`~synref.refiners.REFINERS` name (default ``posterior``); its options,
             when it has them: alpha, threshold (the score rule), calibrate (similarity as
             anchor-calibrated probabilities), target_precision (the estimated precision the
-            posterior refiner's changes must keep).
+            posterior refiner's changes must keep), on_model_check_failure (what the posterior
+            refiner does when its model check fails: ``confident-learning`` or ``keep``).
         image_size: working resolution (square). Pretrained evidence: the encoder's input side
             (default :data:`PRETRAINED_SIZE`), image files decoded straight to it. With ``train`` /
             ``classifier``: the size images are decoded at (None keeps the data's).
@@ -123,6 +124,7 @@ class RefineRunConfig(ConfigMixin):
     threshold: float = 0.6
     calibrate: bool = True
     target_precision: Optional[float] = None
+    on_model_check_failure: str = "confident-learning"
     image_size: Optional[int] = None
     skip_bad: bool = False
     seed: int = 0
@@ -178,9 +180,12 @@ class RefineRunConfig(ConfigMixin):
         accepted = refiner_option_names(self.refiner)
         if self.target_precision is not None and "target_precision" not in accepted:
             raise InputError(f"--target-precision applies to the posterior refiner, not --refiner {self.refiner}")
+        if self.on_model_check_failure != "confident-learning" and "on_model_check_failure" not in accepted:
+            raise InputError(f"--on-model-check-failure applies to the posterior refiner, not --refiner {self.refiner}")
         options = {"alpha": self.alpha, "threshold": self.threshold, "calibrate": self.calibrate,
                    "rounds": 1 if self.evidence_mode == "classifier" else self.rounds, "seed": self.seed,
-                   "keep_scores": True, "target_precision": self.target_precision}
+                   "keep_scores": True, "target_precision": self.target_precision,
+                   "on_model_check_failure": self.on_model_check_failure}
         return create_refiner(self.refiner, **{k: v for k, v in options.items() if k in accepted})
 
     def evidence_config(self) -> CrossFitEvidenceConfig:
@@ -533,6 +538,10 @@ def _write_results(config: RefineRunConfig, dataset: LabeledImages, result: Refi
         "alpha": None if np.isnan(result.alpha) else float(result.alpha), "threshold": float(result.threshold),
         "temperature": float(np.mean(temperatures)) if temperatures else None,
         "num_changed": int(changed.sum()),
+        # the posterior refiner's decision: model check, what decided, estimated precision of the changes
+        "decision": {key: result.info[key] for key in ("model_check", "model_fit", "decided_by",
+                                                       "estimated_precision", "target_precision")
+                     if key in result.info},
         "counts_before": np.bincount(result.labels, minlength=num_classes).tolist(),
         "counts_after": np.bincount(result.refined_labels, minlength=num_classes).tolist(),
         "transitions": transitions.tolist(), "skipped": info.get("skipped", []), "rounds": info.get("rounds", []),
@@ -555,6 +564,9 @@ def format_refine_summary(summary: Dict[str, Any], out: Path) -> str:
              f"({100 * summary['num_changed'] / max(summary['num_samples'], 1):.1f} %), "
              f"features {summary['features']}{where}, refiner {summary['refiner']}, "
              f"threshold {summary['threshold']:.3g}"]
+    check = (summary.get("decision") or {}).get("model_check", "passed")
+    if check != "passed":
+        lines.append(f"model check {check}")
     if summary["skipped"]:
         lines.append(f"skipped {len(summary['skipped'])} files (unreadable images, special files or linked "
                      f"folders; listed in summary.json)")

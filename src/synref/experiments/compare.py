@@ -16,7 +16,6 @@ Every method gets the *same* out-of-sample evidence (k-fold cross-fitting, clean
 evidence; CIFAR: the cpu protocol's data and pretrained evidence: frozen
 ``efficientnet-lite-ensemble`` features and a cross-fitted linear head).
 :func:`compare_with_cleanlab` / :func:`compare_crossfit_spaces` are the same rows over arrays.
-cleanlab is an optional extra (``pip install 'synref[cleanlab]'``), imported only when needed.
 """
 from __future__ import annotations
 
@@ -32,7 +31,8 @@ from ..io import check_output_dir
 from ..evidence import Evidence
 from ..optional import require
 from ..refiners import DEFAULT_ALPHA, DEFAULT_THRESHOLD, refine, relabel, score_matrix
-from .methods import COMPARE_COLUMNS, cleanlab_correction, correction_row, refiner_row_name
+from ..refiners.confident import confident_learning_correction
+from .methods import COMPARE_COLUMNS, correction_row, refiner_row_name
 from .protocol import Protocol, protocol_for
 from .recipes import cpu_cifar_schedule
 from .runner import Experiment
@@ -63,7 +63,7 @@ def compare_on_evidence(evidence: Evidence, true_labels: np.ndarray, *, alpha: f
     if include_given:
         rows.append(correction_row("given labels (no correction)", noisy, true, noisy, np.zeros(len(noisy), bool), 0.0))
     t0 = time.perf_counter()
-    corrected, mask = cleanlab_correction(noisy, evidence.pred_probs, **(cleanlab_kwargs or {}))
+    corrected, mask = confident_learning_correction(noisy, evidence.pred_probs, **(cleanlab_kwargs or {}))
     rows.append(correction_row("cleanlab find_label_issues + argmax", noisy, true, corrected, mask,
                                time.perf_counter() - t0))
     runs = [("paper", {})]

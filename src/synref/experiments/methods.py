@@ -21,8 +21,8 @@ import numpy as np
 from ..errors import InputError
 from ..features import label_free_extractors
 from ..models import create_model, evaluate_accuracy
-from ..optional import require
 from ..refiners import REFINERS, refine, refiner_option_names
+from ..refiners.confident import confident_learning_correction
 from ..registry import Registry
 from ..train import fine_tune, fit, predict_lra, train_lra, train_plc
 
@@ -190,18 +190,6 @@ def correction_row(method: str, labels_noisy: np.ndarray, true_labels: np.ndarra
     }
 
 
-def cleanlab_correction(labels_noisy: np.ndarray, pred_probs: np.ndarray, **cleanlab_kwargs: Any) -> Any:
-    """cleanlab's ``find_label_issues`` mask and, as its maintainers suggest, ``argmax(pred_probs)``
-    as the correction of the flagged samples: ``(corrected (N,), mask (N,))``."""
-    find_label_issues = require("cleanlab.filter", "comparing with cleanlab").find_label_issues
-    noisy = np.asarray(labels_noisy, dtype=np.int64)
-    probs = np.asarray(pred_probs, dtype=np.float32)
-    mask = np.asarray(find_label_issues(noisy, probs, **cleanlab_kwargs), dtype=bool)
-    corrected = noisy.copy()
-    corrected[mask] = probs[mask].argmax(axis=1)
-    return corrected, mask
-
-
 def refiner_row_name(refiner: str, alpha: float, threshold: float) -> str:
     """The table name of a ``refine-<refiner>`` row."""
     if refiner == "paper":
@@ -255,7 +243,7 @@ def _correction(name: str, title: Callable[[Any], str], correct: Corrector) -> M
 @METHODS.register("cleanlab")
 def _cleanlab() -> Method:
     return _correction("cleanlab", lambda runner: "cleanlab find_label_issues + argmax",
-                       lambda runner, run, evidence: cleanlab_correction(run.noisy(), evidence.pred_probs))
+                       lambda runner, run, evidence: confident_learning_correction(run.noisy(), evidence.pred_probs))
 
 
 def _argmax_correction(runner: Any, run: Any, evidence: Any) -> Tuple[np.ndarray, np.ndarray]:
