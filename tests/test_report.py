@@ -167,6 +167,20 @@ def test_render_report_pure_and_no_changes():
     assert cards(text) == [] and "No labels were changed." in text and "0.7" in text
 
 
+def test_header_shows_what_decided_and_a_failed_model_check():
+    rows = [{"index": i, "given_label": i % 2, "suggested_label": i % 2, "best_score": 0.5,
+             "given_score": 0.5, "changed": False} for i in range(4)]
+    passed = {"class_names": ["a", "b"], "threshold": 0.7,
+              "decision": {"model_check": "passed", "decided_by": "posterior", "estimated_precision": 0.87654}}
+    text = render_report(passed, rows, np.zeros((4, 8, 8), np.uint8), None, None)
+    assert "<dd>posterior</dd>" in text and "<dd>0.877</dd>" in text and "model check" not in text
+    failed = {**passed, "decision": {"model_check": "failed: the anchors do not describe these images",
+                                     "decided_by": "confident-learning", "estimated_precision": None}}
+    text = render_report(failed, rows, np.zeros((4, 8, 8), np.uint8), None, None)
+    assert "<dd>confident-learning</dd>" in text
+    assert 'class="warn"' in text and "model check failed: the anchors do not describe these images" in text
+
+
 def test_large_class_count_renders():
     c, n = 100, 300
     rng = np.random.default_rng(1)

@@ -578,12 +578,16 @@ def _header(summary: Mapping[str, Any], n: int, c: int, num_changed: int, versio
     if summary.get("channels") is not None:
         size_text += f" \u00d7 {summary.get('channels')} ch"
     temp = summary.get("temperature")
+    decision = summary.get("decision") if isinstance(summary.get("decision"), Mapping) else {}
     facts = [
         ("samples (N)", f"{n:,}", True),
         ("classes (C)", f"{c:,}", True),
         ("labels changed", f"{num_changed:,} ({pct:.1f}%)", True),
         ("threshold", _fmt_setting(summary.get("threshold")), True),
         ("alpha", _fmt_setting(summary.get("alpha")), False),
+        ("decided by", _fmt_setting(decision.get("decided_by", summary.get("refiner"))), False),
+        ("estimated precision of the changes", "\u2014" if decision.get("estimated_precision") is None
+         else f"{float(decision['estimated_precision']):.3f}", False),
         ("temperature", "none" if temp is None else _fmt_setting(temp), False),
         ("features", _fmt_setting(summary.get("features")), False),
         ("classifier", _fmt_setting(summary.get("classifier")), False),
@@ -607,8 +611,11 @@ def _header(summary: Mapping[str, Any], n: int, c: int, num_changed: int, versio
         more = f"<li>\u2026 and {len(skipped) - 50} more</li>" if len(skipped) > 50 else ""
         skipped_html = (f'<details class="warn" style="margin-top:12px"><summary>{len(skipped)} input '
                         f'file(s) skipped</summary><ul>{items}{more}</ul></details>')
+    check = decision.get("model_check", "passed")
+    check_html = ("" if check == "passed" else
+                  f'<p class="warn" style="margin-top:12px">model check {_e(check)}</p>')
     return (f'<header id="summary"><h1>synref report</h1><p class="sub">dataset: <b>{_e(dataset)}</b></p>'
-            f'<dl class="facts">{cells}</dl>{skipped_html}{nav}</header>')
+            f'<dl class="facts">{cells}</dl>{check_html}{skipped_html}{nav}</header>')
 
 
 def _plot_and_table(img: str, table: str, *, wide: bool) -> str:
