@@ -243,3 +243,30 @@ def test_confident_learning_fallback_leaves_clean_labels_nearly_alone():
     res = refine(ev, "posterior")
     assert res.info["decided_by"] == "confident-learning"
     assert np.mean(res.refined_labels == y) >= 0.99
+
+
+def test_target_precision_calibrates_on_planted_anchors():
+    from synref.refiners.posterior import TEMPERATURE_GRID, temper
+    x, y, a, ya = _problem(n=600, spread=0.45, seed=21)
+    given = _flip(y, 4, 0.3, seed=22)
+    ev = Evidence(given, 4, ya, features=x, anchor_features=a)
+    raw = refine(ev, "posterior", neighbors=5, target_precision=0.9, calibrate_precision=False)
+    cal = refine(ev, "posterior", neighbors=5, target_precision=0.9)
+    tau = cal.info["precision_temperature"]
+    assert "precision_temperature" not in raw.info and tau in TEMPERATURE_GRID
+    # the same posterior, its confidence rescaled by the planted samples' temperature; same argmax
+    np.testing.assert_allclose(cal.scores, temper(raw.scores, tau), atol=1e-5)
+    np.testing.assert_array_equal(cal.best_class, raw.best_class)
+    assert cal.info["estimated_precision"] >= 0.9 - 1e-6
+    # no target, no calibration (the default decision does not depend on the confidence scale)
+    assert "precision_temperature" not in refine(ev, "posterior", neighbors=5).info
+
+
+def test_temper_keeps_the_argmax_and_sharpens_or_flattens():
+    from synref.refiners.posterior import temper
+    post = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], np.float32)
+    np.testing.assert_allclose(temper(post, 1.0), post, atol=1e-6)
+    flat, sharp = temper(post, 2.0), temper(post, 0.5)
+    assert (flat.argmax(1) == post.argmax(1)).all() and (sharp.argmax(1) == post.argmax(1)).all()
+    assert (flat.max(1) < post.max(1)).all() and (sharp.max(1) > post.max(1)).all()
+    np.testing.assert_allclose(flat.sum(1), 1.0, atol=1e-6)

@@ -22,7 +22,8 @@ the new label is right says so, with every piece of evidence in the role it can 
    By default all of them change (the rule that maximises the expected label accuracy: a
    change gains ``r(new) - r(given) > 0`` in expectation). ``target_precision=P`` keeps the
    longest prefix, by decreasing posterior, whose mean posterior (the estimated precision of
-   the changes) is at least P. When the labels are mostly right, T's heavy diagonal makes the
+   the changes) is at least P; the posterior's confidence is first calibrated on planted
+   samples (held-out anchors given labels drawn from T, ``calibrate_precision``). When the labels are mostly right, T's heavy diagonal makes the
    posterior of another class rarely win, so few labels change.
 6. **Model check.** When the given labels of neighbours agree far more often than the model
    predicts, the anchors do not describe these images; the posterior is then not trusted and,
@@ -53,7 +54,7 @@ from .base import REFINERS, Refiner, RefinerOptions
 from .confident import FALLBACK_FILTER, confident_learning_correction
 from .result import RefinementResult
 
-__all__ = ["PosteriorOptions", "PosteriorRefiner", "MODEL_CHECK_FALLBACKS", "transition_matrix", "label_posterior", "choose_changes",
+__all__ = ["PosteriorOptions", "PosteriorRefiner", "MODEL_CHECK_FALLBACKS", "temper", "transition_matrix", "label_posterior", "choose_changes",
            "neighbor_label_agreement"]
 
 _EPS = 1e-12
@@ -93,6 +94,11 @@ class PosteriorOptions(RefinerOptions):
             anchors (see :func:`transition_matrix`).
         target_precision: estimated precision the changed set must keep (in (0, 1]); None
             changes every sample whose most probable class is not its given label.
+        calibrate_precision: with a ``target_precision``, first calibrate the posterior's
+            confidence on planted samples (held-out anchors given labels drawn from the estimated
+            T; two more posterior passes): the posterior is over-confident about its changes.
+            On the CIFAR-10 clean validation split (seven noise settings) the measured precision
+            at ``target_precision=0.9`` rose from 0.66-0.91 to 0.70-0.95 (temperatures 1.3-1.6).
         min_model_fit: the model check (do no harm): the fraction of neighbour pairs that share a
             given label, as the model predicts it (purity, T, the label marginal), over the
             fraction observed. Below ``min_model_fit`` the anchors do not describe these images
@@ -121,6 +127,7 @@ class PosteriorOptions(RefinerOptions):
     penalty: Optional[float] = None
     deconvolve: bool = True
     target_precision: Optional[float] = None
+    calibrate_precision: bool = True
     min_model_fit: Optional[float] = 0.5
     on_model_check_failure: str = "confident-learning"
     seed: Optional[int] = None
@@ -153,6 +160,11 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def temper(post: np.ndarray, temperature: float) -> np.ndarray:
+    """(N, C) ``softmax(log post / temperature)``, float32: the same argmax, confidence scaled."""
+    return _softmax(np.log(np.maximum(np.asarray(post, np.float64), _EPS)) / float(temperature)).astype(np.float32)
 
 
 def _folds(n: int, k: int, seed: int) -> np.ndarray:
@@ -389,11 +401,20 @@ class PosteriorRefiner(Refiner):
             if isinstance(rows, np.ndarray) and rows.size == 0:
                 continue
             pred_probs = None if evidence.pred_probs is None else np.asarray(evidence.pred_probs[rows], np.float32)
-            post[rows], stats = self._posterior(
-                l2_normalize(evidence.features[rows]), l2_normalize(anchor_features), labels[rows],
-                evidence.anchor_labels, c,
+            x, a = l2_normalize(evidence.features[rows]), l2_normalize(anchor_features)
+            post_rows, stats = self._posterior(
+                x, a, labels[rows], evidence.anchor_labels, c,
                 pred_probs=pred_probs, pred_probs_weight=float(weight), seed=seed,
                 true_labels=None if truth is None else truth[rows])
+            if o.target_precision is not None and o.calibrate_precision:
+                tau = self._planted_temperature(x, a, labels[rows], evidence.anchor_labels, c,
+                                                np.asarray(stats.pop("_transition")), pred_probs=pred_probs,
+                                                pred_probs_weight=float(weight), seed=seed)
+                stats["precision_temperature"] = tau
+                if tau is not None:
+                    post_rows = temper(post_rows, tau)
+            stats.pop("_transition", None)
+            post[rows] = post_rows
             spaces.append(stats)
         fits = [space["model_fit"] for space in spaces if "model_fit" in space]
         model_ok = o.min_model_fit is None or not fits or min(fits) >= float(o.min_model_fit)
@@ -475,10 +496,38 @@ class PosteriorRefiner(Refiner):
             post = posterior(_softmax(logits / temperature))
             self._log(rounds, r, post, labels, true_labels, temperature)
         stats: Dict[str, Any] = {"rounds": rounds, "penalty": penalty, "transition": transition.round(4).tolist(),
+                                 "_transition": transition,
                                  "transition_diagonal": float(np.mean(np.diag(transition))), "neighbor_purity": purity}
         if neighbors is not None:
             stats.update(neighbor_label_agreement(prior, labels, transition, neighbors, purity))
         return post, stats
+
+    def _planted_temperature(self, x: np.ndarray, a: np.ndarray, labels: np.ndarray, anchor_labels: np.ndarray,
+                             c: int, transition: np.ndarray, *, pred_probs: Optional[np.ndarray],
+                             pred_probs_weight: float, seed: int) -> Optional[float]:
+        """The temperature that calibrates the posterior, measured on planted samples: each half of
+        the anchors in turn joins the real images (``x`` (N, D), ``labels`` (N,)) with given labels
+        drawn from the estimated ``transition`` (C, C), and the other half serves as anchors; the
+        whole posterior runs again and the temperature of ``softmax(log r / t)`` with the least
+        negative log-likelihood of the planted samples' true classes is returned (None when a
+        class has fewer than 4 anchors). Two more posterior passes."""
+        if np.bincount(anchor_labels, minlength=c).min() < 4:
+            return None
+        half = _anchor_halves(anchor_labels, c, seed + 2)
+        rng = np.random.default_rng(seed + 3)
+        rows = transition[anchor_labels] / transition[anchor_labels].sum(axis=1, keepdims=True)
+        planted_labels = (rng.random((len(a), 1)) > np.cumsum(rows, axis=1)).sum(axis=1).clip(0, c - 1)
+        log_post, truth = [], []
+        for k in (0, 1):
+            plant = half == k
+            probs = None if pred_probs is None else np.vstack(
+                [pred_probs, np.full((int(plant.sum()), c), 1.0 / c, np.float32)])  # no view of planted rows
+            post, _ = self._posterior(np.vstack([x, a[plant]]), a[~plant], np.concatenate([labels, planted_labels[plant]]),
+                                      anchor_labels[~plant], c, pred_probs=probs,
+                                      pred_probs_weight=pred_probs_weight, seed=seed, true_labels=None)
+            log_post.append(np.log(np.maximum(post[len(x):], _EPS)))
+            truth.append(anchor_labels[plant])
+        return fit_temperature(np.vstack(log_post), np.concatenate(truth))
 
     @staticmethod
     def _log(rounds: List[Dict[str, Any]], r: int, post: np.ndarray, labels: np.ndarray,
