@@ -1,8 +1,8 @@
 """The `posterior` refiner's choices made on the CIFAR-10 clean validation split (never on the
-training labels): the weight of same-view ``pred_probs`` and the self-training heads' L-BFGS
-iterations.
+training labels): the weight of same-view ``pred_probs``, the self-training heads' L-BFGS
+iterations, the rounds, the neighbour term, the calibration of ``target_precision``.
 
-    python benchmarks/posterior_choices.py --data CIFAR_PY_DIR [--choice pred-probs-weight|head-steps]
+    python benchmarks/posterior_choices.py --data CIFAR_PY_DIR [--choice pred-probs-weight|head-steps|rounds|neighbors|target-precision] [--precision]
 
 The clean validation split is the 4,000 images 45,000-49,999 left after the real-anchor stand-in
 (100 per class, ``recipes.stand_in_anchors``). Their *clean* labels get noise from synref's noise
@@ -35,6 +35,8 @@ CHOICES: Dict[str, List[Dict[str, float]]] = {
     "head-steps": [{"head_steps": s} for s in (60, 20)],
     "rounds": [{"self_training_rounds": r} for r in (2, 4, 6, 8)],
     "neighbors": [{"neighbors": k, "neighbor_weight": w} for k, w in ((10, 1.0), (10, 2.0), (10, 3.0), (20, 1.0), (20, 2.0))],
+    "target-precision": [{"target_precision": p, "calibrate_precision": c}
+                         for p in (0.85, 0.9) for c in (False, True)],
 }
 
 
@@ -47,6 +49,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1", help="noise seeds")
     parser.add_argument("--limit", type=int, default=None, help="first N validation images only (smoke runs)")
     parser.add_argument("--cache", default="benchmarks/.cache/encoders")
+    parser.add_argument("--precision", action="store_true",
+                        help="cells 'label accuracy / precision of the changes' (default: label accuracy)")
     args = parser.parse_args()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -74,8 +78,11 @@ def main() -> None:
                                 description={"pred_probs_view": "same"})
             given_cells.append(f"{np.mean(noisy == y):.3f}")
             for i, opts in enumerate(variants):
-                acc = float(np.mean(refine(evidence, "posterior", **opts).refined_labels == y))
-                cells[i].append(f"{acc:.3f}")
+                refined = refine(evidence, "posterior", **opts).refined_labels
+                acc = float(np.mean(refined == y))
+                changed = refined != noisy
+                cells[i].append(f"{acc:.3f}" + (f" ({np.mean(refined[changed] == y[changed]):.3f})"
+                                                if args.precision else ""))
                 means[i] += acc
         print(f"| {setting} | {' / '.join(given_cells)} | " + " | ".join(" / ".join(c) for c in cells) + " |",
               flush=True)
