@@ -235,6 +235,7 @@ def test_failed_model_check_falls_back_to_confident_learning_on_pred_probs():
     assert kept.num_changed() == 0 and kept.info["decided_by"] == "none"
     strict = refine(ev, "posterior", target_precision=0.99)  # the prefix rule on pred_probs' confidence
     assert strict.num_changed() < res.num_changed()
+    assert "precision_temperature" not in strict.info  # the failing space was not calibrated
     assert np.all(flagged[strict.refined_labels != ev.labels])
 
 
@@ -253,7 +254,7 @@ def test_target_precision_calibrates_on_planted_anchors():
     raw = refine(ev, "posterior", neighbors=5, target_precision=0.9, calibrate_precision=False)
     cal = refine(ev, "posterior", neighbors=5, target_precision=0.9)
     tau = cal.info["precision_temperature"]
-    assert "precision_temperature" not in raw.info and tau in TEMPERATURE_GRID
+    assert "precision_temperature" not in raw.info and tau in TEMPERATURE_GRID and tau != 1.0
     # the same posterior, its confidence rescaled by the planted samples' temperature; same argmax
     np.testing.assert_allclose(cal.scores, temper(raw.scores, tau), atol=1e-5)
     np.testing.assert_array_equal(cal.best_class, raw.best_class)

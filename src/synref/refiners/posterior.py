@@ -407,7 +407,8 @@ class PosteriorRefiner(Refiner):
                 x, a, labels[rows], evidence.anchor_labels, c,
                 pred_probs=pred_probs, pred_probs_weight=float(weight), seed=seed,
                 true_labels=None if truth is None else truth[rows])
-            if o.target_precision is not None and o.calibrate_precision:
+            # calibrate only a space whose model check passes (a failing one is not used)
+            if o.target_precision is not None and o.calibrate_precision and self._model_fits([stats]):
                 tau = self._planted_temperature(x, a, labels[rows], evidence.anchor_labels, c, transition,
                                                 pred_probs=pred_probs, pred_probs_weight=float(weight), seed=seed)
                 stats["precision_temperature"] = tau
@@ -415,8 +416,8 @@ class PosteriorRefiner(Refiner):
                     post_rows = temper(post_rows, tau)
             post[rows] = post_rows
             spaces.append(stats)
+        model_ok = self._model_fits(spaces)
         fits = [space["model_fit"] for space in spaces if "model_fit" in space]
-        model_ok = o.min_model_fit is None or not fits or min(fits) >= float(o.min_model_fit)
         decided_by = "posterior"
         if model_ok:
             mask, threshold = choose_changes(post, labels, o.target_precision)
@@ -500,6 +501,11 @@ class PosteriorRefiner(Refiner):
         if neighbors is not None:
             stats.update(neighbor_label_agreement(prior, labels, transition, neighbors, purity))
         return post, transition, stats
+
+    def _model_fits(self, spaces: List[Dict[str, Any]]) -> bool:
+        """The model check over the facts of every space: each ``model_fit`` >= ``min_model_fit``."""
+        limit = self.options.min_model_fit  # type: ignore[attr-defined]
+        return limit is None or all(space["model_fit"] >= float(limit) for space in spaces if "model_fit" in space)
 
     def _planted_temperature(self, x: np.ndarray, a: np.ndarray, labels: np.ndarray, anchor_labels: np.ndarray,
                              c: int, transition: np.ndarray, *, pred_probs: Optional[np.ndarray],
