@@ -6,7 +6,8 @@ import torch
 
 import synref.arrays as arrays
 from synref.arrays import l2_normalize, row_chunks, row_norms
-from synref.refiners.posterior import fit_soft_head, knn_indices
+from synref.neighbors import exact_knn
+from synref.refiners.posterior import fit_soft_head
 from synref.train.linear import LinearHeadConfig, cross_fit_linear, fit_linear_head
 from synref.train.loop import fold_splits
 
@@ -37,15 +38,17 @@ def test_row_chunks_cover_every_row_once_within_the_element_budget():
     assert np.array_equal(np.concatenate([np.arange(c.start, c.stop) for c in chunks]), np.arange(103))
 
 
-def test_knn_indices_are_the_same_in_small_blocks(monkeypatch):
+@pytest.mark.parametrize("block", [7, 64, 2048])
+def test_exact_knn_is_the_same_in_small_blocks(block):
     rng = np.random.default_rng(1)
     x = _unit(rng, 300, 16)
     sim = x @ x.T
     np.fill_diagonal(sim, -2)
     brute = np.argsort(-sim, axis=1, kind="stable")[:, :5]
-    monkeypatch.setattr(arrays, "BLOCK_ELEMENTS", 300 * 7)  # 7 rows a block: 43 blocks
-    got = knn_indices(x, 5)
-    assert np.array_equal(np.sort(got, axis=1), np.sort(brute, axis=1))
+    got = exact_knn(x, 5, block=block)  # 7 rows a block: 43 x 43 blocks
+    assert np.array_equal(got, brute)  # most similar first
+    some = np.array([299, 3, 150])
+    assert np.array_equal(exact_knn(x, 5, queries=some, block=block), brute[some])
 
 
 def test_cross_fit_linear_fits_each_fold_as_if_alone():

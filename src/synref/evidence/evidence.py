@@ -43,6 +43,8 @@ class Evidence:
         anchor_features: (M, D) in the same space, or (K, M, D) (the anchors in each fold's
             space) when ``fold_ids`` is set.
         pred_probs: (N, C) out-of-sample softmax, or None.
+        pred_probs_fn: ``() -> (N, C)``: computes ``pred_probs`` on first use instead
+            (:meth:`resolve_pred_probs`): a refiner that does not read them never pays for them.
         fold_ids: (N,) int in [0, K): the fold that held each sample out, or None.
         class_names: the C class names (error messages, reports), or None.
         refit: optional ``(labels (N,), round) -> Evidence``: fresh out-of-sample evidence
@@ -65,6 +67,7 @@ class Evidence:
     features: Optional[np.ndarray] = None
     anchor_features: Optional[np.ndarray] = None
     pred_probs: Optional[np.ndarray] = None
+    pred_probs_fn: Optional[Callable[[], np.ndarray]] = None
     fold_ids: Optional[np.ndarray] = None
     class_names: Optional[List[str]] = None
     refit: Optional[Refit] = None
@@ -106,6 +109,8 @@ class Evidence:
             raise InputError("evidence.anchor_features are needed with evidence.features")
         if self.pred_probs is not None:
             self.pred_probs = _array("pred_probs", self.pred_probs, 2, {0: n, 1: c}, f"(N={n}, C={c})")
+        if self.pred_probs_fn is not None and not callable(self.pred_probs_fn):
+            raise InputError("evidence.pred_probs_fn must be a callable () -> (N, C) array")
         if self.class_names is not None:
             self.class_names = [str(name) for name in self.class_names]
             if len(self.class_names) != c:
@@ -113,6 +118,21 @@ class Evidence:
         if self.refit is not None and not callable(self.refit):
             raise InputError("evidence.refit must be a callable (labels, round) -> Evidence")
         self.seed = int(self.seed)
+
+    def resolve_pred_probs(self) -> Optional[np.ndarray]:
+        """The (N, C) ``pred_probs``, computed by ``pred_probs_fn`` on the first call (then kept);
+        None when the evidence has neither."""
+        if self.pred_probs is None and self.pred_probs_fn is not None:
+            probs = self.pred_probs_fn()
+            self.pred_probs_fn = None
+            self.pred_probs = _array("pred_probs", probs, 2, {0: len(self.labels), 1: self.num_classes},
+                                     f"(N={len(self.labels)}, C={self.num_classes})")
+        return self.pred_probs
+
+    @property
+    def has_pred_probs(self) -> bool:
+        """``pred_probs`` are given or can be computed."""
+        return self.pred_probs is not None or self.pred_probs_fn is not None
 
     @property
     def num_samples(self) -> int:

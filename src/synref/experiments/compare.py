@@ -56,14 +56,15 @@ def compare_on_evidence(evidence: Evidence, true_labels: np.ndarray, *, alpha: f
     given, replaces the calibrated row's similarity term (e.g. a precomputed calibrated one)."""
     require("cleanlab.filter", "comparing with cleanlab")
     noisy, true = evidence.labels, np.asarray(true_labels, dtype=np.int64)
-    if evidence.pred_probs is None or len(true) != len(noisy):
+    probs = evidence.resolve_pred_probs()
+    if probs is None or len(true) != len(noisy):
         raise InputError(f"{len(noisy)} noisy labels, {len(true)} true labels, pred_probs "
-                         f"{None if evidence.pred_probs is None else evidence.pred_probs.shape}")
+                         f"{None if probs is None else probs.shape}")
     rows: List[Dict[str, Any]] = []
     if include_given:
         rows.append(correction_row("given labels (no correction)", noisy, true, noisy, np.zeros(len(noisy), bool), 0.0))
     t0 = time.perf_counter()
-    corrected, mask = confident_learning_correction(noisy, evidence.pred_probs, **(cleanlab_kwargs or {}))
+    corrected, mask = confident_learning_correction(noisy, probs, **(cleanlab_kwargs or {}))
     rows.append(correction_row("cleanlab find_label_issues + argmax", noisy, true, corrected, mask,
                                time.perf_counter() - t0))
     runs = [("paper", {})]
@@ -80,7 +81,7 @@ def compare_on_evidence(evidence: Evidence, true_labels: np.ndarray, *, alpha: f
                                    result.changed, time.perf_counter() - t0))
     if similarity is not None:
         t0 = time.perf_counter()
-        given = relabel(noisy, score_matrix(np.asarray(evidence.pred_probs, dtype=np.float32), np.asarray(similarity),
+        given = relabel(noisy, score_matrix(np.asarray(probs, dtype=np.float32), np.asarray(similarity),
                                             alpha=alpha), threshold=threshold, alpha=alpha, keep_scores=False)
         rows.append(correction_row(refiner_row_name("crossfit", alpha, threshold), noisy, true, given.refined_labels,
                                    given.changed, time.perf_counter() - t0))

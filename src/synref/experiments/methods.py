@@ -243,11 +243,11 @@ def _correction(name: str, title: Callable[[Any], str], correct: Corrector) -> M
 @METHODS.register("cleanlab")
 def _cleanlab() -> Method:
     return _correction("cleanlab", lambda runner: "cleanlab find_label_issues + argmax",
-                       lambda runner, run, evidence: confident_learning_correction(run.noisy(), evidence.pred_probs))
+                       lambda runner, run, evidence: confident_learning_correction(run.noisy(), evidence.resolve_pred_probs()))
 
 
 def _argmax_correction(runner: Any, run: Any, evidence: Any) -> Tuple[np.ndarray, np.ndarray]:
-    corrected = np.asarray(evidence.pred_probs).argmax(axis=1)
+    corrected = np.asarray(evidence.resolve_pred_probs()).argmax(axis=1)
     return corrected, corrected != run.noisy()
 
 

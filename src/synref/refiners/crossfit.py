@@ -81,7 +81,7 @@ class CrossfitRefiner(Refiner):
                 assert result is not None and evidence.refit is not None
                 current = evidence.refit(result.refined_labels, r)
             prototypes, temps = self._space(current, seed, spaces, temperatures)
-            result = refine_by_fold(evidence.labels, pred_probs=current.pred_probs, features=current.features,
+            result = refine_by_fold(evidence.labels, pred_probs=current.resolve_pred_probs(), features=current.features,
                                     fold_ids=current.fold_ids, prototypes=prototypes, temperatures=temps,
                                     alpha=o.alpha, threshold=o.threshold, keep_scores=o.keep_scores,
                                     keep_similarity=o.keep_scores, chunk_rows=o.chunk_rows,
@@ -94,7 +94,7 @@ class CrossfitRefiner(Refiner):
         bar.close()
         assert result is not None
         result.info.update(refiner=self.name, preset=self.name, rounds=rounds, temperatures=temperatures,
-                           calibrate=o.calibrate or o.temperature is not None, pred_probs=current.pred_probs,
+                           calibrate=o.calibrate or o.temperature is not None, pred_probs=current.resolve_pred_probs(),
                            **current.description)
         return result
 

@@ -39,11 +39,11 @@ class PaperRefiner(Refiner):
     def refine(self, evidence: Evidence, *, true_labels: Optional[np.ndarray] = None) -> RefinementResult:
         o = self.options
         prototypes = fold_prototypes(evidence)
-        result = refine_by_fold(evidence.labels, pred_probs=evidence.pred_probs, features=evidence.features,
+        result = refine_by_fold(evidence.labels, pred_probs=evidence.resolve_pred_probs(), features=evidence.features,
                                 fold_ids=evidence.fold_ids, prototypes=prototypes,
                                 temperatures=[None] * len(prototypes), alpha=o.alpha, threshold=o.threshold,
                                 keep_scores=o.keep_scores, keep_similarity=o.keep_scores,
                                 chunk_rows=o.chunk_rows, num_threads=o.num_threads)
-        result.info.update(refiner=self.name, preset=self.name, pred_probs=evidence.pred_probs,
+        result.info.update(refiner=self.name, preset=self.name, pred_probs=evidence.resolve_pred_probs(),
                            **evidence.description)
         return result

@@ -41,22 +41,28 @@ temperatures are fitted on the anchors of each run. Scores of the result are the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..arrays import as_tensor, l2_normalize, row_chunks
+from ..arrays import UnitRows, l2_normalize, row_chunks
+from ..distributed import all_gather_rows, all_reduce_sum, broadcast_object, process_group, row_share
 from ..errors import InputError
 from ..evidence import Evidence
+from ..neighbors import KNN_METHODS, exact_knn, knn_graph
 from ..progress import progress as progress_bar
+from ..stages import StageClock
+from ..train.linear import HeadProblem, fit_heads_lbfgs, held_out_logits
 from .base import REFINERS, Refiner, RefinerOptions
 from .confident import FALLBACK_FILTER, confident_learning_correction
 from .result import RefinementResult
 
 __all__ = ["PosteriorOptions", "PosteriorRefiner", "MODEL_CHECK_FALLBACKS", "temper", "transition_matrix",
-           "label_posterior", "choose_changes", "neighbor_label_agreement"]
+           "label_posterior", "choose_changes", "neighbor_label_agreement", "neighbor_purity", "anchor_head",
+           "fit_soft_head", "label_moments"]
+
+Rows = Union[UnitRows, np.ndarray]
 
 _EPS = 1e-12
 #: ``penalty`` candidates (L2 penalty ``penalty / n * |W|^2`` for n training rows).
@@ -70,6 +76,8 @@ MODEL_CHECK_FALLBACKS = ("confident-learning", "keep")
 #: label accuracy over the five noise settings 0.920 (weight 1), 0.927 (2), 0.933 (3), 0.934 (4),
 #: 0.938 (6), 35 % PMD peaking at 3 (0.953); at 8 % uniform noise 3 gave 0.985 against 0.973.
 SEPARATE_VIEW_WEIGHT = 3.0
+#: L-BFGS iterations of the anchor-only head (each penalty of the grid).
+ANCHOR_HEAD_STEPS = 60
 
 
 @dataclass
@@ -80,6 +88,9 @@ class PosteriorOptions(RefinerOptions):
     Attributes:
         neighbors: k of the kNN graph over the real features (0: no neighbour term).
         neighbor_weight: weight of the neighbours' mean label log-likelihood.
+        neighbor_graph: how the kNN graph is built (:func:`synref.neighbors.knn_graph`): ``auto``
+            (exact up to :data:`~synref.neighbors.EXACT_MAX_ROWS` rows, a faiss IVF index above),
+            ``exact`` or ``ivf``.
         pred_probs_weight: weight of the evidence's ``pred_probs`` read as a soft noisy label;
             None (default): :data:`SEPARATE_VIEW_WEIGHT` (3) when they are a separate view of the image
             (``evidence.description["pred_probs_view"] == "separate"``), else 0 (a head over the
@@ -121,6 +132,7 @@ class PosteriorOptions(RefinerOptions):
 
     neighbors: int = 10
     neighbor_weight: float = 1.0
+    neighbor_graph: str = "auto"
     pred_probs_weight: Optional[float] = None
     self_training_rounds: int = 2
     folds: int = 4
@@ -151,6 +163,9 @@ class PosteriorOptions(RefinerOptions):
             raise InputError(f"{self.config_name}: min_model_fit must be in [0, 1], got {self.min_model_fit}")
         if self.target_precision is not None and not 0.0 < float(self.target_precision) <= 1.0:
             raise InputError(f"target precision must be in (0, 1], got {self.target_precision}")
+        if self.neighbor_graph not in KNN_METHODS:
+            raise InputError(f"{self.config_name}: neighbor_graph must be one of {', '.join(KNN_METHODS)}, "
+                             f"got {self.neighbor_graph!r}")
         if self.on_model_check_failure not in MODEL_CHECK_FALLBACKS:
             raise InputError(f"{self.config_name}: on_model_check_failure must be one of "
                              f"{', '.join(MODEL_CHECK_FALLBACKS)}, got {self.on_model_check_failure!r}")
@@ -164,8 +179,14 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def temper(post: np.ndarray, temperature: float) -> np.ndarray:
-    """(N, C) ``softmax(log post / temperature)``, float32: the same argmax, confidence scaled."""
-    return _softmax(np.log(np.maximum(np.asarray(post, np.float64), _EPS)) / float(temperature)).astype(np.float32)
+    """(N, C) ``softmax(log post / temperature)``, float32: the same argmax, confidence scaled
+    (computed in row blocks)."""
+    post = np.asarray(post)
+    out = np.empty(post.shape, np.float32)
+    for rows in row_chunks(len(post), post.shape[1]):
+        block = np.log(np.maximum(post[rows].astype(np.float64), _EPS)) / float(temperature)
+        out[rows] = _softmax(block)
+    return out
 
 
 def _folds(n: int, k: int, seed: int) -> np.ndarray:
@@ -174,34 +195,19 @@ def _folds(n: int, k: int, seed: int) -> np.ndarray:
     return out
 
 
-def fit_soft_head(x: np.ndarray, targets: np.ndarray, *, penalty: float, steps: int = 60,
+def fit_soft_head(x: Rows, targets: np.ndarray, *, penalty: float, steps: int = 60,
                   extra: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression on unit rows ``x`` (n, D) with soft ``targets`` (n, C):
     logits ``LOGIT_SCALE * x @ W + b``, loss ``mean cross-entropy + penalty / n * |W|^2``
-    (full-batch L-BFGS from zero: deterministic). Returns ``W`` (D, C), ``b`` (C,).
-
-    A row whose targets are all zero is left out (no loss, not counted in n): a fold's training
-    set is a target mask over all of ``x``, so a memory-mapped ``x`` is never copied. ``extra``
-    = (rows, targets) more rows of the same problem (the anchors)."""
-    parts = [(as_tensor(x), torch.as_tensor(targets, dtype=torch.float32))]
-    if extra is not None:
-        parts.append((as_tensor(extra[0]), torch.as_tensor(extra[1], dtype=torch.float32)))
-    n = max(float(sum(float(t.sum()) for _, t in parts)), 1.0)
-    # W is held as (C, D): F.linear's gradient is then grad^T @ x, a 4x faster layout than x^T @ grad
-    w = torch.zeros(parts[0][1].shape[1], parts[0][0].shape[1], requires_grad=True)
-    b = torch.zeros(parts[0][1].shape[1], requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=steps, history_size=10, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = penalty / n * (w ** 2).sum()
-        for xt, tt in parts:
-            loss = loss - (tt * F.log_softmax(F.linear(xt, LOGIT_SCALE * w, b), dim=1)).sum() / n
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return np.ascontiguousarray(w.detach().numpy().T), b.detach().numpy()
+    (full-batch L-BFGS from zero: deterministic; streamed over row blocks). Returns ``W`` (D, C),
+    ``b`` (C,). A row whose targets are all zero is left out (no loss, not counted in n).
+    ``extra`` = (rows, targets) more rows of the same problem (the anchors)."""
+    c = np.asarray(targets).shape[1]
+    problem = HeadProblem(x, np.asarray(targets, np.float32), num_heads=1, num_classes=c, scale=LOGIT_SCALE,
+                          penalty=penalty, extra=None if extra is None else
+                          (extra[0], np.asarray(extra[1], np.float32), None))
+    w, b = fit_heads_lbfgs(problem, steps)
+    return np.ascontiguousarray(w.numpy().T), b.numpy()
 
 
 def _logits(x: np.ndarray, head: Tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -229,29 +235,44 @@ def anchor_head(anchors: np.ndarray, anchor_labels: np.ndarray, num_classes: int
                 ) -> Tuple[Tuple[np.ndarray, np.ndarray], float, float, np.ndarray]:
     """A head on unit anchor rows (M, D): the penalty (from :data:`PENALTY_GRID` unless given) and
     temperature with the least held-out negative log-likelihood over the two anchor halves; the
-    head is the mean of the two half-heads (the models that temperature calibrates).
-    Returns (head, temperature, penalty, confusion): ``confusion[c]`` (C, C) is the mean held-out
-    calibrated prediction of the class-c anchors (how the prior smears each true class)."""
-    onehot = np.eye(num_classes, dtype=np.float32)[anchor_labels]
+    head is the mean of the two half-heads (the models that temperature calibrates). Both halves
+    are fitted in one pass per step; each penalty starts from the solution of the next larger one
+    (the grid is searched from the largest down).
+    Returns (head, temperature, penalty, confusion): head = (W (D, C), b (C,));
+    ``confusion[c]`` (C, C) is the mean held-out calibrated prediction of the class-c anchors
+    (how the prior smears each true class)."""
     half = _anchor_halves(anchor_labels, num_classes, seed)
-    best: Optional[Tuple[float, float, float, np.ndarray, list]] = None
-    for pen in ((penalty,) if penalty is not None else PENALTY_GRID):
-        held = np.zeros((len(anchors), num_classes), np.float32)
-        heads = []
-        for k in (0, 1):
-            heads.append(fit_soft_head(anchors[half != k], onehot[half != k], penalty=pen))
-            held[half == k] = _logits(anchors[half == k], heads[-1])
+    problem = HeadProblem(anchors, np.asarray(anchor_labels, np.int64), num_heads=2, num_classes=num_classes,
+                          folds=half, scale=LOGIT_SCALE)
+    best: Optional[Tuple[float, float, float, np.ndarray, Tuple[torch.Tensor, torch.Tensor]]] = None
+    init = None
+    for pen in ((penalty,) if penalty is not None else sorted(PENALTY_GRID, reverse=True)):
+        problem.penalty = float(pen)
+        # head k is trained on the half that is not k: it predicts half k held out
+        init = fit_heads_lbfgs(problem, ANCHOR_HEAD_STEPS, init=init)
+        held = held_out_logits(anchors, *init, num_classes=num_classes, scale=LOGIT_SCALE, folds=half)
         t = fit_temperature(held, anchor_labels)
         nll = float(-np.log(_softmax(held / t)[np.arange(len(anchors)), anchor_labels] + _EPS).mean())
         if best is None or nll < best[0]:
-            best = (nll, float(pen), t, held, heads)
+            best = (nll, float(pen), t, held, init)
     assert best is not None
     confusion = np.zeros((num_classes, num_classes), np.float64)
     np.add.at(confusion, anchor_labels, _softmax(best[3] / best[2]))
     confusion /= confusion.sum(axis=1, keepdims=True)
     # the prior is the mean of the two calibrated half-heads: the models the temperature was fitted for
-    (w0, b0), (w1, b1) = best[4]
-    return ((w0 + w1) / 2, (b0 + b1) / 2), best[2], best[1], confusion
+    w, b = best[4]
+    w_mean = (w[:num_classes] + w[num_classes:]) / 2
+    b_mean = (b[:num_classes] + b[num_classes:]) / 2
+    return (np.ascontiguousarray(w_mean.numpy().T), b_mean.numpy()), best[2], best[1], confusion
+
+
+def label_moments(prior: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, C) float64 ``M[c, j] = sum_i prior_i(c) [labels_i = j]`` (row blocks, O(N C))."""
+    moments = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    for rows in row_chunks(len(labels), num_classes):
+        moments.index_add_(0, torch.as_tensor(np.asarray(labels[rows], np.int64)),
+                           torch.as_tensor(np.asarray(prior[rows], np.float64)))
+    return moments.numpy().T.copy()
 
 
 def transition_matrix(prior: np.ndarray, labels: np.ndarray, num_classes: int, *,
@@ -265,13 +286,15 @@ def transition_matrix(prior: np.ndarray, labels: np.ndarray, num_classes: int, *
     ``confusion``, B is recovered by Richardson-Lucy deconvolution (non-negative, sums to 1);
     without, ``B = M``. Then ``pseudo_count / N`` on the diagonal, rows normalised. A weak prior
     smears the labels' agreement over other classes, so without the correction a clean label
-    set would look noisy."""
+    set would look noisy. Work: O(N C) for the moments (O(N C^2) with ``soft_observations``),
+    O(iterations C^3) for the deconvolution."""
     n = max(len(labels), 1)
     if soft_observations is None:
-        moments = np.zeros((num_classes, num_classes), np.float64)
-        np.add.at(moments.T, labels, prior)
+        moments = label_moments(prior, labels, num_classes)
     else:  # the same for a soft observation (N, C) such as a model's pred_probs
-        moments = np.asarray(prior, np.float64).T @ np.asarray(soft_observations, np.float64)
+        moments = np.zeros((num_classes, num_classes), np.float64)
+        for rows in row_chunks(len(prior), num_classes):
+            moments += np.asarray(prior[rows], np.float64).T @ np.asarray(soft_observations[rows], np.float64)
     moments /= n
     joint = moments
     if confusion is not None:
@@ -283,41 +306,44 @@ def transition_matrix(prior: np.ndarray, labels: np.ndarray, num_classes: int, *
     return joint / joint.sum(axis=1, keepdims=True)
 
 
-def knn_indices(features: np.ndarray, k: int) -> np.ndarray:
-    """(N, k) indices of each unit row's k most cosine-similar other rows (exact; rows in blocks
-    of at most :data:`~synref.arrays.BLOCK_ELEMENTS` similarities, so memory stays flat in N;
-    the work is N^2 D: about 3.5 s at N = 10^4, D = 1280 on 2 cores)."""
-    x = as_tensor(features)
-    k = min(int(k), len(x) - 1)
-    out = np.empty((len(x), k), np.int64)
-    for rows in row_chunks(len(x), len(x)):
-        sim = x[rows] @ x.T
-        sim[torch.arange(sim.shape[0]), torch.arange(rows.start, rows.stop)] = -2.0
-        out[rows] = sim.topk(k, dim=1).indices.numpy()
-        del sim
-    return out
-
-
-def neighbor_purity(prior: np.ndarray, neighbors: np.ndarray) -> float:
+def neighbor_purity(prior: np.ndarray, neighbors: np.ndarray, *, rows: Optional[slice] = None) -> float:
     """How often a sample and its neighbour share the true class, by the label-free prior:
     ``mean_i mean_{j in N(i)} sum_c prior_i(c) prior_j(c)``. A weak (flat) prior says little, so
-    the estimate errs low: neighbours then count for less, never for more than they are worth."""
-    p = np.asarray(prior, np.float64)
-    return float(np.einsum("ic,ikc->", p, p[neighbors]) / neighbors.size)
+    the estimate errs low: neighbours then count for less, never for more than they are worth.
+    ``prior`` (N, C) of all rows; ``neighbors`` (n, k) of the rows ``rows`` (default all; under a
+    process group each process gives its share and the sums are all-reduced). Float32 blocks of
+    (B, k, C)."""
+    rows = slice(0, len(neighbors)) if rows is None else rows
+    k = neighbors.shape[1]
+    total = 0.0
+    for block in row_chunks(len(neighbors), k * prior.shape[1]):
+        p_i = torch.as_tensor(np.asarray(prior[rows.start + block.start:rows.start + block.stop], np.float32))
+        p_j = torch.as_tensor(np.asarray(prior, np.float32))[torch.as_tensor(neighbors[block])]
+        total += float(torch.einsum("ic,ikc->", p_i, p_j).double())
+    sums = all_reduce_sum(np.array([total, float(neighbors.size)]))
+    return float(sums[0] / max(sums[1], 1.0))
 
 
 def neighbor_label_agreement(prior: np.ndarray, labels: np.ndarray, transition: np.ndarray,
-                             neighbors: np.ndarray, purity: float) -> Dict[str, float]:
+                             neighbors: np.ndarray, purity: float, *, rows: Optional[slice] = None
+                             ) -> Dict[str, float]:
     """The model check: how often a sample and its neighbour carry the same given label, as the
     model predicts it (``purity * sum_c pi_c sum_j T[c, j]^2 + (1 - purity) * sum_j q_j^2``, pi =
     the prior's class marginal, q = the labels') and as observed; ``model_fit`` = predicted /
     observed (about 1 when the model describes the data; far below when the labels are far more
-    consistent than the anchors' view of the images can explain)."""
+    consistent than the anchors' view of the images can explain). ``prior`` (N, C) and
+    ``labels`` (N,) of all rows, ``neighbors`` (n, k) of the rows ``rows`` (default all)."""
+    rows = slice(0, len(neighbors)) if rows is None else rows
     c = transition.shape[0]
-    pi = np.asarray(prior, np.float64).mean(axis=0)
+    pi = np.zeros(c, np.float64)
+    for block in row_chunks(len(prior), c):
+        pi += np.asarray(prior[block], np.float64).sum(axis=0)
+    pi /= max(len(prior), 1)
     q = np.bincount(labels, minlength=c) / max(len(labels), 1)
     predicted = float(purity * (pi @ (np.asarray(transition, np.float64) ** 2).sum(axis=1)) + (1 - purity) * (q @ q))
-    observed = float(np.mean(labels[neighbors] == labels[:, None]))
+    same = float(np.sum(labels[neighbors] == labels[rows, None]))
+    sums = all_reduce_sum(np.array([same, float(neighbors.size)]))
+    observed = float(sums[0] / max(sums[1], 1.0))
     return {"agreement_predicted": predicted, "agreement_observed": observed,
             "model_fit": predicted / observed if observed > 0 else 1.0}
 
@@ -325,25 +351,39 @@ def neighbor_label_agreement(prior: np.ndarray, labels: np.ndarray, transition: 
 def label_posterior(prior: np.ndarray, labels: np.ndarray, transition: np.ndarray, *,
                     neighbors: Optional[np.ndarray] = None, neighbor_weight: float = 1.0,
                     purity: float = 1.0, pred_probs: Optional[np.ndarray] = None, pred_probs_weight: float = 0.0,
-                    pred_probs_transition: Optional[np.ndarray] = None) -> np.ndarray:
-    """(N, C) float32 posterior of the true class (see the module docstring, step 3)."""
-    log_t = np.log(np.maximum(transition, _EPS))
-    z = np.log(np.maximum(prior, _EPS)) + log_t[:, labels].T
-    if neighbors is not None and neighbors.shape[1] and neighbor_weight > 0:
+                    pred_probs_transition: Optional[np.ndarray] = None, all_labels: Optional[np.ndarray] = None
+                    ) -> np.ndarray:
+    """(n, C) float32 posterior of the true class (see the module docstring, step 3) of n rows:
+    their ``prior`` (n, C), given ``labels`` (n,), ``neighbors`` (n, k) (indices into
+    ``all_labels`` (N,), default ``labels``), ``pred_probs`` (n, C). Row blocks; the neighbour
+    term gathers ``log_mix[:, labels_j]`` (O(n k C)), never an (n, C) x (C, C) product."""
+    c = transition.shape[0]
+    all_labels = labels if all_labels is None else all_labels
+    log_t = torch.as_tensor(np.log(np.maximum(transition, _EPS)).T.copy())  # [j, y] = log T[y, j]
+    use_neighbors = neighbors is not None and neighbors.shape[1] > 0 and neighbor_weight > 0
+    if use_neighbors:
         # a neighbour shares the true class with probability `purity`, else its label follows
         # the labels' marginal: its label's likelihood is purity * T[y, j] + (1 - purity) * q_j
-        c = transition.shape[0]
-        marginal = np.bincount(labels, minlength=c) / max(len(labels), 1)
-        log_mix = np.log(np.maximum(purity * transition + (1.0 - purity) * marginal[None, :], _EPS))
-        hist = np.zeros((len(labels), c), np.float64)
-        rows = np.repeat(np.arange(len(labels)), neighbors.shape[1])
-        np.add.at(hist, (rows, labels[neighbors].ravel()), 1.0 / neighbors.shape[1])
-        z = z + neighbor_weight * hist @ log_mix.T
-    if pred_probs is not None and pred_probs_weight > 0:
+        marginal = np.bincount(all_labels, minlength=c) / max(len(all_labels), 1)
+        log_mix = torch.as_tensor(np.log(np.maximum(purity * transition + (1.0 - purity) * marginal[None, :],
+                                                    _EPS)).T.copy())
+    use_probs = pred_probs is not None and pred_probs_weight > 0
+    if use_probs:
         # a model's softmax is read through its own transition (how it answers for each true class)
-        log_g = log_t if pred_probs_transition is None else np.log(np.maximum(pred_probs_transition, _EPS))
-        z = z + pred_probs_weight * np.asarray(pred_probs, np.float64) @ log_g.T
-    return _softmax(z).astype(np.float32)
+        log_g = log_t if pred_probs_transition is None else \
+            torch.as_tensor(np.log(np.maximum(pred_probs_transition, _EPS)).T.copy())
+    out = np.empty((len(labels), c), np.float32)
+    width = c * (1 + (neighbors.shape[1] if use_neighbors else 0))
+    for rows in row_chunks(len(labels), width):
+        z = torch.log(torch.as_tensor(np.asarray(prior[rows], np.float64)).clamp_min(_EPS))
+        z += log_t[torch.as_tensor(np.asarray(labels[rows], np.int64))]
+        if use_neighbors:
+            nbr_labels = torch.as_tensor(np.asarray(all_labels, np.int64)[neighbors[rows]])
+            z += neighbor_weight * log_mix[nbr_labels].mean(dim=1)
+        if use_probs:
+            z += pred_probs_weight * torch.as_tensor(np.asarray(pred_probs[rows], np.float64)) @ log_g
+        out[rows] = torch.softmax(z, dim=1).numpy()
+    return out
 
 
 def choose_changes(post: np.ndarray, labels: np.ndarray, target_precision: Optional[float],
@@ -388,52 +428,66 @@ class PosteriorRefiner(Refiner):
             raise InputError(f"class {name} has {counts[k]} anchors; refiner posterior needs at least 2 per class")
         seed = evidence.seed if o.seed is None else int(o.seed)
         truth = None if true_labels is None else np.asarray(true_labels)
+        clock = StageClock()
         if evidence.fold_ids is None:  # one fixed space: all rows, the features as they are (no copy)
-            groups = [(slice(None), evidence.anchor_features)]
+            groups = [(None, evidence.anchor_features)]
         else:  # per-fold spaces: each fold's held-out samples are refined in that fold's space
             groups = [(np.flatnonzero(evidence.fold_ids == k), evidence.anchor_features[k])
                       for k in range(int(evidence.anchor_features.shape[0]))]
         weight = o.pred_probs_weight
         if weight is None:
             weight = SEPARATE_VIEW_WEIGHT if evidence.description.get("pred_probs_view") == "separate" else 0.0
+        # pred_probs are computed (when the evidence computes them on demand) only where they are read
+        all_probs = evidence.resolve_pred_probs() if weight > 0 else None
         post = np.zeros((len(labels), c), np.float32)
         spaces: List[Dict[str, Any]] = []
         for rows, anchor_features in groups:
-            if isinstance(rows, np.ndarray) and rows.size == 0:
+            if rows is not None and rows.size == 0:
                 continue
-            pred_probs = None if evidence.pred_probs is None else np.asarray(evidence.pred_probs[rows], np.float32)
-            x, a = l2_normalize(evidence.features[rows]), l2_normalize(anchor_features)
-            post_rows, transition, stats = self._posterior(
-                x, a, labels[rows], evidence.anchor_labels, c,
-                pred_probs=pred_probs, pred_probs_weight=float(weight), seed=seed,
-                true_labels=None if truth is None else truth[rows])
+            x = UnitRows(evidence.features, index=rows)
+            a = l2_normalize(anchor_features)
+            group_labels = labels if rows is None else labels[rows]
+            pred_probs = None if all_probs is None else \
+                np.asarray(all_probs if rows is None else all_probs[rows], np.float32)
+            post_rows, transition, stats, graph = self._posterior(
+                x, a, group_labels, evidence.anchor_labels, c, pred_probs=pred_probs,
+                pred_probs_weight=float(weight), seed=seed, clock=clock,
+                true_labels=None if truth is None else (truth if rows is None else truth[rows]))
             # calibrate only a space whose model check passes (a failing one is not used)
             if o.target_precision is not None and o.calibrate_precision and self._model_fits([stats]):
-                tau = self._planted_temperature(x, a, labels[rows], evidence.anchor_labels, c, transition,
-                                                pred_probs=pred_probs, pred_probs_weight=float(weight), seed=seed)
+                with clock.stage("calibration"):
+                    tau = self._planted_temperature(x, a, group_labels, evidence.anchor_labels, c, transition,
+                                                    graph=graph, pred_probs=pred_probs,
+                                                    pred_probs_weight=float(weight), seed=seed)
                 stats["precision_temperature"] = tau
                 if tau is not None:
                     post_rows = temper(post_rows, tau)
-            post[rows] = post_rows
+            if rows is None:
+                post = post_rows
+            else:
+                post[rows] = post_rows
             spaces.append(stats)
         model_ok = self._model_fits(spaces)
         fits = [space["model_fit"] for space in spaces if "model_fit" in space]
         decided_by = "posterior"
-        if model_ok:
-            mask, threshold = choose_changes(post, labels, o.target_precision)
-        elif o.on_model_check_failure == "confident-learning" and evidence.pred_probs is not None:
-            # the anchors do not describe these images: the given labels and pred_probs alone decide
-            post = np.asarray(evidence.pred_probs, np.float32)
-            _, flagged = confident_learning_correction(labels, post, filter_by=FALLBACK_FILTER)
-            mask, threshold = choose_changes(post, labels, o.target_precision, allowed=flagged)
-            decided_by = "confident-learning"
-        else:  # do no harm: the evidence does not describe these images
-            mask, threshold = np.zeros(len(labels), bool), 1.0
-            decided_by = "none"
-        best = post.argmax(axis=1)
-        rows = np.arange(len(labels))
+        with clock.stage("decision"):
+            fallback = not model_ok and o.on_model_check_failure == "confident-learning" and evidence.has_pred_probs
+            if model_ok:
+                mask, threshold = choose_changes(post, labels, o.target_precision)
+            elif fallback:
+                # the anchors do not describe these images: the given labels and pred_probs alone decide
+                post = np.asarray(evidence.resolve_pred_probs(), np.float32)
+                _, flagged = confident_learning_correction(labels, post, filter_by=FALLBACK_FILTER)
+                mask, threshold = choose_changes(post, labels, o.target_precision, allowed=flagged)
+                decided_by = "confident-learning"
+            else:  # do no harm: the evidence does not describe these images
+                mask, threshold = np.zeros(len(labels), bool), 1.0
+                decided_by = "none"
+            best = post.argmax(axis=1)
+            rows_all = np.arange(len(labels))
+            best_score = post[rows_all, best]
         result = RefinementResult(labels=labels, refined_labels=np.where(mask, best, labels), best_class=best,
-                                  best_score=post[rows, best], given_score=post[rows, labels],
+                                  best_score=best_score, given_score=post[rows_all, labels],
                                   alpha=float("nan"), threshold=threshold,
                                   scores=post if o.keep_scores else None)
         info: Dict[str, Any] = spaces[0] if len(spaces) == 1 else {"spaces": spaces}
@@ -449,73 +503,110 @@ class PosteriorRefiner(Refiner):
                                    "no label was changed")),
                            decided_by=decided_by,
                            target_precision=o.target_precision,
-                           estimated_precision=float(post[rows, best][mask].mean()) if mask.any() else None,
-                           pred_probs=evidence.pred_probs, **evidence.description)
+                           estimated_precision=float(best_score[mask].mean()) if mask.any() else None,
+                           pred_probs=evidence.pred_probs, stages=clock.records, **evidence.description)
         return result
 
-    def _posterior(self, x: np.ndarray, a: np.ndarray, labels: np.ndarray, anchor_labels: np.ndarray, c: int, *,
+    def _posterior(self, x: UnitRows, a: np.ndarray, labels: np.ndarray, anchor_labels: np.ndarray, c: int, *,
                    pred_probs: Optional[np.ndarray], pred_probs_weight: float, seed: int,
-                   true_labels: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
-        """The (N, C) posterior of the true class of samples ``x`` (N, D, unit rows) given their
-        ``labels`` (N,), from anchors ``a`` (M, D, unit rows) in the same space; the estimated
-        (C, C) transition matrix; and its facts (penalty, T, neighbour purity, per-round
-        temperatures)."""
+                   true_labels: Optional[np.ndarray], clock: Optional[StageClock] = None,
+                   graph: Optional[np.ndarray] = None
+                   ) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any], Optional[np.ndarray]]:
+        """The (N, C) posterior of the true class of the rows ``x`` (N, D) given their ``labels``
+        (N,), from anchors ``a`` (M, D, unit rows) in the same space; the estimated (C, C)
+        transition matrix; its facts (penalty, T, neighbour purity, graph, per-round
+        temperatures); and the (N, k) neighbour graph (``graph``: reuse this one).
+
+        Every pass over ``x`` streams row blocks; under a process group each process works on
+        its share of the rows and every process returns all N rows."""
         o: PosteriorOptions = self.options  # type: ignore[assignment]
-        head, temperature, penalty, confusion = anchor_head(a, anchor_labels, c, penalty=o.penalty, seed=seed)
-        prior = _softmax(_logits(x, head) / temperature)
-        transition = transition_matrix(prior, labels, c, confusion=confusion if o.deconvolve else None)
-        neighbors = knn_indices(x, o.neighbors) if o.neighbors > 0 and len(x) > 1 else None
-        purity = neighbor_purity(prior, neighbors) if neighbors is not None else 0.0
+        clock = clock if clock is not None else StageClock()
+        n = len(x)
+        share = row_share(n, *process_group())
+        with clock.stage("anchor head"):
+            head, temperature, penalty, confusion = broadcast_object(
+                anchor_head(a, anchor_labels, c, penalty=o.penalty, seed=seed))
+        w_head = torch.as_tensor(head[0].T.copy())
+        b_head = torch.as_tensor(head[1])
+        with clock.stage("prior"):
+            prior_share = held_out_logits(x, w_head, b_head, num_classes=c, scale=LOGIT_SCALE, span=share,
+                                          transform=lambda z, t=temperature: torch.softmax(z / t, dim=1))
+            prior = all_gather_rows(prior_share, n)
+            transition = transition_matrix(prior, labels, c, confusion=confusion if o.deconvolve else None)
+        graph_info: Optional[Dict[str, Any]] = None
+        if o.neighbors > 0 and n > 1:
+            with clock.stage("neighbours"):
+                if graph is None:
+                    built = knn_graph(x, o.neighbors, method=o.neighbor_graph, span=share, seed=seed)
+                    graph_info = built.describe()
+                    graph = all_gather_rows(built.indices, n)
+                purity = neighbor_purity(prior, graph[share], rows=share)
+        else:
+            graph, purity = None, 0.0
         if pred_probs_weight == 0:
             pred_probs = None
         pred_probs_transition = None if pred_probs is None else transition_matrix(
             prior, labels, c, confusion=confusion if o.deconvolve else None, soft_observations=pred_probs)
 
-        def posterior(prior_now: np.ndarray) -> np.ndarray:
-            return label_posterior(prior_now, labels, transition, neighbors=neighbors,
-                                   neighbor_weight=o.neighbor_weight, purity=purity, pred_probs=pred_probs,
-                                   pred_probs_weight=pred_probs_weight,
-                                   pred_probs_transition=pred_probs_transition)
+        def posterior(prior_rows: np.ndarray) -> np.ndarray:
+            """The posterior of this process's rows from their prior."""
+            return label_posterior(prior_rows, labels[share], transition,
+                                   neighbors=None if graph is None else graph[share],
+                                   neighbor_weight=o.neighbor_weight, purity=purity,
+                                   pred_probs=None if pred_probs is None else pred_probs[share],
+                                   pred_probs_weight=pred_probs_weight, pred_probs_transition=pred_probs_transition,
+                                   all_labels=labels)
 
-        post = posterior(prior)
+        with clock.stage("posterior"):
+            post_share = posterior(prior_share)
+        del prior_share
         rounds: List[Dict[str, Any]] = []
-        self._log(rounds, 0, post, labels, true_labels, temperature)
-        onehot = np.eye(c, dtype=np.float32)[anchor_labels]
-        fold = _folds(len(x), o.folds, seed)
+        self._log(rounds, 0, post_share, labels[share], None if true_labels is None else true_labels[share],
+                  temperature)
+        anchor_targets = np.asarray(anchor_labels, np.int64)
+        fold = _folds(n, o.folds, seed)
         anchor_fold = _folds(len(a), o.folds, seed + 1)
         for r in progress_bar(range(1, o.self_training_rounds + 1), desc="posterior rounds", unit="round",
                               enabled=None if o.self_training_rounds > 1 else False):
-            logits = np.zeros_like(prior)
-            anchor_logits = np.zeros((len(a), c), np.float32)
-            for k in range(o.folds):
-                train, anchor_train = fold != k, anchor_fold != k
-                head_k = fit_soft_head(x, post * train[:, None], penalty=penalty, steps=int(o.head_steps),
-                                       extra=(a, onehot * anchor_train[:, None]))
-                logits[~train] = _logits(x, head_k)[~train]
-                anchor_logits[~anchor_train] = _logits(a[~anchor_train], head_k)
-            temperature = fit_temperature(anchor_logits, anchor_labels)
-            post = posterior(_softmax(logits / temperature))
-            self._log(rounds, r, post, labels, true_labels, temperature)
+            with clock.stage("self-training"):
+                # every fold's head in one pass per step: head k trains on the rows and anchors of the
+                # other folds (soft targets: the posterior; anchors: their class)
+                problem = HeadProblem(x, post_share, num_heads=o.folds, num_classes=c, folds=fold,
+                                      extra=(a, anchor_targets, anchor_fold), scale=LOGIT_SCALE, penalty=penalty)
+                w, b = fit_heads_lbfgs(problem, int(o.head_steps))
+                anchor_logits = held_out_logits(a, w, b, num_classes=c, scale=LOGIT_SCALE, folds=anchor_fold)
+                temperature = fit_temperature(anchor_logits, anchor_labels)
+                prior_share = held_out_logits(x, w, b, num_classes=c, scale=LOGIT_SCALE, folds=fold, span=share,
+                                              transform=lambda z, t=temperature: torch.softmax(z / t, dim=1))
+            with clock.stage("posterior"):
+                post_share = posterior(prior_share)
+            self._log(rounds, r, post_share, labels[share], None if true_labels is None else true_labels[share],
+                      temperature)
+        post = all_gather_rows(post_share, n)
         stats: Dict[str, Any] = {"rounds": rounds, "penalty": penalty, "transition": transition.round(4).tolist(),
                                  "transition_diagonal": float(np.mean(np.diag(transition))), "neighbor_purity": purity}
-        if neighbors is not None:
-            stats.update(neighbor_label_agreement(prior, labels, transition, neighbors, purity))
-        return post, transition, stats
+        if graph_info is not None:
+            stats["neighbor_graph"] = graph_info
+        if graph is not None:
+            stats.update(neighbor_label_agreement(prior, labels, transition, graph[share], purity, rows=share))
+        return post, transition, stats, graph
 
     def _model_fits(self, spaces: List[Dict[str, Any]]) -> bool:
         """The model check over the facts of every space: each ``model_fit`` >= ``min_model_fit``."""
         limit = self.options.min_model_fit  # type: ignore[attr-defined]
         return limit is None or all(space["model_fit"] >= float(limit) for space in spaces if "model_fit" in space)
 
-    def _planted_temperature(self, x: np.ndarray, a: np.ndarray, labels: np.ndarray, anchor_labels: np.ndarray,
-                             c: int, transition: np.ndarray, *, pred_probs: Optional[np.ndarray],
-                             pred_probs_weight: float, seed: int) -> Optional[float]:
+    def _planted_temperature(self, x: UnitRows, a: np.ndarray, labels: np.ndarray, anchor_labels: np.ndarray,
+                             c: int, transition: np.ndarray, *, graph: Optional[np.ndarray],
+                             pred_probs: Optional[np.ndarray], pred_probs_weight: float, seed: int) -> Optional[float]:
         """The temperature that calibrates the posterior, measured on planted samples: each half of
         the anchors in turn joins the real images (``x`` (N, D), ``labels`` (N,)) with given labels
         drawn from the estimated ``transition`` (C, C), and the other half serves as anchors; the
         whole posterior runs again and the temperature of ``softmax(log r / t)`` with the least
         negative log-likelihood of the planted samples' true classes is returned (None when a
-        class has fewer than 4 anchors). Two more posterior passes."""
+        class has fewer than 4 anchors). Two more posterior passes; the real rows keep their
+        neighbours (``graph`` (N, k)), the planted rows get theirs among all rows. Nothing is
+        copied: the planted rows are appended to a view of the features."""
         if np.bincount(anchor_labels, minlength=c).min() < 4:
             return None
         half = _anchor_halves(anchor_labels, c, seed + 2)
@@ -525,12 +616,17 @@ class PosteriorRefiner(Refiner):
         log_post, truth = [], []
         for k in (0, 1):
             plant = half == k
+            stacked = UnitRows(x.base, index=x.index, extra=a[plant])
             probs = None if pred_probs is None else np.vstack(
                 [pred_probs, np.full((int(plant.sum()), c), 1.0 / c, np.float32)])  # no view of planted rows
-            post, _, _ = self._posterior(np.vstack([x, a[plant]]), a[~plant],
-                                         np.concatenate([labels, planted_labels[plant]]), anchor_labels[~plant], c,
-                                         pred_probs=probs, pred_probs_weight=pred_probs_weight, seed=seed,
-                                         true_labels=None)
+            stacked_graph = None
+            if graph is not None:
+                planted_rows = np.arange(len(x), len(stacked))
+                stacked_graph = np.vstack([graph, exact_knn(stacked, graph.shape[1], queries=planted_rows)])
+            post, _, _, _ = self._posterior(stacked, a[~plant], np.concatenate([labels, planted_labels[plant]]),
+                                            anchor_labels[~plant], c, pred_probs=probs,
+                                            pred_probs_weight=pred_probs_weight, seed=seed, true_labels=None,
+                                            graph=stacked_graph)
             log_post.append(np.log(np.maximum(post[len(x):], _EPS)))
             truth.append(anchor_labels[plant])
         return fit_temperature(np.vstack(log_post), np.concatenate(truth))
@@ -538,8 +634,12 @@ class PosteriorRefiner(Refiner):
     @staticmethod
     def _log(rounds: List[Dict[str, Any]], r: int, post: np.ndarray, labels: np.ndarray,
              true_labels: Optional[np.ndarray], temperature: float) -> None:
-        stats: Dict[str, Any] = {"round": r, "temperature": temperature,
-                                 "candidates": int(np.sum(post.argmax(axis=1) != labels))}
+        """One round's facts (counts over every process's rows)."""
+        best = post.argmax(axis=1)
+        sums = all_reduce_sum(np.array([float(np.sum(best != labels)),
+                                        float(np.sum(best == true_labels)) if true_labels is not None else 0.0,
+                                        float(len(labels))]))
+        stats: Dict[str, Any] = {"round": r, "temperature": temperature, "candidates": int(sums[0])}
         if true_labels is not None:
-            stats["argmax_label_acc"] = float(np.mean(post.argmax(axis=1) == np.asarray(true_labels)))
+            stats["argmax_label_acc"] = float(sums[1] / max(sums[2], 1.0))
         rounds.append(stats)

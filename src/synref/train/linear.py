@@ -1,26 +1,38 @@
-"""A linear softmax head on frozen features, and its k-fold out-of-sample ``pred_probs``.
+"""Linear softmax heads on frozen features, fitted by streaming over row blocks.
 
-When a good frozen feature space exists (a pretrained encoder), the cross-fitted softmax that
-synref's refinement needs does not require training a network per fold: a multinomial
-logistic regression on the features (full-batch Adam, weight decay) takes seconds. Features are
-L2-normalised and scaled by ``scale`` (a fixed inverse temperature), so one learning rate works
-for any encoder.
+One engine (:class:`HeadProblem`: K heads, head k trained on the rows whose fold is not k)
+serves both the cross-fitted evidence (:func:`cross_fit_linear`: hard labels, full-batch Adam
+with weight decay, the out-of-sample ``pred_probs``) and the ``posterior`` refiner's heads (soft
+targets, L-BFGS with an L2 penalty). Every pass reads the features (N, D), which may be a
+read-only memory map, in blocks of :data:`~synref.arrays.BLOCK_ELEMENTS` floats; the loss and
+its gradient are computed per block by hand (``softmax - target``), so no (N, K x C) tensor or
+autograd graph is ever held, and all K heads cost one pass over the rows. Under a
+``torch.distributed`` process group every process takes its share of the rows and the loss
+and gradient are all-reduced, so each process takes the same optimiser steps (up to the order
+of summation).
+
+Features are L2-normalised rows and the logits are ``scale * x @ W^T + b`` (a fixed inverse
+temperature), so one learning rate works for any encoder.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..arrays import as_tensor, l2_normalize
+from ..arrays import UnitRows, as_tensor
 from ..config import ConfigMixin
+from ..distributed import all_reduce_sum, process_group, row_share
 from ..errors import InputError
 from .loop import fold_splits
 
-__all__ = ["LinearHeadConfig", "fit_linear_head", "cross_fit_linear"]
+__all__ = ["LinearHeadConfig", "fit_linear_head", "cross_fit_linear", "HeadProblem", "fit_heads_lbfgs",
+           "fit_heads_adam", "held_out_logits"]
+
+Rows = Union[UnitRows, np.ndarray]
 
 
 @dataclass
@@ -41,71 +53,215 @@ class LinearHeadConfig(ConfigMixin):
                              f"got {self}")
 
 
-def _unit_tensor(features: np.ndarray) -> torch.Tensor:
-    """Unit rows as a float32 tensor: a view of ``features`` when its rows already are unit
-    (the encoders' output, memory-mapped), else one normalised copy."""
-    x = np.asarray(features)
+def _unit_rows(features: Rows) -> UnitRows:
+    if isinstance(features, UnitRows):
+        return features
+    x = features if isinstance(features, np.ndarray) else np.asarray(features)
     if x.ndim != 2:
         raise InputError(f"features: expected (N, D), got shape {tuple(x.shape)}")
-    return as_tensor(l2_normalize(x))
+    return UnitRows(x)
 
 
-def _fit_heads(x: torch.Tensor, labels: torch.Tensor, member: torch.Tensor, num_classes: int,
-               cfg: LinearHeadConfig) -> Tuple[torch.Tensor, torch.Tensor]:
-    """K heads at once: head k is fitted on the rows with ``member[:, k]`` (N, K) set, exactly as
-    if fitted alone (Adam is per parameter and the heads share none), with one pass over ``x``
-    (N, D) per step and no copy of its rows. Returns W (D, K, C) (scaled) and b (K, C)."""
-    n, k = member.shape
-    w = torch.zeros(x.shape[1], k * num_classes, requires_grad=True)
-    b = torch.zeros(k * num_classes, requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=cfg.lr)
-    counts = member.sum(dim=0).clamp_min(1.0)
-    for _ in range(cfg.steps):
-        opt.zero_grad(set_to_none=True)
-        logits = (cfg.scale * (x @ w) + b).view(n, k, num_classes)
-        nll = F.cross_entropy(logits.transpose(1, 2), labels[:, None].expand(n, k), reduction="none")
-        loss = ((nll * member).sum(dim=0) / counts).sum() + cfg.weight_decay * (w ** 2).sum()
-        loss.backward()
+@dataclass
+class _Part:
+    """Rows of one source (the features, or the extra rows such as anchors) in a head problem."""
+
+    x: UnitRows
+    targets: np.ndarray          # (n,) int64 labels or (n, C) float32 soft targets
+    folds: Optional[np.ndarray]  # (n,) int; row i trains every head but head folds[i]; None: every head
+    span: slice                  # the rows of this process
+
+
+class HeadProblem:
+    """K linear softmax heads over the same rows (C classes each): head k is trained on the rows
+    whose fold is not k (``folds`` None: on every row; a fold of -1: the row trains every head).
+
+    ``targets`` are (N,) int labels or (N, C) soft targets (a row whose targets sum to 0 does not
+    count). Head k's loss is the summed cross-entropy of its rows over ``n_k`` (their target mass)
+    plus ``penalty / n_k * |W_k|^2`` (``penalty`` mode "per-row") or ``weight_decay * |W_unscaled|^2``
+    (mode "decay", as :func:`cross_fit_linear` has always had it). ``extra`` = (rows, targets,
+    folds) more rows of the same problem (anchors).
+    """
+
+    def __init__(self, x: Rows, targets: np.ndarray, *, num_heads: int, num_classes: int,
+                 folds: Optional[np.ndarray] = None, extra: Optional[Tuple[Rows, np.ndarray, Optional[np.ndarray]]] = None,
+                 scale: float = 10.0, penalty: float = 0.0, weight_decay: float = 0.0) -> None:
+        rank, world = process_group()
+        self.num_heads, self.num_classes, self.scale = int(num_heads), int(num_classes), float(scale)
+        self.penalty, self.weight_decay = float(penalty), float(weight_decay)
+        self.parts = []
+        for rows, t, f in [(x, targets, folds)] + ([extra] if extra is not None else []):
+            rows = _unit_rows(rows)
+            t = np.asarray(t)
+            if len(t) != len(rows) or (f is not None and len(f) != len(rows)):
+                raise InputError(f"head problem: {len(rows)} rows, {len(t)} targets"
+                                 + (f", {len(f)} folds" if f is not None else ""))
+            self.parts.append(_Part(rows, t, None if f is None else np.asarray(f, np.int64),
+                                    row_share(len(rows), rank, world)))
+        self.dim = self.parts[0].x.dim
+        mass = np.zeros(self.num_heads, np.float64)
+        for part in self.parts:
+            mass += self._mass(part)
+        self.mass = np.maximum(all_reduce_sum(mass), 1.0)
+
+    def _mass(self, part: _Part) -> np.ndarray:
+        """(K,) target mass of this process's rows of ``part`` in each head."""
+        lo, hi = part.span.start, part.span.stop
+        t = part.targets[lo:hi]
+        row_mass = np.ones(hi - lo) if t.ndim == 1 else np.asarray(t, np.float64).sum(axis=1)
+        if part.folds is None:
+            return np.full(self.num_heads, row_mass.sum())
+        f = part.folds[lo:hi]
+        return np.array([row_mass[f != k].sum() for k in range(self.num_heads)])
+
+    def _block_rows(self) -> int:
+        return max(self.dim, self.num_heads * self.num_classes)
+
+    def loss_and_grad(self, w: torch.Tensor, b: torch.Tensor) -> Tuple[float, torch.Tensor, torch.Tensor]:
+        """(loss, dL/dW (K*C, D), dL/db (K*C,)) at ``w`` (K*C, D), ``b`` (K*C,): one pass over the
+        rows in blocks, all-reduced over processes."""
+        k, c = self.num_heads, self.num_classes
+        grad_w = torch.zeros_like(w)
+        grad_b = torch.zeros_like(b)
+        loss = torch.zeros((), dtype=torch.float64)
+        inv_mass = torch.as_tensor(1.0 / self.mass, dtype=torch.float32)
+        for part in self.parts:
+            for start, stop, block in part.x.blocks(self._block_rows(), span=part.span):
+                xb = as_tensor(block)
+                z = F.linear(xb, self.scale * w, b).view(len(xb), k, c)
+                logp = F.log_softmax(z, dim=2)
+                t = part.targets[start:stop]
+                if t.ndim == 1:
+                    labels = torch.as_tensor(t, dtype=torch.int64)
+                    ce = -logp.gather(2, labels.view(-1, 1, 1).expand(-1, k, 1)).squeeze(2)   # (B, K)
+                    grad = logp.exp()
+                    grad.scatter_add_(2, labels.view(-1, 1, 1).expand(-1, k, 1),
+                                      torch.full((len(xb), k, 1), -1.0))
+                else:
+                    soft = torch.as_tensor(np.asarray(t, np.float32))
+                    ce = -(logp * soft[:, None, :]).sum(dim=2)
+                    grad = logp.exp() * soft.sum(dim=1)[:, None, None] - soft[:, None, :]
+                weight = inv_mass.expand(len(xb), k).clone()
+                if part.folds is not None:
+                    f = torch.as_tensor(part.folds[start:stop])
+                    weight[f[:, None] == torch.arange(k)[None, :]] = 0.0
+                loss += (ce * weight).sum(dtype=torch.float64)
+                grad = (grad * weight[:, :, None]).view(len(xb), k * c)
+                grad_w += self.scale * (grad.T @ xb)
+                grad_b += grad.sum(dim=0)
+        loss_value = float(all_reduce_sum(loss.view(1))[0])
+        grad_w = all_reduce_sum(grad_w)
+        grad_b = all_reduce_sum(grad_b)
+        if self.penalty:
+            per_head = torch.as_tensor(self.penalty / self.mass, dtype=torch.float32).repeat_interleave(c)[:, None]
+            loss_value += float((per_head * w.detach() ** 2).sum())
+            grad_w = grad_w + 2.0 * per_head * w.detach()
+        if self.weight_decay:
+            loss_value += self.weight_decay * float((w.detach() ** 2).sum())
+            grad_w = grad_w + 2.0 * self.weight_decay * w.detach()
+        return loss_value, grad_w, grad_b
+
+    def zeros(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Zero weights (K*C, D) and biases (K*C,): the deterministic start."""
+        kc = self.num_heads * self.num_classes
+        return torch.zeros(kc, self.dim), torch.zeros(kc)
+
+
+def fit_heads_lbfgs(problem: HeadProblem, steps: int, init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """All heads of ``problem`` by full-batch L-BFGS (strong Wolfe line search, history 10) from
+    ``init`` (default zero): the heads' losses are summed (they share no parameter). Returns
+    W (K*C, D) and b (K*C,) (W unscaled: logits are ``scale * x @ W^T + b``)."""
+    w0, b0 = init if init is not None else problem.zeros()
+    w = w0.detach().clone().requires_grad_(True)
+    b = b0.detach().clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=int(steps), history_size=10, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        loss, gw, gb = problem.loss_and_grad(w.detach(), b.detach())
+        w.grad, b.grad = gw, gb
+        return torch.tensor(loss, dtype=torch.float32)
+
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def fit_heads_adam(problem: HeadProblem, steps: int, lr: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """All heads of ``problem`` by ``steps`` full-batch Adam steps at ``lr`` from zero (Adam is per
+    parameter: each head moves exactly as if fitted alone). Returns W (K*C, D), b (K*C,)."""
+    w, b = problem.zeros()
+    w.requires_grad_(True)
+    b.requires_grad_(True)
+    opt = torch.optim.Adam([w, b], lr=lr)
+    for _ in range(int(steps)):
+        _, gw, gb = problem.loss_and_grad(w.detach(), b.detach())
+        w.grad, b.grad = gw, gb
         opt.step()
-    return (cfg.scale * w.detach()).view(-1, k, num_classes), b.detach().view(k, num_classes)
+    return w.detach(), b.detach()
 
 
-def fit_linear_head(features: np.ndarray, labels: np.ndarray, num_classes: int,
+def held_out_logits(x: Rows, w: torch.Tensor, b: torch.Tensor, *, num_classes: int, scale: float,
+                    folds: Optional[np.ndarray] = None, span: Optional[slice] = None,
+                    transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> np.ndarray:
+    """(n, C) float32 logits ``scale * x @ W_k^T + b_k`` of the rows ``span`` (default all) of
+    ``x``, each from head ``k = folds[i]`` (the head that held row i out; ``folds`` None: head 0);
+    ``transform`` (e.g. a softmax) is applied per block."""
+    rows = _unit_rows(x)
+    span = slice(0, len(rows)) if span is None else span
+    c = int(num_classes)
+    k = w.shape[0] // c
+    out = np.empty((span.stop - span.start, c), np.float32)
+    with torch.no_grad():
+        for start, stop, block in rows.blocks(w.shape[0], span=span):
+            z = F.linear(as_tensor(block), scale * w, b).view(stop - start, k, c)
+            head = torch.zeros(stop - start, dtype=torch.int64) if folds is None else \
+                torch.as_tensor(np.asarray(folds[start:stop], np.int64))
+            z = z[torch.arange(stop - start), head]
+            out[start - span.start:stop - span.start] = (transform(z) if transform is not None else z).numpy()
+    return out
+
+
+def fit_linear_head(features: Rows, labels: np.ndarray, num_classes: int,
                     config: Optional[LinearHeadConfig] = None) -> torch.nn.Linear:
     """A ``Linear(D, num_classes)`` (weights already multiplied by ``config.scale``) fitted to
     ``labels`` (N,) on ``features`` (N, D). Deterministic (zero initialisation, full batch)."""
     cfg = config or LinearHeadConfig()
-    x = _unit_tensor(features)
-    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    x = _unit_rows(features)
+    y = np.asarray(labels, dtype=np.int64)
     if len(y) != len(x):
         raise InputError(f"labels: {len(y)} for {len(x)} feature rows")
-    w, b = _fit_heads(x, y, torch.ones(len(y), 1), num_classes, cfg)
-    head = torch.nn.Linear(x.shape[1], num_classes)
+    problem = HeadProblem(x, y, num_heads=1, num_classes=num_classes, scale=cfg.scale,
+                          weight_decay=cfg.weight_decay)
+    w, b = fit_heads_adam(problem, cfg.steps, cfg.lr)
+    head = torch.nn.Linear(x.dim, num_classes)
     with torch.no_grad():
-        head.weight.copy_(w[:, 0].T)
-        head.bias.copy_(b[0])
+        head.weight.copy_(cfg.scale * w)
+        head.bias.copy_(b)
     return head
 
 
-def cross_fit_linear(features: np.ndarray, labels: np.ndarray, *, num_classes: int, folds: int = 4,
+def cross_fit_linear(features: Rows, labels: np.ndarray, *, num_classes: int, folds: int = 4,
                      seed: int = 0, config: Optional[LinearHeadConfig] = None) -> np.ndarray:
     """Out-of-sample softmax ``(N, num_classes)`` float32: row i from the head fitted on the
     other folds (the same fold split as :func:`synref.train.cross_fit`). The fold heads are
-    fitted together in one pass over the features per step (:func:`_fit_heads`)."""
+    fitted together, one streamed pass over the features per Adam step (:class:`HeadProblem`);
+    under a process group the rows are shared and every process gets all N rows back."""
+    from ..distributed import all_gather_rows
+
+    cfg = config or LinearHeadConfig()
     labels = np.asarray(labels, dtype=np.int64)
-    x = _unit_tensor(features)
+    x = _unit_rows(features)
     if len(labels) != len(x):
         raise InputError(f"labels: {len(labels)} for {len(x)} feature rows")
     if not 2 <= folds <= len(labels) // 2:
         raise InputError(f"folds must be in [2, {len(labels) // 2}] for {len(labels)} samples, got {folds}")
-    splits = list(fold_splits(labels, folds, seed))
-    member = torch.zeros(len(labels), len(splits))
-    for k, (train_idx, _) in enumerate(splits):
-        member[torch.as_tensor(train_idx), k] = 1.0
-    w, b = _fit_heads(x, torch.as_tensor(labels), member, num_classes, config or LinearHeadConfig())
-    out = np.zeros((len(labels), num_classes), np.float32)
-    with torch.no_grad():
-        for k, (_, held_idx) in enumerate(splits):
-            held = torch.as_tensor(held_idx)
-            out[held_idx] = torch.softmax(x[held] @ w[:, k] + b[k], dim=1).numpy()
-    return out
+    fold_of = np.empty(len(labels), np.int64)
+    for k, (_, held_idx) in enumerate(fold_splits(labels, folds, seed)):
+        fold_of[held_idx] = k
+    problem = HeadProblem(x, labels, num_heads=folds, num_classes=num_classes, folds=fold_of, scale=cfg.scale,
+                          weight_decay=cfg.weight_decay)
+    w, b = fit_heads_adam(problem, cfg.steps, cfg.lr)
+    share = problem.parts[0].span
+    probs = held_out_logits(x, w, b, num_classes=num_classes, scale=cfg.scale, folds=fold_of, span=share,
+                            transform=lambda z: torch.softmax(z, dim=1))
+    return all_gather_rows(probs, len(labels))
