@@ -1,4 +1,23 @@
-"""Scale benchmark of ``synref refine`` with its defaults (pretrained evidence, streamed).
+"""Scale benchmark of ``synref refine`` with its defaults.
+
+``--features-only`` (the refinement at 10^4 .. 10^6 rows, no images): synthetic clustered
+features with known truth, written once as a ``.npy`` per ``--shapes N,D,C`` (a 1e6 x 1280 float32
+file is 5.1 GB), run through ``synref refine --features ... --labels ... --anchor-features ...
+--anchor-labels ...`` in a child process; prints one table per shape: each stage's wall time,
+peak RSS and feature bytes read (from summary.json), the child's wall time and peak RSS, the
+label accuracy of the given and refined labels, and the neighbour graph's method and recall.
+
+    python benchmarks/refine_scale.py --features-only --shapes 100000x1280x10,1000000x1280x10 --work /tmp/synref-scale
+
+The features: C class centres in a 64-dimensional subspace of R^D, each class made of 4 modes;
+a sample is its mode's centre plus variation in a rank-32 subspace shared by all classes (so
+classes overlap) and in a rank-32 subspace of its own class, plus isotropic noise, then
+unit-normalised (like an encoder's output). Anchors come from the same classes through a
+domain shift (one shared offset, only the first two modes of each class: a synthetic anchor
+set that misses part of each class). Given labels: ``--noise`` of them wrong, half moved to a
+fixed confusable class (structured), half uniformly.
+
+Without ``--features-only`` (the whole workflow on image files, pretrained evidence, streamed):
 
 Builds, for each N in ``--sizes``, a CSV manifest of N JPEGs at ``--size`` px (10 classes: the
 digits 0-9 rendered by the glyph generator in varied fonts, tinted and noised), with
@@ -137,17 +156,122 @@ def refined_accuracy(out: Path, truth: np.ndarray) -> float:
     return float(np.mean(suggested == truth))
 
 
+def build_features(root: Path, n: int, d: int, c: int, *, anchors_per_class: int, noise: float,
+                   seed: int) -> Dict[str, Path]:
+    """Synthetic clustered features (see the module docstring) under ``root``; reuses a finished
+    build. Returns the files: features, labels (given), truth, anchor_features, anchor_labels."""
+    files = {name: root / f"{name}.npy" for name in ("features", "labels", "truth", "anchor_features",
+                                                      "anchor_labels")}
+    if all(f.is_file() for f in files.values()):
+        return files
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.normal(size=(d, min(d, 96))))[0].T.astype(np.float32)  # (<=96, D) orthonormal
+    r = basis.shape[0]
+    centres = rng.normal(size=(c, min(64, r))).astype(np.float32) * 0.5
+    modes = centres[:, None, :] + 0.55 * rng.normal(size=(c, 4, centres.shape[1])).astype(np.float32)
+    shared = rng.normal(size=(32, r)).astype(np.float32) * 0.18  # shared by all classes: they overlap
+    own = rng.normal(size=(c, 32, r)).astype(np.float32) * 0.15  # each class's own directions
+
+    def sample(labels: np.ndarray, mode: np.ndarray, local: np.random.Generator, shift: float = 0.0) -> np.ndarray:
+        low = np.zeros((len(labels), r), np.float32)
+        low[:, :centres.shape[1]] = modes[labels, mode]
+        low += local.normal(size=(len(labels), 32)).astype(np.float32) @ shared
+        low += np.einsum("nk,nkr->nr", local.normal(size=(len(labels), 32)).astype(np.float32), own[labels])
+        x = low @ basis + 0.02 * local.normal(size=(len(labels), d)).astype(np.float32)
+        x += shift
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    truth = rng.integers(0, c, n).astype(np.int64)
+    given = truth.copy()
+    wrong = rng.random(n) < noise
+    structured = wrong & (rng.random(n) < 0.5)
+    confusable = rng.permutation(c)
+    confusable[confusable == np.arange(c)] = (np.arange(c)[confusable == np.arange(c)] + 1) % c
+    given[structured] = confusable[truth[structured]]
+    uniform = wrong & ~structured
+    given[uniform] = (truth[uniform] + rng.integers(1, c, int(uniform.sum()))) % c
+    tmp = root / "features.tmp.npy"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d))
+    mode = rng.integers(0, 4, n)
+    for start in range(0, n, 65536):
+        stop = min(n, start + 65536)
+        out[start:stop] = sample(truth[start:stop], mode[start:stop], np.random.default_rng([seed, start]))
+    out.flush()
+    del out
+    anchor_labels = np.repeat(np.arange(c), anchors_per_class)
+    shift = 0.03 * rng.normal(size=d).astype(np.float32)
+    anchors = sample(anchor_labels, rng.integers(0, 2, len(anchor_labels)), rng, shift=shift)
+    np.save(files["labels"], given)
+    np.save(files["truth"], truth)
+    np.save(files["anchor_features"], anchors.astype(np.float32))
+    np.save(files["anchor_labels"], anchor_labels)
+    os.replace(tmp, files["features"])
+    return files
+
+
+def features_only(args: argparse.Namespace) -> int:
+    """The ``--features-only`` benchmark (module docstring)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", SYNREF_NO_PROGRESS="1")
+    for shape in [s for s in args.shapes.split(",") if s.strip()]:
+        n, d, c = (int(v) for v in shape.lower().split("x"))
+        root = args.work / f"features-{n}x{d}x{c}"
+        t0 = time.perf_counter()
+        files = build_features(root, n, d, c, anchors_per_class=args.anchors_per_class, noise=args.noise,
+                               seed=args.seed)
+        built = time.perf_counter() - t0
+        out = root / "out"
+        if out.exists():
+            import shutil
+            shutil.rmtree(out)
+        cmd = [sys.executable, "-m", "synref", "refine", "--features", str(files["features"]), "--labels",
+               str(files["labels"]), "--anchor-features", str(files["anchor_features"]), "--anchor-labels",
+               str(files["anchor_labels"]), "--out", str(out), "--quiet", *args.refine_args.split()]
+        wall, rss, code, tail = run_measured(cmd, {**env, "SYNREF_BENCH_LOG": str(root / "refine.log")})
+        if code != 0:
+            print(f"synref refine failed for {shape} (exit {code}):\n{tail}", file=sys.stderr)
+            return 1
+        summary = json.loads((out / "summary.json").read_text())
+        truth, given = np.load(files["truth"]), np.load(files["labels"])
+        import pandas as pd
+        refined = pd.read_csv(out / "refined_labels.csv", usecols=["suggested_label"])["suggested_label"].to_numpy()
+        size = files["features"].stat().st_size
+        graph = summary.get("neighbor_graph") or {}
+        print(f"\n### N={n:,} D={d} C={c}: features {size / 2 ** 30:.2f} GiB (built in {built:.0f} s), "
+              f"{args.anchors_per_class} anchors per class")
+        print(f"refine child: {wall:.1f} s wall, peak RSS {rss / 2 ** 30:.2f} GiB "
+              f"(features file + {(rss - size) / 2 ** 30:.2f} GiB); "
+              f"label accuracy given {np.mean(given == truth):.4f} -> refined {np.mean(refined == truth):.4f}; "
+              f"graph {graph.get('method')} recall@{graph.get('k')} {graph.get('recall')}; "
+              f"decided by {(summary.get('decision') or {}).get('decided_by')}")
+        print("| stage | seconds | peak RSS GiB | GiB read |")
+        print("|---|---:|---:|---:|")
+        for record in summary.get("stages", []):
+            peak = record.get("peak_rss_mb")
+            print(f"| {record['stage']} | {record['seconds']:.1f} | "
+                  f"{'' if peak is None else f'{peak / 1024:.2f}'} | {record['bytes_read'] / 2 ** 30:.2f} |")
+        other = {k: v for k, v in (summary.get("timings") or {}).items()}
+        print(f"timings (s): {json.dumps(other)}")
+    return 0
+
+
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--features-only", action="store_true",
+                        help="synthetic features of --shapes through synref refine --features (no images)")
+    parser.add_argument("--shapes", default="10000x1280x10,100000x1280x10",
+                        help="with --features-only: comma-separated NxDxC (default 10000x1280x10,100000x1280x10)")
     parser.add_argument("--sizes", default="10000,20000", help="comma-separated N (default 10000,20000)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/synref-scale"), help="data and results folder")
     parser.add_argument("--size", type=int, default=224, help="JPEG side in pixels (default 224)")
-    parser.add_argument("--noise", type=float, default=0.3, help="fraction of wrong given labels (default 0.3)")
-    parser.add_argument("--anchors-per-class", type=int, default=50)
+    parser.add_argument("--noise", type=float, default=0.4, help="fraction of wrong given labels (default 0.4)")
+    parser.add_argument("--anchors-per-class", type=int, default=50, help="anchors per class (default 50)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--refine-args", default="", help="extra synref refine options (quoted)")
     parser.add_argument("--skip-bare", action="store_true", help="do not time the bare encoder")
     args = parser.parse_args(argv)
+    if args.features_only:
+        return features_only(args)
 
     from synref.apps.refine_run import PRETRAINED_SIZE
     from synref.features import DEFAULT_ENCODER

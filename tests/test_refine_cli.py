@@ -38,7 +38,7 @@ def _refine(args, capsys):
 FAST = ["--generate", "--generator", "glyph", "--per-class", "20", "--train", "--epochs", "4", "--folds", "2",
         "--quiet", "--seed", "0"]
 # The recommended setup: a self-supervised feature space (measured on this folder: labels 0.811 -> 0.944).
-BASE = ["--generate", "--generator", "glyph", "--per-class", "20", "--train", "--folds", "2", "--features", "ssl",
+BASE = ["--generate", "--generator", "glyph", "--per-class", "20", "--train", "--folds", "2", "--encoder", "ssl",
         "--quiet", "--seed", "0"]
 
 
@@ -81,11 +81,11 @@ def test_refine_end_to_end_and_resume(folder, tmp_path, capsys):
 
 @pytest.mark.parametrize("encoder,dim", [("efficientnet-lite0", 1280), ("efficientnet-lite-ensemble", 3632)])
 def test_refine_with_pretrained_efficientnet_features(folder, tmp_path, capsys, encoder, dim):
-    """--features efficientnet-lite0 / -lite-ensemble: an offline ImageNet space is the fixed
+    """--encoder efficientnet-lite0 / -lite-ensemble: an offline ImageNet space is the fixed
     feature space."""
     root, truth = folder
     out = tmp_path / "eff"
-    code, io = _refine(["refine", "--data", root, "--out", out, "--features", encoder] + FAST, capsys)
+    code, io = _refine(["refine", "--data", root, "--out", out, "--encoder", encoder] + FAST, capsys)
     assert code == 0, io.err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_samples"] == 90
@@ -146,8 +146,8 @@ def test_bad_input_one_line_exit_2_no_output(folder, tmp_path, capsys, case):
         args[2] = tmp_path / "nowhere"
         needle = "nowhere"
     elif case == "features":
-        args += ["--features", "pixels"]
-        needle = "--features"
+        args += ["--encoder", "pixels"]
+        needle = "--encoder"
     code, io = _refine(args, capsys)
     assert code == 2, io.err
     lines = io.err.strip().splitlines()
@@ -287,8 +287,8 @@ def test_default_corrupt_image_stops_or_is_skipped(folder, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--features", "classifier"], "--features classifier needs --classifier CKPT or --train"),
-    (["--encoder", "ssl"], "--features ssl trains a SimCLR encoder"),
+    (["--encoder", "classifier"], "--encoder classifier needs --classifier CKPT or --train"),
+    (["--encoder", "ssl"], "--encoder ssl trains a SimCLR encoder"),
     (["--workers", "-1"], "--workers must be at least 0"),
     (["--chunk-size", "0"], "--chunk-size must be at least 1"),
     (["--refiner", "paper", "--on-model-check-failure", "keep"],

@@ -69,21 +69,27 @@ class UnitRows:
     The rows are ``base`` (N0, D) (an ndarray or a read-only ``np.memmap``), optionally
     selected by ``index`` (N,) int (a row subset: skipped files, one fold's samples), then
     followed by ``extra`` (M, D) rows (planted anchors). Rows whose norm is not 1 are scaled
-    per block (zero rows stay zero), so unnormalised user embeddings need no normalised copy.
+    per block (zero rows stay zero), so unnormalised user embeddings need no normalised copy
+    (``norms`` (N0,): the row norms when already computed).
     What is read is counted (:func:`bytes_served`).
     """
 
     def __init__(self, base: np.ndarray, index: Optional[np.ndarray] = None,
-                 extra: Optional[np.ndarray] = None, *, atol: float = 1e-4) -> None:
-        if isinstance(base, UnitRows):
-            if index is not None or base.index is not None or base.extra is not None:
-                raise ValueError("UnitRows of UnitRows takes only extra rows")
+                 extra: Optional[np.ndarray] = None, *, atol: float = 1e-4,
+                 norms: Optional[np.ndarray] = None) -> None:
+        if isinstance(base, UnitRows):  # a view of a view: compose the row selections
+            if base.extra is not None and (index is not None or extra is not None):
+                raise ValueError("rows of a UnitRows with extra rows cannot be selected again")
+            if base.extra is not None:
+                extra = base.extra
+            if base.index is not None:
+                index = base.index if index is None else base.index[np.asarray(index, dtype=np.int64)]
             base, norms = base.base, base._norms
         else:
             base = np.asarray(base) if not isinstance(base, np.ndarray) else base
             if base.ndim != 2:
                 raise ValueError(f"features: expected (N, D), got shape {tuple(base.shape)}")
-            norms = row_norms(base)
+            norms = row_norms(base) if norms is None else np.asarray(norms, np.float32)
             norms = None if (len(norms) == 0 or np.all(np.abs(norms - 1.0) <= atol)) else norms
         self.base = base
         self._norms = norms
@@ -93,8 +99,24 @@ class UnitRows:
             raise ValueError(f"extra rows have {self.extra.shape[1]} columns, the features {base.shape[1]}")
         self.num_base = len(base) if self.index is None else len(self.index)
 
+    #: array-like enough for code that reads ``x[start:stop]`` blocks (``len``, ``shape``, ``ndim``)
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
     def __len__(self) -> int:
         return self.num_base + (0 if self.extra is None else len(self.extra))
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        """Unit rows ``rows`` (a slice with step 1): :meth:`block`."""
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise TypeError("UnitRows supports contiguous slices only; use take() to gather rows")
+        start, stop, _ = rows.indices(len(self))
+        return self.block(start, max(start, stop))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """All rows as one (N, D) array: a copy, for code that cannot stream."""
+        out = self.block(0, len(self))
+        return out if dtype is None else out.astype(dtype)
 
     @property
     def dim(self) -> int:

@@ -411,11 +411,21 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=30, help="epochs per fold model (default 30)")
     p.add_argument("--folds", type=int, default=4, help="k of the cross-fitting (default 4)")
     p.add_argument("--rounds", type=int, default=1, help="refinement rounds (default 1; 3 in the demo)")
-    p.add_argument("--encoder", "--features", dest="features", default=None, choices=FEATURE_EXTRACTORS.choices(),
+    p.add_argument("--encoder", dest="encoder", default=None, choices=FEATURE_EXTRACTORS.choices(),
                    help=f"feature space: a frozen pretrained encoder ({DEFAULT_ENCODER}, the default: ImageNet, "
                         "offline; clip with --clip-model; any registered one), or with --train / --classifier: "
                         "classifier (their default) or ssl (simclr)")
     p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="CLIP model id or local folder")
+    own = p.add_argument_group("bring your own embeddings (no encoder runs; --data optional, for the report's images)")
+    own.add_argument("--features", type=Path, default=None, metavar="FEATURES.npy",
+                     help="(N, D) embeddings of the samples you already have (CLIP, DINOv2, your model), "
+                          "memory-mapped; with --labels, --anchor-features, --anchor-labels")
+    own.add_argument("--anchor-features", type=Path, default=None, metavar="ANCHOR_FEATURES.npy",
+                     help="(M, D) embeddings of the anchors in the same space")
+    own.add_argument("--anchor-labels", type=Path, default=None, metavar="ANCHOR_LABELS.npy",
+                     help="the anchors' labels (.npy or one per line)")
+    own.add_argument("--class-names", type=Path, default=None, metavar="NAMES",
+                     help="class names: a text file (one per line) or a JSON list (default: 0..C-1 or --data's)")
     p.add_argument("--refiner", default=DEFAULT_REFINER, choices=REFINERS.choices(),
                    help=f"the refinement rule (default {DEFAULT_REFINER}: the estimated posterior of the true class "
                         f"decides; paper = the published rule, raw cosine; crossfit = calibrated score rule)")
@@ -472,7 +482,11 @@ def _run_refine(args: argparse.Namespace) -> int:
             generator=args.generator if args.generate else None, generator_options=_generator_options(args),
             per_class=args.per_class, classifier=None if args.classifier is None else str(args.classifier),
             train=args.train, model=args.arch, epochs=args.epochs, folds=args.folds, rounds=args.rounds,
-            features=args.features, clip_model=args.clip_model, refiner=args.refiner, alpha=args.alpha,
+            encoder=args.encoder, clip_model=args.clip_model,
+            features=None if args.features is None else str(args.features),
+            anchor_features=None if args.anchor_features is None else str(args.anchor_features),
+            anchor_labels=None if args.anchor_labels is None else str(args.anchor_labels),
+            class_names=None if args.class_names is None else str(args.class_names), refiner=args.refiner, alpha=args.alpha,
             threshold=args.threshold, target_precision=args.target_precision,
             on_model_check_failure=args.on_model_check_failure, calibrate=not args.no_calibrate, image_size=args.image_size,
             skip_bad=args.skip_bad, seed=args.seed, batch_size=args.batch_size, workers=args.workers,

@@ -155,6 +155,25 @@ def read_npy(path: PathLike, what: str) -> np.ndarray:
         raise InputError(f"cannot read {what} file {path}: {npy_problem(exc)}") from None
 
 
+def read_npy_matrix(path: PathLike, what: str) -> np.ndarray:
+    """A 2-D numeric ``.npy`` array (N, D), memory-mapped read-only (nothing is read until used;
+    no pickles); anything else is a one-line InputError naming ``what`` and the path."""
+    from .errors import InputError
+
+    path = Path(path)
+    check_input_file(path, f"{what} file")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # numpy raises several types for a bad file
+        raise InputError(f"cannot read {what} file {path}: {npy_problem(exc)}") from None
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise InputError(f"{what} {path}: expected a 2-D array (rows, dimensions), got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)) \
+            or array.dtype == np.bool_:
+        raise InputError(f"{what} {path}: expected numbers, got dtype {array.dtype}")
+    return array
+
+
 def npy_problem(exc: BaseException) -> str:
     """Why ``np.load(..., allow_pickle=False)`` failed, in words that never advise loading the
     file unsafely (numpy's own message suggests ``allow_pickle=True``)."""

@@ -131,8 +131,12 @@ def check_num_classes(num_classes: Any, minimum: int = 2) -> int:
 
 # ------------------------------------------------------------------------------- arrays
 def as_2d_float(name: str, array: Any, *, rows: Optional[int] = None, cols: Optional[int] = None) -> np.ndarray:
-    """A 2-D float array (float dtypes and memory maps kept as they are; others -> float32)."""
-    array = np.asarray(array)
+    """A 2-D float array (float dtypes, memory maps and :class:`~synref.arrays.UnitRows` views
+    kept as they are; others -> float32)."""
+    from .arrays import UnitRows
+
+    if not isinstance(array, UnitRows):
+        array = np.asarray(array)
     if array.ndim != 2:
         raise InputError(f"{name} must be 2-D, got shape {array.shape}")
     if rows is not None and array.shape[0] != rows:

@@ -28,7 +28,6 @@ out and listed in the summary. ``OUT/config.json`` re-runs the folder:
 """
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import dataclass, field
@@ -40,16 +39,18 @@ import numpy as np
 from .. import __version__
 from ..anchors import create_generator, generate_anchor_set, load_matched_anchors
 from ..anchors.store import read_meta
+from ..arrays import UnitRows, row_norms
 from ..config import ConfigMixin
 from ..data import LabeledImages, decode_images, load_dataset, load_labels_file
-from ..distributed import distributed_context, release_distributed
+from ..distributed import distributed_context, process_group, release_distributed
 from ..errors import InputError
 from ..evidence import (CrossFitEvidenceConfig, Evidence, check_anchor_classes, classifier_evidence,
                         crossfit_evidence, linear_head_evidence)
 from ..features import (DEFAULT_CLIP_MODEL, DEFAULT_ENCODER, FEATURE_EXTRACTORS, ExtractorContext, cached_features,
                         compute_features, extractor_from_context)
 from ..hashing import digest
-from ..io import atomic_open, check_not_inside, check_output_dir, remove_stale_temp_files, write_json, write_npy
+from ..io import (atomic_open, check_input_file, check_not_inside, check_output_dir, read_npy_matrix,
+                  remove_stale_temp_files, write_json, write_npy)
 from ..models import create_model, load_classifier, read_checkpoint
 from ..refiners import (DEFAULT_REFINER, REFINERS, Refiner, RefinementResult, create_refiner, refine,
                         refiner_option_names)
@@ -66,7 +67,7 @@ PRETRAINED_SIZE = 160
 #: the smallest working image side (``--image-size`` and the data's own size).
 MIN_IMAGE_SIZE = 4
 #: where the evidence comes from (see the module docstring).
-EVIDENCE_MODES = ("pretrained", "train", "classifier")
+EVIDENCE_MODES = ("pretrained", "train", "classifier", "features")
 
 
 @dataclass
@@ -83,11 +84,17 @@ class RefineRunConfig(ConfigMixin):
             train k-fold cross-fitted classifiers (``model``, ``epochs``); neither: pretrained
             evidence (a frozen encoder + ``folds`` cross-fitted linear heads).
         folds, rounds: the cross-fitting's k; the refiner's rounds (not with ``classifier``).
-        features: a :data:`~synref.features.FEATURE_EXTRACTORS` name; None = the mode's default:
+        encoder: a :data:`~synref.features.FEATURE_EXTRACTORS` name; None = the mode's default:
             :data:`~synref.features.DEFAULT_ENCODER` (pretrained evidence) or "classifier" (each
             fold network's own space with ``train``; the saved classifier's with ``classifier``).
             Pretrained evidence takes a label-free encoder (``efficientnet-lite0``, ``clip`` with
             ``clip_model``, ...); ``ssl`` goes with ``train``.
+        features, anchor_features, anchor_labels, class_names: bring your own embeddings: a
+            ``.npy`` (N, D) of the samples (memory-mapped, never copied), a ``.npy`` (M, D) of the
+            anchors in the same space and their labels (a label file), optional class names (a
+            text file, one per line, or a JSON list). ``labels`` (or ``data``) gives the given
+            labels; ``data`` is optional and then names the images behind the rows (same order)
+            for the report. No encoder runs; the refiner and the outputs are the same.
         refiner: a :data:`~synref.refiners.REFINERS` name (default ``posterior``); its options,
             when it has them: alpha, threshold (the score rule), calibrate (similarity as
             anchor-calibrated probabilities), target_precision (the estimated precision the
@@ -117,8 +124,12 @@ class RefineRunConfig(ConfigMixin):
     epochs: int = 30
     folds: int = 4
     rounds: int = 1
-    features: Optional[str] = None
+    encoder: Optional[str] = None
     clip_model: str = DEFAULT_CLIP_MODEL
+    features: Optional[str] = None
+    anchor_features: Optional[str] = None
+    anchor_labels: Optional[str] = None
+    class_names: Optional[str] = None
     refiner: str = DEFAULT_REFINER
     alpha: float = 0.5
     threshold: float = 0.6
@@ -133,24 +144,45 @@ class RefineRunConfig(ConfigMixin):
     chunk_size: int = 4096
 
     def __post_init__(self) -> None:
-        if not str(self.data).strip():
-            raise InputError("--data is required (an image folder, a CSV manifest, a CIFAR folder or 'digits')")
-        if (self.anchors is None) == (self.generator is None):
-            raise InputError("give exactly one of --anchors DIR or --generate (with --generator)")
+        if self.features is not None and self.encoder is None and self.features in FEATURE_EXTRACTORS \
+                and not Path(self.features).exists():
+            # a config.json of synref <= 0.1.0 named the encoder "features"
+            self.encoder, self.features = self.features, None
+        if self.features is not None:
+            for name in ("anchor_features", "anchor_labels"):
+                if getattr(self, name) is None:
+                    raise InputError(f"--features needs --{name.replace('_', '-')} (the anchors in the same space)")
+            if self.labels is None and not str(self.data).strip():
+                raise InputError("--features needs --labels (the given labels of its rows) or --data")
+            for flag, value in (("--anchors", self.anchors), ("--generate", self.generator),
+                                ("--classifier", self.classifier), ("--train", self.train or None),
+                                ("--encoder", self.encoder)):
+                if value is not None:
+                    raise InputError(f"{flag} does not apply with --features (the embeddings are given: no "
+                                     "encoder runs, the anchors come from --anchor-features)")
+        else:
+            for name in ("anchor_features", "anchor_labels", "class_names"):
+                if getattr(self, name) is not None:
+                    raise InputError(f"--{name.replace('_', '-')} applies with --features FEATURES.npy only")
+            if not str(self.data).strip():
+                raise InputError("--data is required (an image folder, a CSV manifest, a CIFAR folder or 'digits'),"
+                                 " or --features FEATURES.npy with --labels")
+            if (self.anchors is None) == (self.generator is None):
+                raise InputError("give exactly one of --anchors DIR or --generate (with --generator)")
         if self.classifier is not None and self.train:
             raise InputError("give at most one of --classifier CKPT or --train (neither: pretrained evidence)")
-        if self.features is not None and self.features not in FEATURE_EXTRACTORS:
-            raise InputError(f"unknown --features {self.features!r}; choose one of: "
+        if self.encoder is not None and self.encoder not in FEATURE_EXTRACTORS:
+            raise InputError(f"unknown --encoder {self.encoder!r}; choose one of: "
                              f"{', '.join(FEATURE_EXTRACTORS.choices())}")
         if self.evidence_mode == "pretrained":
             if self.space == "classifier":
-                raise InputError("--features classifier needs --classifier CKPT or --train; without them the "
+                raise InputError("--encoder classifier needs --classifier CKPT or --train; without them the "
                                  f"evidence comes from a frozen pretrained encoder (default {DEFAULT_ENCODER})")
             if self.space == "ssl":
-                raise InputError("--features ssl trains a SimCLR encoder on the images in memory: use it with "
+                raise InputError("--encoder ssl trains a SimCLR encoder on the images in memory: use it with "
                                  "--train (the default evidence uses a frozen pretrained encoder)")
             if not getattr(FEATURE_EXTRACTORS.get(self.space), "label_free", False):
-                raise InputError(f"--features {self.features} sees labels; pretrained evidence needs a "
+                raise InputError(f"--encoder {self.encoder} sees labels; pretrained evidence needs a "
                                  "label-free encoder")
         for name in ("alpha", "threshold"):
             value = float(getattr(self, name))
@@ -168,8 +200,10 @@ class RefineRunConfig(ConfigMixin):
 
     @property
     def evidence_mode(self) -> str:
-        """``classifier`` (a saved one), ``train`` (cross-fitted CNNs) or ``pretrained`` (a frozen
-        encoder + cross-fitted linear heads: the default)."""
+        """``classifier`` (a saved one), ``train`` (cross-fitted CNNs), ``features`` (given
+        embeddings) or ``pretrained`` (a frozen encoder + cross-fitted linear heads: the default)."""
+        if self.features is not None:
+            return "features"
         if self.classifier is not None:
             return "classifier"
         return "train" if self.train else "pretrained"
@@ -198,8 +232,11 @@ class RefineRunConfig(ConfigMixin):
 
     @property
     def space(self) -> str:
-        """The canonical feature extractor name of ``features`` (or of the mode's default)."""
-        name = self.features
+        """The canonical feature extractor name of ``encoder`` (or of the mode's default;
+        ``given`` for embeddings brought with ``features``)."""
+        if self.features is not None:
+            return "given"
+        name = self.encoder
         if name is None:
             name = DEFAULT_ENCODER if self.evidence_mode == "pretrained" else "classifier"
         return FEATURE_EXTRACTORS.canonical(name)
@@ -396,60 +433,83 @@ def _score(config: RefineRunConfig, dataset: LabeledImages, anchors: LabeledImag
 
 
 # ----------------------------------------------------------------------------- outputs
-def _write_csv(path: Path, dataset: LabeledImages, result: RefinementResult) -> None:
-    """``refined_labels.csv``, one row per sample, written row by row into a temporary file that
-    is renamed at the end (never the whole table in memory)."""
-    names = dataset.class_names
+#: rows of ``refined_labels.csv`` formatted at a time.
+CSV_BLOCK_ROWS = 1 << 16
+CSV_COLUMNS = ["index", "id", "path", "given_label", "given_class", "suggested_label", "suggested_class",
+               "best_score", "given_score", "label_quality", "changed"]
+
+
+def _write_csv(path: Path, dataset: Any, result: RefinementResult) -> None:
+    """``refined_labels.csv``, one row per sample, formatted a block of rows at a time (pandas'
+    C writer, no Python object per row) into a temporary file renamed at the end."""
+    import pandas as pd
+
+    names = np.asarray(dataset.class_names, dtype=object)
     quality = result.label_quality
-    paths = dataset.paths
-    ids = dataset.ids or []
+    paths, ids = dataset.paths, dataset.ids
+    n = len(result.labels)
     with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["index", "id", "path", "given_label", "given_class", "suggested_label", "suggested_class",
-                         "best_score", "given_score", "label_quality", "changed"])
-        for i in range(len(dataset)):
-            given, suggested = int(result.labels[i]), int(result.refined_labels[i])
-            writer.writerow([i, ids[i], paths[i] if paths else "", given, names[given], suggested, names[suggested],
-                             f"{result.best_score[i]:.6f}", f"{result.given_score[i]:.6f}", f"{quality[i]:.6f}",
-                             "yes" if given != suggested else "no"])
+        for start in range(0, max(n, 1), CSV_BLOCK_ROWS):
+            stop = min(n, start + CSV_BLOCK_ROWS)
+            given, suggested = result.labels[start:stop], result.refined_labels[start:stop]
+            index = np.arange(start, stop)
+            frame = pd.DataFrame({
+                "index": index, "id": index.astype(str) if ids is None else ids[start:stop],
+                "path": "" if paths is None else paths[start:stop],
+                "given_label": given, "given_class": names[given], "suggested_label": suggested,
+                "suggested_class": names[suggested], "best_score": result.best_score[start:stop],
+                "given_score": result.given_score[start:stop], "label_quality": quality[start:stop],
+                "changed": np.where(given != suggested, "yes", "no")}, columns=CSV_COLUMNS)
+            frame.to_csv(handle, header=start == 0, index=False, float_format="%.6f", lineterminator="\n")
 
 
 def _skip_rows(dataset: LabeledImages, features: np.ndarray, skipped: List[Dict[str, Any]]
-               ) -> Tuple[LabeledImages, np.ndarray, List[Dict[str, str]]]:
+               ) -> Tuple[LabeledImages, Any, List[Dict[str, str]]]:
     """Leave the unreadable files (all-zero feature rows of ``skip_bad``) out of the dataset and
-    the features (a copy of the kept rows only when something was skipped)."""
+    the features: a :class:`~synref.arrays.UnitRows` view of the kept rows, never a copy."""
     if not skipped:
         return dataset, features, []
-    bad = {int(s["index"]) for s in skipped}
-    keep = np.array([i for i in range(len(dataset)) if i not in bad], dtype=np.int64)
+    bad = np.zeros(len(dataset), bool)
+    bad[[int(s["index"]) for s in skipped]] = True
+    keep = np.flatnonzero(~bad)
     if keep.size == 0:
         raise InputError(f"none of the {len(dataset)} images could be read (first: {skipped[0]['reason']})")
     listed = [{"file": str(s["file"]), "reason": str(s["reason"])} for s in sorted(skipped, key=lambda s: s["index"])]
-    return dataset.subset(keep), np.asarray(features[keep]), listed
+    return dataset.subset(keep), UnitRows(features, index=keep), listed
+
+
+def _refine_features(config: RefineRunConfig, features: Any, labels: np.ndarray, anchor_features: np.ndarray,
+                     anchor_labels: np.ndarray, class_names: List[str], encoder: str
+                     ) -> Tuple[RefinementResult, Dict[str, Any]]:
+    """The refinement over fixed features (N, D) (memory-mapped or a row view) with cross-fitted
+    linear heads (computed only if the refiner reads them), in every process of a launch (the
+    refiner shares the rows between them). Returns the result and its timings."""
+    t0 = time.time()
+    evidence = linear_head_evidence(features, labels, anchor_features, anchor_labels,
+                                    num_classes=len(class_names), folds=config.folds, seed=config.seed,
+                                    class_names=class_names, description={"features": encoder})
+    result = refine(evidence, config.refiner_for_run())
+    stages = list(result.info.get("stages") or [])
+    timings = {"refine": round(time.time() - t0, 3), **{r["stage"]: r["seconds"] for r in stages}}
+    return result, {"timings": timings, "stages": stages}
 
 
 def _run_pretrained(config: RefineRunConfig, dataset: LabeledImages, out: Path, cache: Path, *, rank: int,
                     world: int, barrier: Optional[Callable[[], Any]], device: Optional[str]
                     ) -> Optional[Tuple[LabeledImages, RefinementResult, Dict[str, Any]]]:
-    """Pretrained evidence: streamed features (every process) -> process 0 refines. Returns
-    None in the other processes."""
+    """Pretrained evidence: streamed features (every process) -> the refinement (every process
+    takes its share of the rows) -> process 0 writes. Returns None in the other processes."""
     directory, anchor_info = anchor_dir(config, dataset.class_names, out, process_index=rank, num_processes=world,
                                         barrier=barrier)
     anchors, extra = load_anchors(directory, dataset, decode=not dataset.is_path_backed)
     check_anchor_classes(anchors.labels, dataset.num_classes, dataset.class_names)
     space = pretrained_features(config, dataset, anchors, cache, process_index=rank, num_processes=world,
                                 barrier=barrier, device=device)
+    dataset, features, skipped = _skip_rows(dataset, space["features"], space["skipped"])
+    result, facts = _refine_features(config, features, dataset.labels, space["anchor_features"], anchors.labels,
+                                     dataset.class_names, space["extractor"])
     if rank != 0:
         return None
-    dataset, features, skipped = _skip_rows(dataset, space["features"], space["skipped"])
-    t0 = time.time()
-    evidence = linear_head_evidence(features, dataset.labels, space["anchor_features"], anchors.labels,
-                                    num_classes=dataset.num_classes, folds=config.folds, seed=config.seed,
-                                    class_names=dataset.class_names,
-                                    description={"features": space["extractor"]})
-    evidence_seconds = time.time() - t0
-    t0 = time.time()
-    result = refine(evidence, config.refiner_for_run())
     info = {"classifier": f"{config.folds}-fold cross-fitted linear heads on {space['extractor']} features",
             "anchors": {**anchor_info, "num_anchors": len(anchors), "ignored_anchor_classes": extra},
             "num_anchors": len(anchors), "skipped": skipped, "resumed": space["resumed"],
@@ -459,9 +519,91 @@ def _run_pretrained(config: RefineRunConfig, dataset: LabeledImages, out: Path, 
                          "feature_file": str(Path(space["file"]).relative_to(out.resolve()))
                          if Path(space["file"]).is_relative_to(out.resolve()) else space["file"],
                          "feature_shape": list(space["features"].shape), "processes": world},
-            "timings": {"features": space["seconds"], "heads": round(evidence_seconds, 3),
-                        "refine": round(time.time() - t0, 3)}}
+            "timings": {"features": space["seconds"], **facts["timings"]}, "stages": facts["stages"]}
     return dataset, result, info
+
+
+@dataclass
+class FeatureRows:
+    """The samples of a run on given embeddings: labels and class names, optionally the images
+    (``paths``) behind the rows; what the results writer reads of a :class:`LabeledImages`."""
+
+    labels: np.ndarray
+    class_names: List[str]
+    paths: Optional[List[str]] = None
+    ids: Optional[List[str]] = None
+    images: Optional[np.ndarray] = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def is_path_backed(self) -> bool:
+        return self.paths is not None
+
+
+def _read_class_names(path: str) -> List[str]:
+    """Class names from a text file (one per line) or a JSON list."""
+    file = check_input_file(Path(path), "--class-names file")
+    text = file.read_text(encoding="utf-8")
+    if file.suffix.lower() == ".json":
+        try:
+            names = json.loads(text)
+        except ValueError as exc:
+            raise InputError(f"--class-names {path}: not JSON ({exc})") from None
+        if not isinstance(names, list):
+            raise InputError(f"--class-names {path}: expected a JSON list of names")
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    names = [str(name) for name in names]
+    if len(set(names)) != len(names):
+        raise InputError(f"--class-names {path}: names repeat")
+    return names
+
+
+def _run_given_features(config: RefineRunConfig, out: Path, *, rank: int
+                        ) -> Optional[Tuple[FeatureRows, RefinementResult, Dict[str, Any]]]:
+    """Embeddings brought by the user: ``features`` (N, D) memory-mapped, anchors (M, D) and
+    their labels, the given labels; the same refinement as pretrained evidence."""
+    features = read_npy_matrix(config.features, "--features")  # type: ignore[arg-type]
+    norms = row_norms(features)  # one streamed pass: finite rows, and the norms the refiner scales by
+    bad = np.flatnonzero(~np.isfinite(norms))
+    if bad.size:
+        raise InputError(f"--features {config.features}: row {int(bad[0])} has a NaN or infinite value")
+    features = UnitRows(features, norms=norms)
+    anchor_features = np.asarray(read_npy_matrix(config.anchor_features, "--anchor-features"),  # type: ignore[arg-type]
+                                 dtype=np.float32)
+    if anchor_features.shape[1] != features.shape[1]:
+        raise InputError(f"--anchor-features {config.anchor_features} has {anchor_features.shape[1]} dimensions, "
+                         f"--features {config.features} has {features.shape[1]}")
+    dataset = load_data(config) if str(config.data).strip() else None
+    names = _read_class_names(config.class_names) if config.class_names is not None else         (dataset.class_names if dataset is not None else None)
+    labels = dataset.labels if dataset is not None else         load_labels_file(config.labels, num_samples=len(features), num_classes=None if names is None else len(names))  # type: ignore[arg-type]
+    anchor_labels = load_labels_file(config.anchor_labels, num_samples=len(anchor_features),  # type: ignore[arg-type]
+                                     num_classes=None if names is None else len(names))
+    if len(labels) != len(features):
+        raise InputError(f"--features {config.features} has {len(features)} rows, the labels {len(labels)}")
+    if names is None:
+        names = [str(c) for c in range(int(max(labels.max(initial=0), anchor_labels.max(initial=0))) + 1)]
+    check_anchor_classes(anchor_labels, len(names), names)
+    rows = FeatureRows(labels, names, paths=dataset.paths if dataset is not None else None,
+                       ids=dataset.ids if dataset is not None else None)
+    result, facts = _refine_features(config, features, labels, anchor_features, anchor_labels, names, "given")
+    if rank != 0:
+        return None
+    info = {"classifier": f"{config.folds}-fold cross-fitted linear heads on the given features",
+            "anchors": {"features": str(Path(config.anchor_features).resolve()),  # type: ignore[arg-type]
+                        "labels": str(Path(config.anchor_labels).resolve()), "num_anchors": len(anchor_labels)},  # type: ignore[arg-type]
+            "num_anchors": len(anchor_labels), "skipped": [], "resumed": False, "image_size": None, "channels": None,
+            "temperatures": result.info.get("temperatures", []), "rounds": result.info.get("rounds", []),
+            "evidence": {"mode": "features", "encoder": "given", "feature_file": str(Path(config.features).resolve()),  # type: ignore[arg-type]
+                         "feature_shape": list(features.shape), "processes": process_group()[1]},
+            "timings": facts["timings"], "stages": facts["stages"]}
+    return rows, result, info
 
 
 def _run_in_memory(config: RefineRunConfig, dataset: LabeledImages, out: Path, cache: Path
@@ -491,16 +633,23 @@ def run_refine(config: RefineRunConfig, *, out: Path) -> Optional[Dict[str, Any]
     processes return None."""
     out = Path(out)
     check_output_dir(out)
-    check_not_inside(out, config.data)
+    if str(config.data).strip():
+        check_not_inside(out, config.data)
     remove_stale_temp_files(out)
     started = time.time()
     rank, world, device, barrier, state = distributed_context(None)
     try:
-        if world > 1 and config.evidence_mode != "pretrained":
+        if world > 1 and config.evidence_mode not in ("pretrained", "features"):
             raise InputError(f"--{'train' if config.train else 'classifier'} runs in one process; a multi-process "
                              "launch splits the pretrained encoder's features (leave out --train / --classifier)")
-        dataset = load_data(config)
         cache = out / "cache"
+        if config.evidence_mode == "features":
+            done_features = _run_given_features(config, out, rank=rank)
+            if done_features is None:
+                return None
+            rows, result, info = done_features
+            return _write_results(config, rows, result, info, out, started)
+        dataset = load_data(config)
         if config.evidence_mode == "pretrained":
             done = _run_pretrained(config, dataset, out, cache, rank=rank, world=world, barrier=barrier,
                                    device=device)
@@ -515,7 +664,14 @@ def run_refine(config: RefineRunConfig, *, out: Path) -> Optional[Dict[str, Any]
     return summary
 
 
-def _write_results(config: RefineRunConfig, dataset: LabeledImages, result: RefinementResult,
+def _neighbor_graphs(info: Dict[str, Any]) -> Any:
+    """The ``neighbor_graph`` facts of a refinement (one space: a dict; per-fold spaces: a list)."""
+    if "spaces" in info:
+        return [space.get("neighbor_graph") for space in info["spaces"]]
+    return info.get("neighbor_graph")
+
+
+def _write_results(config: RefineRunConfig, dataset: Any, result: RefinementResult,
                    info: Dict[str, Any], out: Path, started: float) -> Dict[str, Any]:
     num_classes = dataset.num_classes
     changed = result.changed
@@ -524,7 +680,7 @@ def _write_results(config: RefineRunConfig, dataset: LabeledImages, result: Refi
     temperatures = info.get("temperatures") or []
     image_size = info.get("image_size")
     channels = info.get("channels")
-    if image_size is None and dataset.images is not None:
+    if image_size is None and getattr(dataset, "images", None) is not None:
         image_size, channels = list(dataset.images.shape[1:3]), int(dataset.images.shape[-1])
     summary: Dict[str, Any] = {
         "data": str(config.data), "split": config.split, "labels_file": config.labels,
@@ -546,6 +702,9 @@ def _write_results(config: RefineRunConfig, dataset: LabeledImages, result: Refi
         "counts_after": np.bincount(result.refined_labels, minlength=num_classes).tolist(),
         "transitions": transitions.tolist(), "skipped": info.get("skipped", []), "rounds": info.get("rounds", []),
         "resumed": bool(info.get("resumed", False)), "timings": info.get("timings", {}),
+        # the kNN graph the refiner built (exact or approximate, with its measured recall) and
+        # each stage's wall time, peak RSS and feature bytes read
+        "neighbor_graph": _neighbor_graphs(result.info), "stages": info.get("stages", []),
         "synref_version": __version__,
     }
     write_npy(out / "scores.npy", result.scores)

@@ -53,19 +53,10 @@ def _read_summary(path: Path, out: Path) -> Dict[str, Any]:
     return read_json_object(path, "summary")
 
 
-def _read_rows(path: Path, out: Path) -> List[Dict[str, str]]:
+def _read_rows(path: Path, out: Path) -> "ResultRows":
     if not path.is_file():
         raise InputError(f"{out} has no refined_labels.csv: run synref refine first")
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            fields = reader.fieldnames or []
-            missing = [c for c in REQUIRED_COLUMNS if c not in fields]
-            if missing:
-                raise InputError(f"{path} has no column {missing[0]!r} (columns: {', '.join(fields) or 'none'})")
-            return [dict(row) for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"cannot read {path}: {one_line(exc)}") from None
+    return ResultRows.from_csv(path)
 
 
 def _read_npy(path: Path, out: Path, *, required: bool = True) -> Optional[np.ndarray]:
@@ -74,7 +65,7 @@ def _read_npy(path: Path, out: Path, *, required: bool = True) -> Optional[np.nd
             return None
         raise InputError(f"{out} has no {path.relative_to(out)}: run synref refine first")
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:  # numpy raises several types for a bad file
         raise InputError(f"cannot read {path}: {npy_problem(exc)}") from None
 
@@ -89,21 +80,16 @@ def _open_image(path: str, channels: int) -> Optional[np.ndarray]:
         return None
 
 
-def sample_images(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> ImageOf:
+def sample_images(summary: Mapping[str, Any], rows: Union["ResultRows", Sequence[Mapping[str, Any]]]) -> ImageOf:
     """``index -> image`` of the results' samples, opened one at a time when asked: from the
     file in the row's ``path``; for a dataset without files (digits, CIFAR arrays) the dataset
     ``summary["data"]`` is loaded once, at the first call."""
+    table = rows if isinstance(rows, ResultRows) else ResultRows.from_dicts(rows, "rows", check=False)
     channels = 1 if summary.get("channels") == 1 else 3
-    paths = {}
-    for row in rows:
-        try:
-            paths[int(str(row["index"]).strip())] = str(row.get("path") or "")
-        except (KeyError, ValueError):
-            continue
     arrays: Dict[str, Any] = {}
 
     def image_of(index: int) -> Optional[np.ndarray]:
-        path = paths.get(index, "")
+        path = table.path_of(index)
         if path:
             return _open_image(path, channels)
         if "images" not in arrays:
@@ -153,7 +139,7 @@ def anchor_images(summary: Mapping[str, Any], out: Path, class_names: Sequence[s
 def load_results(out_dir: PathLike) -> Dict[str, Any]:
     """Read a results folder: ``{summary, rows, images, anchor_images, anchor_labels, scores}``.
 
-    ``rows`` are the CSV rows as string dicts; ``images`` / ``anchor_images`` are ``index ->
+    ``rows`` is the CSV as columns (:class:`ResultRows`); ``images`` / ``anchor_images`` are ``index ->
     image`` functions (:func:`sample_images`, :func:`anchor_images`; nothing decoded yet);
     ``scores`` is None without ``scores.npy``. Raises InputError naming the missing or
     unreadable file.
@@ -165,7 +151,7 @@ def load_results(out_dir: PathLike) -> Dict[str, Any]:
         raise InputError(f"not a results folder (not a directory): {out}")
     summary = _read_summary(out / "summary.json", out)
     rows = _read_rows(out / "refined_labels.csv", out)
-    scores = _read_npy(out / "scores.npy", out, required=False)
+    scores = _read_npy(out / "scores.npy", out, required=False)  # memory-mapped: only shown rows are read
     anchors, labels = anchor_images(summary, out, _class_names(summary, rows))
     return {"summary": summary, "rows": rows, "images": sample_images(summary, rows), "anchor_images": anchors,
             "anchor_labels": labels, "scores": scores,
@@ -218,35 +204,163 @@ def _parse_float(value: Any) -> float:
     return float(value)
 
 
-def _normalize_rows(rows: Sequence[Mapping[str, Any]], num_classes: int, num_images: int,
-                    source: str) -> List[Dict[str, Any]]:
-    """Typed copies of the rows; InputError naming ``source`` and the row on a bad value."""
-    out: List[Dict[str, Any]] = []
-    for i, row in enumerate(rows):
-        where = f"{source} row {i + 1}"
-        missing = [c for c in REQUIRED_COLUMNS if c not in row]
-        if missing:
-            raise InputError(f"{where} has no {missing[0]!r}")
+class ResultRows:
+    """``refined_labels.csv`` as columns: (N,) ``index``, ``given_label``, ``suggested_label``
+    (int64), ``best_score``, ``given_score``, ``label_quality`` (float64), ``changed`` (bool).
+    Read block by block with pandas' C parser (no Python object per row); the string columns
+    (``id``, ``path``) are read only for the rows a page shows (:meth:`prefetch`)."""
+
+    NUMERIC = ("index", "given_label", "suggested_label", "best_score", "given_score", "label_quality")
+
+    def __init__(self, columns: Dict[str, np.ndarray], source: str, *, path: Optional[Path] = None,
+                 strings: Optional[Dict[int, Tuple[str, str]]] = None) -> None:
+        self.index = columns["index"].astype(np.int64)
+        self.given_label = columns["given_label"].astype(np.int64)
+        self.suggested_label = columns["suggested_label"].astype(np.int64)
+        self.best_score = columns["best_score"].astype(np.float64)
+        self.given_score = columns["given_score"].astype(np.float64)
+        self.label_quality = columns["label_quality"].astype(np.float64)
+        self.changed = columns["changed"].astype(bool) | (self.given_label != self.suggested_label)
+        self.source, self._path = source, path
+        self._strings: Dict[int, Tuple[str, str]] = dict(strings or {})
+        self._position = {int(i): k for k, i in enumerate(self.index)} if strings is None and path is None else None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @classmethod
+    def from_csv(cls, path: Path) -> "ResultRows":
+        """The numeric columns of the CSV ``path``; InputError naming the file and the row."""
+        import pandas as pd
+
+        source = str(path)
         try:
-            index = int(str(row["index"]).strip())
-            given = int(str(row["given_label"]).strip())
-            suggested = int(str(row["suggested_label"]).strip())
-            best = _parse_float(row["best_score"])
-            given_score = _parse_float(row["given_score"])
-            quality = _parse_float(row.get("label_quality"))
-            changed = _parse_bool(row["changed"])
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"{where}: bad value ({one_line(exc)})") from None
-        for name, label in (("given_label", given), ("suggested_label", suggested)):
-            if not 0 <= label < num_classes:
-                raise InputError(f"{where}: {name} {label} is outside [0, {num_classes})")
-        if num_images >= 0 and not 0 <= index < num_images:
-            raise InputError(f"{where}: index {index} is outside the {num_images} samples")
-        out.append({"index": index, "id": str(row.get("id") or index), "path": str(row.get("path") or ""),
-                    "given_label": given, "suggested_label": suggested, "best_score": best,
-                    "given_score": given_score, "label_quality": quality,
-                    "changed": bool(changed or given != suggested)})
-    return out
+            with open(path, newline="", encoding="utf-8") as handle:
+                header = next(csv.reader(handle), [])
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise InputError(f"cannot read {path}: {one_line(exc)}") from None
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise InputError(f"{path} has no column {missing[0]!r} (columns: {', '.join(header) or 'none'})")
+        wanted = [c for c in cls.NUMERIC + ("changed",) if c in header]
+        parts: Dict[str, List[np.ndarray]] = {c: [] for c in wanted}
+        offset = 0
+        try:
+            for block in pd.read_csv(path, usecols=wanted, chunksize=1 << 16, dtype={"changed": str},
+                                     keep_default_na=False, na_values={c: [""] for c in cls.NUMERIC}):
+                for name in wanted:
+                    column = block[name]
+                    if name == "changed":
+                        values = column.str.strip().str.lower()
+                        ok = values.isin(list(_TRUE | _FALSE))
+                        if not ok.all():
+                            row = offset + int(np.flatnonzero(~ok.to_numpy())[0])
+                            raise InputError(f"{source} row {row + 1}: bad value (expected yes/no, got "
+                                             f"{column.iloc[row - offset]!r})")
+                        parts[name].append(values.isin(list(_TRUE)).to_numpy())
+                        continue
+                    numbers = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
+                    bad = np.isnan(numbers) & (column.astype(str).str.strip() != "").to_numpy() \
+                        if column.dtype == object else np.zeros(len(numbers), bool)
+                    if name in ("index", "given_label", "suggested_label"):
+                        bad |= ~np.isfinite(numbers) | (numbers != np.round(numbers))
+                    if bad.any():
+                        row = offset + int(np.flatnonzero(bad)[0])
+                        raise InputError(f"{source} row {row + 1}: bad value ({name} "
+                                         f"{column.iloc[row - offset]!r})")
+                    parts[name].append(numbers)
+                offset += len(block)
+        except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
+            raise InputError(f"cannot read {path}: {one_line(exc)}") from None
+        columns = {name: (np.concatenate(parts[name]) if parts[name] else np.zeros(0)) for name in wanted}
+        columns.setdefault("label_quality", np.full(offset, np.nan))
+        return cls(columns, source, path=path)
+
+    @classmethod
+    def from_dicts(cls, rows: Sequence[Mapping[str, Any]], source: str, *, check: bool = True) -> "ResultRows":
+        """Rows as dicts (strings as ``csv.DictReader`` gives them, or typed values)."""
+        columns: Dict[str, List[Any]] = {name: [] for name in cls.NUMERIC + ("changed",)}
+        strings: Dict[int, Tuple[str, str]] = {}
+        for i, row in enumerate(rows):
+            where = f"{source} row {i + 1}"
+            missing = [c for c in REQUIRED_COLUMNS if c not in row]
+            if missing:
+                if not check:
+                    continue
+                raise InputError(f"{where} has no {missing[0]!r}")
+            try:
+                index = int(str(row["index"]).strip())
+                values = (index, int(str(row["given_label"]).strip()), int(str(row["suggested_label"]).strip()),
+                          _parse_float(row["best_score"]), _parse_float(row["given_score"]),
+                          _parse_float(row.get("label_quality")), _parse_bool(row["changed"]))
+            except (TypeError, ValueError) as exc:
+                if not check:
+                    continue
+                raise InputError(f"{where}: bad value ({one_line(exc)})") from None
+            for name, value in zip(cls.NUMERIC + ("changed",), values):
+                columns[name].append(value)
+            strings[len(columns["index"]) - 1] = (str(row.get("id") or index), str(row.get("path") or ""))
+        return cls({name: np.asarray(values) for name, values in columns.items()}, source, strings=strings)
+
+    def check(self, num_classes: int, num_images: int) -> None:
+        """InputError naming the first row with a label outside [0, C) or an index outside the samples."""
+        for name in ("given_label", "suggested_label"):
+            values = getattr(self, name)
+            bad = np.flatnonzero((values < 0) | (values >= num_classes))
+            if bad.size:
+                raise InputError(f"{self.source} row {bad[0] + 1}: {name} {values[bad[0]]} is outside "
+                                 f"[0, {num_classes})")
+        if num_images >= 0:
+            bad = np.flatnonzero((self.index < 0) | (self.index >= num_images))
+            if bad.size:
+                raise InputError(f"{self.source} row {bad[0] + 1}: index {self.index[bad[0]]} is outside the "
+                                 f"{num_images} samples")
+
+    def prefetch(self, positions: Sequence[int]) -> None:
+        """Read ``id`` and ``path`` of the rows at ``positions`` (one streamed pass over the CSV)."""
+        wanted = {int(p) for p in positions} - set(self._strings)
+        if not wanted or self._path is None:
+            return
+        with open(self._path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            id_col = header.index("id") if "id" in header else None
+            path_col = header.index("path") if "path" in header else None
+            last = max(wanted)
+            for pos, row in enumerate(reader):
+                if pos in wanted:
+                    self._strings[pos] = (row[id_col] if id_col is not None and id_col < len(row) else "",
+                                          row[path_col] if path_col is not None and path_col < len(row) else "")
+                if pos >= last:
+                    break
+
+    def strings(self, position: int) -> Tuple[str, str]:
+        """(id, path) of the row at ``position`` (read on demand)."""
+        if position not in self._strings:
+            self.prefetch([position])
+        ident, path = self._strings.get(position, ("", ""))
+        return ident or str(int(self.index[position])), path
+
+    def path_of(self, index: int) -> str:
+        """The ``path`` of the sample ``index`` ("" when none)."""
+        matches = np.flatnonzero(self.index == index)
+        return self.strings(int(matches[0]))[1] if matches.size else ""
+
+    def gallery(self, limit: int) -> np.ndarray:
+        """Positions of the ``limit`` most confident changed rows (best - given score, then best
+        score, descending; then index): a partial selection, not a sort of all N."""
+        changed = np.flatnonzero(self.changed)
+        if changed.size == 0 or limit <= 0:
+            return changed[:0]
+        margin = self.best_score[changed] - self.given_score[changed]
+        key_margin = np.where(np.isfinite(margin), -margin, np.inf)
+        key_best = np.where(np.isfinite(self.best_score[changed]), -self.best_score[changed], np.inf)
+        if changed.size > limit:  # keep every row that can tie with the limit-th margin, then sort those
+            cut = np.partition(key_margin, limit - 1)[limit - 1]
+            keep = key_margin <= cut
+            changed, key_margin, key_best = changed[keep], key_margin[keep], key_best[keep]
+        order = np.lexsort((self.index[changed], key_best, key_margin))
+        return changed[order[:limit]]
 
 
 def _as_images(array: Any, what: str) -> np.ndarray:
@@ -262,20 +376,14 @@ def _as_images(array: Any, what: str) -> np.ndarray:
     return images
 
 
-def _class_names(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> List[str]:
+def _class_names(summary: Mapping[str, Any], table: "ResultRows") -> List[str]:
     names = summary.get("class_names")
     if isinstance(names, (list, tuple)) and names:
         return [str(n) for n in names]
     num = summary.get("num_classes")
     if isinstance(num, int) and num > 0:
         return [str(i) for i in range(num)]
-    top = -1
-    for row in rows:
-        for key in ("given_label", "suggested_label"):
-            try:
-                top = max(top, int(str(row[key]).strip()))
-            except (KeyError, ValueError):
-                pass
+    top = max(int(table.given_label.max(initial=-1)), int(table.suggested_label.max(initial=-1)))
     return [str(i) for i in range(top + 1)]
 
 
@@ -730,18 +838,21 @@ def _gallery_section(order: List[Dict[str, Any]], num_changed: int, names: Seque
             f'<div class="gallery">{"".join(cards)}</div></section>')
 
 
-def _confidence_key(row: Mapping[str, Any]) -> Tuple[float, float, int]:
-    """Sort key, most confident first: best - given score (desc), best score (desc), index."""
-    margin = row["best_score"] - row["given_score"]
-    return (-margin if math.isfinite(margin) else math.inf,
-            -row["best_score"] if math.isfinite(row["best_score"]) else math.inf, row["index"])
+def _gallery_rows(table: ResultRows, limit: int) -> List[Dict[str, Any]]:
+    """The gallery's rows (most confident changed first) as dicts, ids and paths read for them only."""
+    positions = table.gallery(limit)
+    table.prefetch(positions)
+    out = []
+    for pos in positions:
+        ident, path = table.strings(int(pos))
+        out.append({"index": int(table.index[pos]), "id": ident, "path": path,
+                    "given_label": int(table.given_label[pos]), "suggested_label": int(table.suggested_label[pos]),
+                    "best_score": float(table.best_score[pos]), "given_score": float(table.given_score[pos]),
+                    "label_quality": float(table.label_quality[pos])})
+    return out
 
 
-def _gallery_order(typed: Sequence[Dict[str, Any]], limit: int) -> List[Dict[str, Any]]:
-    return sorted((r for r in typed if r["changed"]), key=_confidence_key)[:limit]
-
-
-def render_report(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+def render_report(summary: Mapping[str, Any], rows: Union[ResultRows, Sequence[Mapping[str, Any]]],
                   images: Union[np.ndarray, ImageOf],
                   anchor_images: Union[np.ndarray, ImageOf, None], anchor_labels: Optional[np.ndarray],
                   scores: Optional[np.ndarray] = None, *, max_gallery: int = 60,
@@ -750,13 +861,15 @@ def render_report(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
 
     Args:
         summary: the ``summary.json`` dict (class_names, threshold, alpha, ... see DEVELOPERS.md).
-        rows: the ``refined_labels.csv`` rows as dicts (strings as read by ``csv.DictReader``, or
-            already typed values); ``index`` points into ``images``.
+        rows: ``refined_labels.csv`` as a :class:`ResultRows` (columns, streamed), or its rows as
+            dicts (strings as read by ``csv.DictReader``, or typed values); ``index`` points into
+            ``images``.
         images: (N, H, W, C) uint8 images, C in {1, 3}; or ``index -> (H, W, C) image or None``
             (only the gallery's are asked for; None is drawn as a placeholder).
         anchor_images: (M, H, W, C) uint8 anchors, ``index -> image``, or None (no anchor strips).
         anchor_labels: (M,) int class of each anchor.
-        scores: optional (N, C) score matrix (adds each card's top-3 classes).
+        scores: optional (N, C) score matrix, may be memory-mapped (adds each card's top-3 classes;
+            only the shown rows are read).
         max_gallery: the most changed samples shown (most confident first).
         anchors_per_side: anchors shown for the given and for the suggested class.
     Counts, transitions and #changed are computed from ``rows`` (the CSV is the truth); a
@@ -770,27 +883,28 @@ def render_report(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
     src = lambda key, default: str(files.get(key, default))  # noqa: E731
     if not isinstance(summary, Mapping):
         raise InputError(f"{src('summary', 'summary')} must be a JSON object")
+    table = rows if isinstance(rows, ResultRows) else ResultRows.from_dicts(rows, src("rows", "refined_labels.csv"))
     if callable(images):
         image_of: ImageOf = images
-        num_images = len(rows)  # one CSV row per sample, indexed 0..N-1
+        num_images = len(table)  # one CSV row per sample, indexed 0..N-1
     else:
         array = _as_images(images, src("images", "images"))
         image_of, num_images = (lambda i: array[i]), len(array)
-    names = _class_names(summary, rows)
+    names = _class_names(summary, table)
     c = len(names)
     if c < 1:
         raise InputError(f"{src('summary', 'summary')} names no classes")
-    typed = _normalize_rows(rows, c, num_images, src("rows", "refined_labels.csv"))
-    n = len(typed)
+    table.check(c, num_images)
+    n = len(table)
 
     scores_arr: Optional[np.ndarray] = None
     if scores is not None:
-        scores_arr = np.asarray(scores)
-        if (scores_arr.ndim != 2 or scores_arr.shape[1] != c
-                or any(r["index"] >= scores_arr.shape[0] for r in typed)):
+        scores_arr = scores if isinstance(scores, np.ndarray) else np.asarray(scores)
+        if scores_arr.ndim != 2 or scores_arr.shape[1] != c or (n and int(table.index.max()) >= scores_arr.shape[0]):
             raise InputError(f"{src('scores', 'scores')} has shape {scores_arr.shape}, expected "
-                             f"({max(num_images, len(typed))}, {c})")
+                             f"({max(num_images, n)}, {c})")
 
+    order = _gallery_rows(table, max_gallery)
     strips: Dict[int, Tuple[str, int, int]] = {}
     if anchor_images is not None and anchor_labels is not None and anchors_per_side:
         a_lab = np.asarray(anchor_labels).reshape(-1)
@@ -807,7 +921,7 @@ def render_report(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
         except (TypeError, ValueError):
             raise InputError(f"{src('anchors', 'anchors')}: labels must be integers") from None
         needed = set()
-        for r in _gallery_order(typed, max_gallery):
+        for r in order:
             needed.update((r["given_label"], r["suggested_label"]))
         for cls, idx in _pick_anchors(a_lab, c, anchors_per_side).items():
             if cls in needed:
@@ -815,9 +929,7 @@ def render_report(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
                 if tiles:
                     strips[cls] = _strip_uri(tiles, ANCHOR_PX)
 
-    given = np.array([r["given_label"] for r in typed], dtype=np.int64)
-    sugg = np.array([r["suggested_label"] for r in typed], dtype=np.int64)
-    changed = np.array([r["changed"] for r in typed], dtype=bool)
+    given, sugg, changed = table.given_label, table.suggested_label, table.changed
     before = np.bincount(given, minlength=c)
     after = np.bincount(sugg, minlength=c)
     transitions = np.zeros((c, c), dtype=np.int64)
@@ -836,10 +948,7 @@ def render_report(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
         warnings.append(f"summary.json says {summary['num_samples']} samples, refined_labels.csv has {n}")
 
     threshold = _threshold(summary)
-    best = np.array([r["best_score"] for r in typed], dtype=float)
-    given_scores = np.array([r["given_score"] for r in typed], dtype=float)
-
-    order = _gallery_order(typed, max_gallery)
+    best, given_scores = table.best_score, table.given_score
     version = str(summary.get("synref_version") or __version__)
     dataset = _fmt_setting(summary.get("data"))
     parts = [

@@ -89,16 +89,20 @@ def linear_head_evidence(features: np.ndarray, labels: np.ndarray, anchor_featur
                          anchor_labels: np.ndarray, *, num_classes: int, folds: int = 4, seed: int = 0,
                          config: Optional[LinearHeadConfig] = None, class_names: Optional[List[str]] = None,
                          description: Optional[Dict[str, Any]] = None) -> Evidence:
-    """Evidence in a fixed space (``features`` (N, D), ``anchor_features`` (M, D)) with the
-    out-of-sample softmax of a linear head per fold (:func:`~synref.train.cross_fit_linear`,
-    fold split ``seed + round``); ``refit`` fits the heads again on new labels."""
+    """Evidence in a fixed space (``features`` (N, D), may be a memory map; ``anchor_features``
+    (M, D)) with the out-of-sample softmax of a linear head per fold
+    (:func:`~synref.train.cross_fit_linear`, fold split ``seed + round``), computed when a
+    refiner first reads it (:meth:`Evidence.resolve_pred_probs`); ``refit`` fits the heads again
+    on new labels."""
     desc = {"head": "linear", "pred_probs_view": "same", **(description or {})}
 
     def fit(train_labels: np.ndarray, round_: int) -> Evidence:
-        pred_probs = cross_fit_linear(features, train_labels, num_classes=num_classes, folds=folds,
-                                      seed=seed + round_, config=config)
+        def pred_probs() -> np.ndarray:  # computed on first use: the posterior refiner rarely reads them
+            return cross_fit_linear(features, train_labels, num_classes=num_classes, folds=folds,
+                                    seed=seed + round_, config=config)
+
         return Evidence(train_labels, num_classes, anchor_labels, features=features, anchor_features=anchor_features,
-                        pred_probs=pred_probs, class_names=class_names, refit=fit, seed=seed, description=desc)
+                        pred_probs_fn=pred_probs, class_names=class_names, refit=fit, seed=seed, description=desc)
 
     return fit(as_labels(labels, num_classes), 0)
 

@@ -6,6 +6,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+from ..arrays import UnitRows
 from ..errors import InputError
 from ..validation import as_labels
 
@@ -18,7 +19,7 @@ Refit = Callable[[np.ndarray, int], "Evidence"]
 def _array(name: str, value: Any, ndim: int, shape: Dict[int, int], what: str) -> np.ndarray:
     """``value`` as an array of ``ndim`` dims whose axis ``k`` has size ``shape[k]`` (memory maps
     and float dtypes are kept as they are)."""
-    arr = np.asarray(value) if not isinstance(value, np.ndarray) else value
+    arr = value if isinstance(value, (np.ndarray, UnitRows)) else np.asarray(value)
     if arr.ndim != ndim:
         raise InputError(f"evidence.{name} must be {what}, got shape {arr.shape}")
     for axis, size in shape.items():
@@ -37,7 +38,8 @@ class Evidence:
         labels: (N,) int64 given labels in [0, C).
         num_classes: C.
         anchor_labels: (M,) int64 class of each anchor.
-        features: (N, D) float or None. One fixed space (may be a read-only ``np.memmap``), or,
+        features: (N, D) float or None. One fixed space (may be a read-only ``np.memmap`` or a
+            :class:`~synref.arrays.UnitRows` view: a row subset, never copied), or,
             when ``fold_ids`` is set, row i lies in the space of the fold model that held sample
             i out.
         anchor_features: (M, D) in the same space, or (K, M, D) (the anchors in each fold's
