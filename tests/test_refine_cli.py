@@ -312,8 +312,8 @@ def test_on_model_check_failure_reaches_the_posterior_refiner():
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes_equal_one(folder, tmp_path):
     """``accelerate launch --num_processes 2 -m synref refine`` on the CPU (gloo): the feature chunks
-    are split between the two processes (chunk k by rank k % 2), process 0 refines, and the results
-    equal one process's byte for byte."""
+    are split between the two processes (chunk k by rank k % 2), both refine their share of the rows,
+    process 0 writes, and the refined labels equal one process's."""
     import os
     import shutil
     import socket
@@ -346,7 +346,12 @@ def test_accelerate_launch_two_cpu_processes_equal_one(folder, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "synref", *args, "--out", str(one)], capture_output=True, text=True,
                           env=env, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert (two / "refined_labels.csv").read_bytes() == (one / "refined_labels.csv").read_bytes()
+    # both processes refine their share of the rows (sums all-reduced in another order): same labels,
+    # scores within float tolerance
+    import pandas as pd
+    r2, r1 = (pd.read_csv(d / "refined_labels.csv") for d in (two, one))
+    assert (r2["suggested_label"] == r1["suggested_label"]).all()
+    np.testing.assert_allclose(np.load(two / "scores.npy"), np.load(one / "scores.npy"), atol=1e-4)
     s2, s1 = (json.loads((d / "summary.json").read_text()) for d in (two, one))
     assert s2["evidence"]["processes"] == 2 and s1["evidence"]["processes"] == 1
     f2, f1 = (np.load(d / s["evidence"]["feature_file"]) for d, s in ((two, s2), (one, s1)))

@@ -437,6 +437,9 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
                    help="posterior refiner: when neighbours' given labels agree far more than the model predicts "
                         "(the anchors do not describe the images): confident-learning (default: cleanlab on the "
                         "given labels and pred_probs alone decides) or keep (change nothing)")
+    p.add_argument("--neighbor-graph", choices=("auto", "exact", "ivf"), default="auto",
+                   help="posterior refiner: the kNN graph over the features: exact, ivf (a faiss IVF index, "
+                        "its recall measured and recorded) or auto (default: exact up to 20,000 rows)")
     p.add_argument("--alpha", type=_unit_float("--alpha"), default=0.5, help="score-rule refiners (paper, crossfit): weight of anchor similarity (default 0.5)")
     p.add_argument("--threshold", type=_unit_float("--threshold"), default=0.6, help="score-rule refiners: relabel threshold (default 0.6)")
     p.add_argument("--no-calibrate", action="store_true", help="use raw cosine similarity (the paper) instead of "
@@ -486,9 +489,10 @@ def _run_refine(args: argparse.Namespace) -> int:
             features=None if args.features is None else str(args.features),
             anchor_features=None if args.anchor_features is None else str(args.anchor_features),
             anchor_labels=None if args.anchor_labels is None else str(args.anchor_labels),
-            class_names=None if args.class_names is None else str(args.class_names), refiner=args.refiner, alpha=args.alpha,
-            threshold=args.threshold, target_precision=args.target_precision,
-            on_model_check_failure=args.on_model_check_failure, calibrate=not args.no_calibrate, image_size=args.image_size,
+            class_names=None if args.class_names is None else str(args.class_names), refiner=args.refiner,
+            alpha=args.alpha, threshold=args.threshold, target_precision=args.target_precision,
+            on_model_check_failure=args.on_model_check_failure, neighbor_graph=args.neighbor_graph,
+            calibrate=not args.no_calibrate, image_size=args.image_size,
             skip_bad=args.skip_bad, seed=args.seed, batch_size=args.batch_size, workers=args.workers,
             chunk_size=args.chunk_size)
     summary = run_refine(config, out=args.out)

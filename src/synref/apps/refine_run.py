@@ -136,6 +136,7 @@ class RefineRunConfig(ConfigMixin):
     calibrate: bool = True
     target_precision: Optional[float] = None
     on_model_check_failure: str = "confident-learning"
+    neighbor_graph: str = "auto"
     image_size: Optional[int] = None
     skip_bad: bool = False
     seed: int = 0
@@ -214,12 +215,14 @@ class RefineRunConfig(ConfigMixin):
         accepted = refiner_option_names(self.refiner)
         if self.target_precision is not None and "target_precision" not in accepted:
             raise InputError(f"--target-precision applies to the posterior refiner, not --refiner {self.refiner}")
+        if self.neighbor_graph != "auto" and "neighbor_graph" not in accepted:
+            raise InputError(f"--neighbor-graph applies to the posterior refiner, not --refiner {self.refiner}")
         if self.on_model_check_failure != "confident-learning" and "on_model_check_failure" not in accepted:
             raise InputError(f"--on-model-check-failure applies to the posterior refiner, not --refiner {self.refiner}")
         options = {"alpha": self.alpha, "threshold": self.threshold, "calibrate": self.calibrate,
                    "rounds": 1 if self.evidence_mode == "classifier" else self.rounds, "seed": self.seed,
                    "keep_scores": True, "target_precision": self.target_precision,
-                   "on_model_check_failure": self.on_model_check_failure}
+                   "on_model_check_failure": self.on_model_check_failure, "neighbor_graph": self.neighbor_graph}
         return create_refiner(self.refiner, **{k: v for k, v in options.items() if k in accepted})
 
     def evidence_config(self) -> CrossFitEvidenceConfig:

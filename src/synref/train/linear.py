@@ -67,9 +67,13 @@ class _Part:
     """Rows of one source (the features, or the extra rows such as anchors) in a head problem."""
 
     x: UnitRows
-    targets: np.ndarray          # (n,) int64 labels or (n, C) float32 soft targets
+    targets: np.ndarray          # (n,) int64 labels or (n, C) float32 soft targets (or of the span only)
     folds: Optional[np.ndarray]  # (n,) int; row i trains every head but head folds[i]; None: every head
     span: slice                  # the rows of this process
+    offset: int                  # the row of targets[0]: 0, or span.start when only the span's are held
+
+    def targets_of(self, start: int, stop: int) -> np.ndarray:
+        return self.targets[start - self.offset:stop - self.offset]
 
 
 class HeadProblem:
@@ -77,7 +81,7 @@ class HeadProblem:
     whose fold is not k (``folds`` None: on every row; a fold of -1: the row trains every head).
 
     ``targets`` are (N,) int labels or (N, C) soft targets (a row whose targets sum to 0 does not
-    count). Head k's loss is the summed cross-entropy of its rows over ``n_k`` (their target mass)
+    count); under a process group they may be those of this process's share of the rows only. Head k's loss is the summed cross-entropy of its rows over ``n_k`` (their target mass)
     plus ``penalty / n_k * |W_k|^2`` (``penalty`` mode "per-row") or ``weight_decay * |W_unscaled|^2``
     (mode "decay", as :func:`cross_fit_linear` has always had it). ``extra`` = (rows, targets,
     folds) more rows of the same problem (anchors).
@@ -93,11 +97,13 @@ class HeadProblem:
         for rows, t, f in [(x, targets, folds)] + ([extra] if extra is not None else []):
             rows = _unit_rows(rows)
             t = np.asarray(t)
-            if len(t) != len(rows) or (f is not None and len(f) != len(rows)):
+            share = row_share(len(rows), rank, world)
+            # targets of every row, or (under a process group) of this process's share only
+            offset = 0 if len(t) == len(rows) else share.start
+            if (len(t) != len(rows) and len(t) != share.stop - share.start) or (f is not None and len(f) != len(rows)):
                 raise InputError(f"head problem: {len(rows)} rows, {len(t)} targets"
                                  + (f", {len(f)} folds" if f is not None else ""))
-            self.parts.append(_Part(rows, t, None if f is None else np.asarray(f, np.int64),
-                                    row_share(len(rows), rank, world)))
+            self.parts.append(_Part(rows, t, None if f is None else np.asarray(f, np.int64), share, offset))
         self.dim = self.parts[0].x.dim
         mass = np.zeros(self.num_heads, np.float64)
         for part in self.parts:
@@ -107,7 +113,7 @@ class HeadProblem:
     def _mass(self, part: _Part) -> np.ndarray:
         """(K,) target mass of this process's rows of ``part`` in each head."""
         lo, hi = part.span.start, part.span.stop
-        t = part.targets[lo:hi]
+        t = part.targets_of(lo, hi)
         row_mass = np.ones(hi - lo) if t.ndim == 1 else np.asarray(t, np.float64).sum(axis=1)
         if part.folds is None:
             return np.full(self.num_heads, row_mass.sum())
@@ -130,7 +136,7 @@ class HeadProblem:
                 xb = as_tensor(block)
                 z = F.linear(xb, self.scale * w, b).view(len(xb), k, c)
                 logp = F.log_softmax(z, dim=2)
-                t = part.targets[start:stop]
+                t = part.targets_of(start, stop)
                 if t.ndim == 1:
                     labels = torch.as_tensor(t, dtype=torch.int64)
                     ce = -logp.gather(2, labels.view(-1, 1, 1).expand(-1, k, 1)).squeeze(2)   # (B, K)
