@@ -1,27 +1,33 @@
 """The k-nearest-neighbour graph of a feature matrix (cosine similarity of unit rows), exact for
-small N and approximate (a faiss IVF index) above :data:`EXACT_MAX_ROWS`.
+small N and approximate (a faiss HNSW index) above :data:`EXACT_MAX_ROWS`.
 
     graph = knn_graph(UnitRows(features), k=10)       # graph.indices (N, k) int64
-    graph.describe()  # {"method": "ivf", "nlist": ..., "nprobe": ..., "recall": 0.97, ...}
+    graph.describe()  # {"method": "hnsw", "m": 16, ..., "recall": 0.97, "seconds": ...}
 
 - **exact**: query blocks against database blocks of fixed size (a (B, B) similarity block at a
   time: compute-bound sgemm, memory flat in N), a running top-k per query. N^2 D work.
-- **ivf**: faiss ``IndexIVFFlat`` (inner product) over the unit rows: ``nlist`` k-means cells
-  trained on a sample, each query scans its ``nprobe`` nearest cells. About ``N (nlist + nprobe
-  N / nlist) D`` work. Its recall@k against the exact graph is measured on ``recall_queries``
-  sampled queries and recorded; the settings were chosen by that recall and by the refined
-  label accuracy (docs/scale.md).
+- **hnsw** (what ``auto`` uses above :data:`EXACT_MAX_ROWS`): faiss ``IndexHNSWSQ``, a navigable
+  small-world graph over the rows stored at 8 bits per dimension (N D bytes: a quarter of the
+  features), about ``N log N`` distance evaluations to build and to query.
+- **ivf**: faiss ``IndexIVFScalarQuantizer``: k-means cells, each query scans its ``nprobe``
+  nearest cells.
+
+Optionally the rows are first projected on their leading principal components (``dims``) and
+the candidates re-ranked by the full rows (``rerank``). The approximate graph's recall@k against
+the exact one is measured on sampled queries and recorded; the defaults were chosen by that
+recall on real CIFAR-10 EfficientNet-Lite0 features and on the scale benchmark's synthetic
+features, and by the refined label accuracy (docs/scale.md).
 
 Under a ``torch.distributed`` process group each process queries its share of the rows
-(:func:`synref.distributed.row_share`) against one index: the coarse cells are trained in
-process 0 and broadcast, so every process holds the same index.
+(:func:`synref.distributed.row_share`) against one index, built in process 0 and sent to the
+others.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -31,12 +37,14 @@ from .distributed import broadcast_object, process_group, row_share
 from .errors import InputError
 from .progress import progress as progress_bar
 
-__all__ = ["NeighborGraph", "knn_graph", "exact_knn", "ivf_knn", "graph_recall", "KNN_METHODS", "EXACT_MAX_ROWS",
-           "ivf_settings"]
+__all__ = ["NeighborGraph", "knn_graph", "exact_knn", "ann_knn", "graph_recall", "KNN_METHODS", "EXACT_MAX_ROWS",
+           "ivf_settings", "APPROXIMATE_METHOD"]
 
-KNN_METHODS = ("auto", "exact", "ivf")
+KNN_METHODS = ("auto", "exact", "hnsw", "ivf")
 #: ``auto`` builds the exact graph up to this many rows and the IVF graph above (docs/scale.md).
 EXACT_MAX_ROWS = 20_000
+#: the approximate index ``auto`` uses above :data:`EXACT_MAX_ROWS`.
+APPROXIMATE_METHOD = "hnsw"
 #: rows of one exact-search block (queries and database alike): a (B, B) float32 block.
 EXACT_BLOCK = 2048
 
@@ -115,70 +123,156 @@ def graph_recall(x: Union[UnitRows, np.ndarray], indices: np.ndarray, *, rows: s
 
 
 def ivf_settings(n: int) -> Dict[str, int]:
-    """The IVF index of :func:`ivf_knn` for ``n`` rows: ``nlist`` cells, ``nprobe`` probed per
+    """The IVF index of :func:`ann_knn` for ``n`` rows: ``nlist`` cells, ``nprobe`` probed per
     query, ``train_rows`` sampled for the k-means (chosen by measured recall, docs/scale.md)."""
     nlist = int(min(max(round(4 * math.sqrt(n)), 16), 16384))
     nprobe = int(min(nlist, max(16, nlist // 32)))
     return {"nlist": nlist, "nprobe": nprobe, "train_rows": int(min(n, 40 * nlist))}
 
 
-def ivf_knn(x: Union[UnitRows, np.ndarray], k: int, *, span: Optional[slice] = None, seed: int = 0,
-            nlist: Optional[int] = None, nprobe: Optional[int] = None, train_rows: Optional[int] = None
-            ) -> tuple:
-    """Approximate (q, k) neighbours of the rows ``span`` (default all) with a faiss IVF-Flat
-    inner-product index over all rows of ``x``; returns (indices, settings). The k-means cells
-    are trained in process 0 on ``train_rows`` sampled rows and shared with every process."""
+def _pca(rows: UnitRows, dims: int, seed: int, sample: int = 20_000) -> Tuple[np.ndarray, np.ndarray]:
+    """(mean (D,), components (D, dims)) of a sample of ``rows``: the leading eigenvectors of its
+    covariance (float32 products, float64 eigensolver)."""
+    pick = np.sort(np.random.default_rng(seed).choice(len(rows), min(len(rows), sample), replace=False))
+    x = as_tensor(rows.take(pick))
+    mean = x.mean(dim=0)
+    centred = x - mean
+    values, vectors = torch.linalg.eigh((centred.T @ centred).double() / max(len(pick) - 1, 1))
+    order = torch.argsort(values, descending=True)[:dims]
+    return mean.numpy(), np.ascontiguousarray(vectors[:, order].float().numpy())
+
+
+def ann_knn(x: Union[UnitRows, np.ndarray], k: int, *, span: Optional[slice] = None, seed: int = 0,
+            index: str = "hnsw", dims: Optional[int] = None, rerank: int = 0, nlist: Optional[int] = None,
+            nprobe: Optional[int] = None, train_rows: Optional[int] = None, m: int = 16,
+            ef_construction: int = 40, ef_search: Optional[int] = None, storage: str = "sq8"
+            ) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """Approximate (q, k) neighbours of the rows ``span`` (default all) of ``x``; returns (indices,
+    settings). One faiss index over all rows (``hnsw``: a graph, ``ivf``: k-means cells), on the
+    rows projected to their ``dims`` leading principal components (None: no projection), is
+    built in process 0 and shared; each query takes its ``rerank * k`` nearest candidates from
+    it and keeps the k most cosine-similar by the full rows (an exact re-ranking; ``rerank=0``:
+    the index's own k nearest, no full row is read again)."""
     from .optional import require
 
     faiss = require("faiss", "the approximate neighbour graph (faiss-cpu)")
     rows = _rows(x)
     n, d = len(rows), rows.dim
     span = slice(0, n) if span is None else span
-    settings = ivf_settings(n)
-    settings.update({key: int(v) for key, v in (("nlist", nlist), ("nprobe", nprobe), ("train_rows", train_rows))
-                     if v is not None})
     k = min(int(k), n - 1)
+    dims = None if dims is None or dims >= d else int(dims)
+    candidates = min(n - 1, max(k, int(rerank) * k))  # rerank 0: the index's own k nearest
+    if storage not in ("sq8", "flat"):
+        raise InputError(f"unknown index storage {storage!r}; choose sq8 or flat")
+    settings: Dict[str, Any] = {"index": index, "dims": dims or d, "storage": storage, "candidates": candidates}
+    if index == "ivf":
+        settings.update(ivf_settings(n))
+        settings.update({key: int(v) for key, v in (("nlist", nlist), ("nprobe", nprobe), ("train_rows", train_rows))
+                         if v is not None})
+    elif index == "hnsw":
+        settings.update({"m": int(m), "ef_construction": int(ef_construction),
+                         "ef_search": int(ef_search or max(3 * candidates, 32))})
+    else:
+        raise InputError(f"unknown approximate index {index!r}; choose hnsw or ivf")
     rank, _ = process_group()
-    centroids = None
+    blob = None
     if rank == 0:
-        sample = np.sort(np.random.default_rng(seed).choice(n, settings["train_rows"], replace=False))
-        kmeans = faiss.Kmeans(d, settings["nlist"], niter=10, seed=int(seed) + 1, spherical=True,
-                              max_points_per_centroid=max(1, settings["train_rows"] // settings["nlist"]))
-        kmeans.train(np.ascontiguousarray(rows.take(sample)))
-        centroids = kmeans.centroids
-    centroids = broadcast_object(centroids)
-    quantizer = faiss.IndexFlatIP(d)
-    quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    index = faiss.IndexIVFFlat(quantizer, d, settings["nlist"], faiss.METRIC_INNER_PRODUCT)
-    index.is_trained = True
-    for _, _, block in rows.blocks():
-        index.add(np.ascontiguousarray(block))
-    index.nprobe = settings["nprobe"]
+        projection = _pca(rows, dims, seed) if dims is not None else None
+
+        def project(block: np.ndarray) -> np.ndarray:
+            if projection is None:
+                return np.ascontiguousarray(block)
+            return np.ascontiguousarray((block - projection[0]) @ projection[1])
+
+        width = dims or d
+        train = project(rows.take(np.sort(np.random.default_rng(seed).choice(
+            n, min(n, settings.get("train_rows", 20_000)), replace=False))))
+        if index == "hnsw":
+            built = faiss.IndexHNSWFlat(width, settings["m"], faiss.METRIC_L2) if storage == "flat" else \
+                faiss.IndexHNSWSQ(width, faiss.ScalarQuantizer.QT_8bit, settings["m"], faiss.METRIC_L2)
+            built.hnsw.efConstruction = settings["ef_construction"]
+        else:
+            kmeans = faiss.Kmeans(width, settings["nlist"], niter=10, seed=int(seed) + 1,
+                                  max_points_per_centroid=max(1, len(train) // settings["nlist"]))
+            kmeans.train(train)
+            quantizer = faiss.IndexFlatL2(width)
+            quantizer.add(kmeans.centroids)
+            built = faiss.IndexIVFFlat(quantizer, width, settings["nlist"], faiss.METRIC_L2) if storage == "flat" \
+                else faiss.IndexIVFScalarQuantizer(quantizer, width, settings["nlist"], faiss.ScalarQuantizer.QT_8bit,
+                                                  faiss.METRIC_L2)
+        if not built.is_trained:
+            built.train(train)  # the 8-bit quantiser's per-dimension ranges (and nothing else)
+        del train
+        for _, _, block in progress_bar(rows.blocks(), desc="neighbour index", unit="block", enabled=None if n > 100_000 else False):
+            built.add(project(block))
+        blob = (projection, faiss.serialize_index(built))
+    blob = broadcast_object(blob)
+    projection, serialized = blob
+    built = faiss.deserialize_index(serialized)
+    if index == "hnsw":
+        built.hnsw.efSearch = settings["ef_search"]
+    else:
+        built.nprobe = settings["nprobe"]
     out = np.empty((span.stop - span.start, k), np.int64)
-    step = 8192
-    for start in progress_bar(range(span.start, span.stop, step), desc="neighbours (ivf)", unit="block",
+    step = 4096
+    for start in progress_bar(range(span.start, span.stop, step), desc=f"neighbours ({index})", unit="block",
                               enabled=None if span.stop - span.start > 4 * step else False):
         stop = min(span.stop, start + step)
-        _, found = index.search(np.ascontiguousarray(rows.block(start, stop)), k + 1)
-        own = np.arange(start, stop)[:, None]
-        keep = found != own
-        # drop the row itself (or the last candidate when the row was not found): k per row
-        keep[keep.sum(axis=1) > k, -1] = False
-        picked = found[keep].reshape(stop - start, k)
-        out[start - span.start:stop - span.start] = picked
-    if (out < 0).any():  # fewer than k rows in the probed cells: fill exactly
-        bad = np.flatnonzero((out < 0).any(axis=1))
-        out[bad] = exact_knn(rows, k, queries=span.start + bad)
+        block = rows.block(start, stop)
+        query = block if projection is None else (block - projection[0]) @ projection[1]
+        _, found = built.search(np.ascontiguousarray(query, dtype=np.float32), candidates + 1)
+        own = np.arange(start, stop)
+        if rerank:
+            out[start - span.start:stop - span.start] = _rerank(rows, block, found, own, k)
+        else:
+            out[start - span.start:stop - span.start] = _drop_self(rows, found, own, k)
     return out, settings
 
 
+def _drop_self(rows: UnitRows, found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+    """(B, k): each query's found neighbours (B, k + 1) without the query itself (or without the
+    last one when the query was not among them); rows with fewer than k found are filled exactly."""
+    keep = (found != own[:, None]) & (found >= 0)
+    keep[keep.sum(axis=1) > k, -1] = False
+    out = np.full((len(found), k), -1, np.int64)
+    counts = keep.sum(axis=1)
+    full = counts == k
+    out[full] = found[full][keep[full]].reshape(-1, k)
+    if (~full).any():
+        bad = np.flatnonzero(~full)
+        out[bad] = exact_knn(rows, k, queries=own[bad])
+    return out
+
+
+def _rerank(rows: UnitRows, block: np.ndarray, found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+    """(B, k): of each query's candidates ``found`` (B, k') (-1: none), the k most cosine-similar
+    other rows by the full unit rows (``block`` (B, D) are the queries')."""
+    found = np.where(found == own[:, None], -1, found)
+    out = np.empty((len(found), k), np.int64)
+    for lo in range(0, len(found), 256):
+        cand = found[lo:lo + 256]
+        flat = np.unique(cand[cand >= 0])
+        vectors = as_tensor(rows.take(flat))
+        sim_all = as_tensor(block[lo:lo + 256]) @ vectors.T                      # (b, unique)
+        pos = torch.as_tensor(np.searchsorted(flat, np.maximum(cand, 0)))
+        sim = sim_all.gather(1, pos)
+        sim[torch.as_tensor(cand < 0)] = -math.inf
+        top = sim.topk(k, dim=1).indices.numpy()
+        out[lo:lo + len(cand)] = np.take_along_axis(cand, top, axis=1)
+    if (out < 0).any():  # fewer than k candidates found: fill exactly
+        bad = np.flatnonzero((out < 0).any(axis=1))
+        out[bad] = exact_knn(rows, k, queries=own[bad])
+    return out
+
+
 def knn_graph(x: Union[UnitRows, np.ndarray], k: int, *, method: str = "auto", span: Optional[slice] = None,
-              seed: int = 0, recall_queries: int = 256, **ivf_options: Any) -> NeighborGraph:
+              seed: int = 0, recall_queries: int = 256, **ann_options: Any) -> NeighborGraph:
     """The k-nearest-neighbour graph of the rows ``span`` (default: this process's share of all
     rows under a process group, else all) against all rows of ``x`` (N, D) (unit rows or not:
     cosine similarity). ``method``: ``auto`` (exact up to :data:`EXACT_MAX_ROWS` rows, else
-    ``ivf``), ``exact`` or ``ivf``. The ivf graph's recall@k is measured on ``recall_queries``
-    sampled queries (0: not measured)."""
+    :data:`APPROXIMATE_METHOD`), ``exact``, ``hnsw`` or ``ivf`` (``ann_options``: see
+    :func:`ann_knn`). An approximate graph's recall@k is measured on ``recall_queries`` sampled
+    queries (0: not measured)."""
     if method not in KNN_METHODS:
         raise InputError(f"unknown neighbour graph method {method!r}; choose one of: {', '.join(KNN_METHODS)}")
     rows = _rows(x)
@@ -189,11 +283,11 @@ def knn_graph(x: Union[UnitRows, np.ndarray], k: int, *, method: str = "auto", s
         span = row_share(n, *process_group())
     t0 = time.perf_counter()
     if method == "auto":
-        method = "exact" if n <= EXACT_MAX_ROWS else "ivf"
+        method = "exact" if n <= EXACT_MAX_ROWS else APPROXIMATE_METHOD
     if method == "exact":
         indices = exact_knn(rows, k, span=span, desc="neighbours (exact)")
         return NeighborGraph(indices, "exact", span, seconds=time.perf_counter() - t0)
-    indices, settings = ivf_knn(rows, k, span=span, seed=seed, **ivf_options)
+    indices, settings = ann_knn(rows, k, span=span, seed=seed, index=method, **ann_options)
     seconds = time.perf_counter() - t0
     recall = graph_recall(rows, indices, rows=span, num_queries=recall_queries, seed=seed) if recall_queries else None
-    return NeighborGraph(indices, "ivf", span, params=settings, recall=recall, seconds=seconds)
+    return NeighborGraph(indices, method, span, params=settings, recall=recall, seconds=seconds)
