@@ -73,11 +73,13 @@ def _rows(x: Union[UnitRows, np.ndarray]) -> UnitRows:
 
 
 def exact_knn(x: Union[UnitRows, np.ndarray], k: int, *, queries: Optional[np.ndarray] = None,
-              span: Optional[slice] = None, block: int = EXACT_BLOCK, desc: Optional[str] = None) -> np.ndarray:
+              span: Optional[slice] = None, block: Optional[int] = None, desc: Optional[str] = None) -> np.ndarray:
     """(q, k) int64 exact neighbours (not the row itself) of the query rows ``queries`` (q,)
     (positions in ``x``) or of the rows ``span`` (default all), most similar first.
 
-    The database is read in blocks of ``block`` rows, once per block of queries."""
+    The database is read in blocks of ``block`` rows (default :data:`EXACT_BLOCK`), once per
+    block of queries."""
+    block = int(block or EXACT_BLOCK)
     rows = _rows(x)
     n = len(rows)
     if queries is None:

@@ -153,7 +153,9 @@ def load_results(out_dir: PathLike) -> Dict[str, Any]:
     rows = _read_rows(out / "refined_labels.csv", out)
     scores = _read_npy(out / "scores.npy", out, required=False)  # memory-mapped: only shown rows are read
     anchors, labels = anchor_images(summary, out, _class_names(summary, rows))
-    return {"summary": summary, "rows": rows, "images": sample_images(summary, rows), "anchor_images": anchors,
+    # given embeddings without --data: no image behind the rows (cards without pictures)
+    images = sample_images(summary, rows) if str(summary.get("data") or "").strip() else None
+    return {"summary": summary, "rows": rows, "images": images, "anchor_images": anchors,
             "anchor_labels": labels, "scores": scores,
             "_files": {"scores": out / "scores.npy", "rows": out / "refined_labels.csv",
                        "summary": out / "summary.json", "anchors": "anchor set"}}
@@ -786,7 +788,7 @@ def _scores_section(best: np.ndarray, given: np.ndarray, changed: np.ndarray,
 
 
 def _gallery_section(order: List[Dict[str, Any]], num_changed: int, names: Sequence[str],
-                     image_of: ImageOf, strips: Dict[int, Tuple[str, int, int]],
+                     image_of: Optional[ImageOf], strips: Dict[int, Tuple[str, int, int]],
                      scores: Optional[np.ndarray]) -> str:
     if num_changed == 0:
         return ('<section id="gallery"><h2>Changed samples</h2><p class="note">No labels were changed.'
@@ -794,14 +796,14 @@ def _gallery_section(order: List[Dict[str, Any]], num_changed: int, names: Seque
     cards = []
     for rank, row in enumerate(order, 1):
         g, s = row["given_label"], row["suggested_label"]
-        pixels = image_of(row["index"])
+        pixels = image_of(row["index"]) if image_of is not None else None
         img = image_data_uri(np.full((IMAGE_PX, IMAGE_PX, 3), 220, np.uint8) if pixels is None
                              else _as_images(pixels[None], "image")[0], IMAGE_PX)
         meta = [f"id: {_e(row['id'])}"]
         if row["path"] and row["path"] != row["id"]:
             meta.append(f"path: {_e(row['path'])}")
         meta.append(f"index {row['index']}")
-        if pixels is None:
+        if pixels is None and image_of is not None:
             meta.append("image could not be opened")
         if math.isfinite(row["label_quality"]):
             meta.append(f"label quality {row['label_quality']:.3f}")
@@ -822,8 +824,9 @@ def _gallery_section(order: List[Dict[str, Any]], num_changed: int, names: Seque
 
         cards.append(
             f'<article class="card" data-index="{row["index"]}" data-rank="{rank}">'
-            f'<div class="main"><img alt="sample {_e(row["id"])}" src="{img}"><div class="rank">#{rank}</div></div>'
-            f'<div class="body"><p class="label-line">given: <span class="given">{_e(names[g])}</span> '
+            + (f'<div class="main"><img alt="sample {_e(row["id"])}" src="{img}"><div class="rank">#{rank}</div></div>'
+               if image_of is not None else f'<div class="main"><div class="rank">#{rank}</div></div>')
+            + f'<div class="body"><p class="label-line">given: <span class="given">{_e(names[g])}</span> '
             f'(score {_fmt(row["given_score"])})<span class="arrow">\u2192</span>suggested: '
             f'<span class="sugg">{_e(names[s])}</span> (score {_fmt(row["best_score"])})</p>'
             f'<p class="meta">{_SEP.join(meta)}</p>{top_html}'
@@ -865,7 +868,8 @@ def render_report(summary: Mapping[str, Any], rows: Union[ResultRows, Sequence[M
             dicts (strings as read by ``csv.DictReader``, or typed values); ``index`` points into
             ``images``.
         images: (N, H, W, C) uint8 images, C in {1, 3}; or ``index -> (H, W, C) image or None``
-            (only the gallery's are asked for; None is drawn as a placeholder).
+            (only the gallery's are asked for; None is drawn as a placeholder); or None: the rows
+            have no images (given embeddings), the cards show no picture.
         anchor_images: (M, H, W, C) uint8 anchors, ``index -> image``, or None (no anchor strips).
         anchor_labels: (M,) int class of each anchor.
         scores: optional (N, C) score matrix, may be memory-mapped (adds each card's top-3 classes;
@@ -884,8 +888,9 @@ def render_report(summary: Mapping[str, Any], rows: Union[ResultRows, Sequence[M
     if not isinstance(summary, Mapping):
         raise InputError(f"{src('summary', 'summary')} must be a JSON object")
     table = rows if isinstance(rows, ResultRows) else ResultRows.from_dicts(rows, src("rows", "refined_labels.csv"))
-    if callable(images):
-        image_of: ImageOf = images
+    image_of: Optional[ImageOf]
+    if images is None or callable(images):
+        image_of = images
         num_images = len(table)  # one CSV row per sample, indexed 0..N-1
     else:
         array = _as_images(images, src("images", "images"))
