@@ -17,7 +17,7 @@ from torch import nn
 from ..device import resolve_device
 from ..errors import InputError
 from ..hashing import fingerprint, hash_file
-from ..hub import hf_cache_dir, hf_offline
+from ..hub import hf_offline, is_local_model, model_not_found, resolve_model_dir, weight_files
 from ..optional import require
 from ..validation import as_image_array
 from .base import FEATURE_EXTRACTORS, ExtractorContext, FeatureExtractor, PathLike, batched_bar
@@ -148,10 +148,6 @@ def _center_crop(img: np.ndarray, crop: Tuple[int, int]) -> np.ndarray:
     return canvas[top:top + ch, left:left + cw]
 
 
-_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin",
-                    "pytorch_model*.bin.index.json")
-
-
 @FEATURE_EXTRACTORS.register("clip")
 class ClipExtractor(FeatureExtractor):
     """CLIP image embeddings (``CLIPVisionModelWithProjection(...).image_embeds``).
@@ -178,7 +174,7 @@ class ClipExtractor(FeatureExtractor):
                  cache_dir: Optional[PathLike] = None,
                  local_files_only: Optional[bool] = None) -> None:
         self.model_id = str(model)
-        self.is_local = Path(self.model_id).expanduser().is_dir()
+        self.is_local = is_local_model(self.model_id)
         self.normalize = bool(normalize)
         self.device = resolve_device(device, "clip extractor")
         if dtype is None:
@@ -195,42 +191,22 @@ class ClipExtractor(FeatureExtractor):
 
     # -- resolution ----------------------------------------------------------------------
     def _not_found(self, why: str = "") -> InputError:
-        where = hf_cache_dir(self.cache_dir)
-        mode = "offline (HF_HUB_OFFLINE=1)" if self.local_files_only else "and could not be downloaded"
-        extra = f" ({why})" if why else ""
-        return InputError(
-            f"CLIP model {self.model_id!r} not found {mode}{extra}: hub models are looked for in "
-            f"the Hugging Face cache {where} (set HF_HUB_CACHE / HF_HOME to move it; fill it "
-            f"online with `hf download {self.model_id}`), or pass a local directory with "
-            f"config.json + model.safetensors, e.g. model='/path/to/clip-dir' (save_pretrained)")
+        return model_not_found("CLIP model", self.model_id, cache_dir=self.cache_dir,
+                               local_files_only=self.local_files_only, why=why)
 
     def model_dir(self) -> Path:
         """The directory holding config.json (a local dir, or the hub cache snapshot)."""
         if self._dir is None:
-            if self.is_local:
-                d = Path(self.model_id).expanduser().resolve()
-                if not (d / "config.json").is_file():
-                    raise InputError(f"CLIP model directory {d} has no config.json")
-                self._dir = d
-            else:
-                self._dir = self._resolve_hub_dir()
+            self._dir = resolve_model_dir(self.model_id, what="CLIP model", cache_dir=self.cache_dir,
+                                          local_files_only=self.local_files_only, feature="clip features")
         return self._dir
-
-    def _resolve_hub_dir(self) -> Path:
-        hf_hub_download = require("huggingface_hub", "clip features").hf_hub_download
-        try:
-            cfg = hf_hub_download(self.model_id, "config.json", cache_dir=self.cache_dir,
-                                  local_files_only=self.local_files_only)
-        except Exception as exc:
-            raise self._not_found(type(exc).__name__) from None
-        return Path(cfg).parent
 
     def _weight_files(self) -> List[Path]:
         d = self.model_dir()
-        files = sorted({p for pat in _WEIGHT_PATTERNS for p in d.glob(pat)})
+        files = weight_files(d)
         if not files and not self.is_local:
             self._load_model()           # downloads the weights when online
-            files = sorted({p for pat in _WEIGHT_PATTERNS for p in d.glob(pat)})
+            files = weight_files(d)
         if not files:
             raise self._not_found(f"no weights file in {d}")
         return files
