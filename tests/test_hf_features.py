@@ -1,5 +1,5 @@
 """The ``hf:ID_OR_FOLDER`` feature space: any transformers vision backbone (tiny random models
-saved with save_pretrained; nothing is downloaded)."""
+saved with save_pretrained; nothing is downloaded: conftest.py sets HF_HUB_OFFLINE=1)."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,12 +26,6 @@ from tiny_hf import TINY_ARCHS, build_tiny_hf  # noqa: E402
 EXPECTED = {"dinov2": ("pooler", 32), "vit": ("pooler", 32), "clip-vision": ("pooler", 32),
             "convnext": ("pooler", 16), "siglip-vision": ("pooler", 32), "clip": ("image-embeds", 16),
             "vit-classifier": ("mean", 32)}
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("SYNREF_NO_PROGRESS", "1")
 
 
 @pytest.fixture(scope="module")

@@ -33,19 +33,17 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..device import resolve_device
 from ..errors import InputError
-from ..hashing import fingerprint, hash_file
-from ..hub import hf_offline, is_local_model, model_not_found, resolve_model_dir, weight_files
+from ..hub import weight_files
 from ..optional import require
-from .base import FEATURE_EXTRACTORS, ExtractorContext, FeatureExtractor, PathLike, batched_bar
-from .clip import clip_preprocess
+from .base import FEATURE_EXTRACTORS, ExtractorContext, PathLike
+from .hub_model import HubModelExtractor
 
 __all__ = ["HFExtractor", "HF_POOLINGS", "hf_preprocess_config"]
 
@@ -187,7 +185,7 @@ def _quiet_transformers() -> Iterator[None]:
 
 # ------------------------------------------------------------------------------ extractor
 @FEATURE_EXTRACTORS.register("hf", argument="model")
-class HFExtractor(FeatureExtractor):
+class HFExtractor(HubModelExtractor):
     """Pooled features of any ``transformers`` vision backbone (``AutoModel``), frozen.
 
     Options:
@@ -209,6 +207,7 @@ class HFExtractor(FeatureExtractor):
     """
 
     name = "hf"
+    what = "hf model"
 
     @classmethod
     def from_context(cls, context: ExtractorContext) -> "HFExtractor":
@@ -220,75 +219,32 @@ class HFExtractor(FeatureExtractor):
     def __init__(self, model: PathLike, *, pooling: str = "auto", normalize: bool = True,
                  device: Optional[Union[str, torch.device]] = None, dtype: Optional[str] = None,
                  cache_dir: Optional[PathLike] = None, local_files_only: Optional[bool] = None) -> None:
-        self.model_id = str(model).strip()
-        if not self.model_id:
-            raise InputError("hf extractor: model is empty (give a hub id or a save_pretrained folder)")
         if pooling not in HF_POOLINGS:
             raise InputError(f"hf extractor: pooling must be one of {', '.join(HF_POOLINGS)}, got {pooling!r}")
         self.pooling = pooling
-        self.is_local = is_local_model(self.model_id)
-        self.normalize = bool(normalize)
-        self.device = resolve_device(device, "hf extractor")
-        if dtype is None:
-            dtype = "float32"
-            if self.device.type == "cuda":
-                dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        if dtype not in ("float16", "bfloat16", "float32"):
-            raise InputError(f"hf extractor: dtype must be float16, bfloat16 or float32, got {dtype!r}")
-        self.dtype = str(dtype)
-        self.cache_dir = None if cache_dir is None else str(cache_dir)
-        self.local_files_only = hf_offline() if local_files_only is None else bool(local_files_only)
-        self.what = f"hf model {self.model_id!r}"
-        self._dir: Optional[Path] = None
+        cuda_dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float16"
+        self._init_source(model, normalize=normalize, device=device, dtype=dtype, cuda_dtype=cuda_dtype,
+                          cache_dir=cache_dir, local_files_only=local_files_only)
+        #: how errors name this model
+        self.label = f"hf model {self.model_id!r}"
         self._model: Optional[nn.Module] = None
         self._pooler_loaded = True
-        self._fingerprint: Optional[str] = None
         self._preprocess: Optional[Dict[str, Any]] = None
         #: the pooling actually used (``pooling``, or what ``auto`` chose on the first batch)
         self.resolved_pooling: Optional[str] = None if pooling == "auto" else pooling
 
-    # -- resolution ----------------------------------------------------------------------
-    def model_dir(self) -> Path:
-        """The folder holding config.json (the local folder, or the hub cache snapshot)."""
-        if self._dir is None:
-            self._dir = resolve_model_dir(self.model_id, what="hf model", cache_dir=self.cache_dir,
-                                          local_files_only=self.local_files_only, feature="hf features")
-        return self._dir
-
-    def _weight_files(self) -> List[Path]:
-        d = self.model_dir()
-        files = weight_files(d)
-        if not files and not self.is_local and not self.local_files_only:
-            self._load_model()           # downloads the weights when online
-            files = weight_files(d)
-        if not files:
-            if self.is_local:
-                raise InputError(f"{self.what}: folder {d} has no weights file (model.safetensors or "
-                                 "pytorch_model.bin; save_pretrained writes them)")
-            raise model_not_found("hf model", self.model_id, cache_dir=self.cache_dir,
-                                  local_files_only=self.local_files_only, why=f"no weights file in {d}")
-        return files
-
     def preprocess_config(self) -> Dict[str, Any]:
         """:func:`hf_preprocess_config` of the model's folder."""
         if self._preprocess is None:
-            self._preprocess = hf_preprocess_config(self.model_dir(), what=self.what)
+            self._preprocess = hf_preprocess_config(self.model_dir(), what=self.label)
         return self._preprocess
 
     @property
     def input_side(self) -> Optional[int]:  # type: ignore[override]
         return _input_side(self.preprocess_config())
 
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            d = self.model_dir()
-            self._fingerprint = fingerprint(self.name, {
-                "config": hash_file(d / "config.json"),
-                "weights": {p.name: hash_file(p) for p in self._weight_files()},
-                "preprocess": self.preprocess_config(),
-                "pooling": self.pooling, "normalize": self.normalize, "dtype": self.dtype,
-            })
-        return self._fingerprint
+    def _fingerprint_options(self) -> Dict[str, Any]:
+        return {"pooling": self.pooling}
 
     def describe(self) -> Dict[str, Any]:
         d = super().describe()
@@ -313,32 +269,30 @@ class HFExtractor(FeatureExtractor):
                 model, info = transformers.AutoModel.from_pretrained(
                     src, cache_dir=self.cache_dir, local_files_only=self.local_files_only, output_loading_info=True)
         except OSError as exc:
-            raise model_not_found("hf model", self.model_id, cache_dir=self.cache_dir,
-                                  local_files_only=self.local_files_only,
-                                  why=" ".join(str(exc).split())[:160]) from None
+            raise self._not_found(" ".join(str(exc).split())[:160]) from None
         except (ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{self.what}: transformers cannot build a model from {d / 'config.json'} "
+            raise InputError(f"{self.label}: transformers cannot build a model from {d / 'config.json'} "
                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
         if not hasattr(model, "get_image_features") and getattr(model, "main_input_name", None) != "pixel_values":
-            raise InputError(f"{self.what} ({type(model).__name__}) is not a vision model: its input is "
+            raise InputError(f"{self.label} ({type(model).__name__}) is not a vision model: its input is "
                              f"{getattr(model, 'main_input_name', '?')}, not pixel_values")
         missing = sorted(info.get("missing_keys") or [])
         pooler = [k for k in missing if k.split(".")[0] == "pooler" or ".pooler." in f".{k}"]
         lost = [k for k in missing if k not in pooler and not k.endswith(_UNUSED_TENSORS)]
         if lost:
-            raise InputError(f"{self.what}: its weights do not cover the {type(model).__name__} backbone "
+            raise InputError(f"{self.label}: its weights do not cover the {type(model).__name__} backbone "
                              f"({len(lost)} tensors missing, e.g. {lost[0]}): not a checkpoint of this architecture")
         self._pooler_loaded = not pooler
         if self.pooling == "pooler" and pooler:
-            raise InputError(f"{self.what}: its checkpoint has no pooler weights ({pooler[0]} missing), so "
+            raise InputError(f"{self.label}: its checkpoint has no pooler weights ({pooler[0]} missing), so "
                              "pooling='pooler' would be random; use pooling='mean' or 'cls'")
         if self.pooling == "image-embeds" and not hasattr(model, "get_image_features"):
-            raise InputError(f"{self.what} ({type(model).__name__}) has no image embedding (get_image_features); "
+            raise InputError(f"{self.label} ({type(model).__name__}) has no image embedding (get_image_features); "
                              "use pooling='auto', 'pooler', 'cls' or 'mean'")
         self._model = model.to(device=self.device, dtype=getattr(torch, self.dtype)).eval()
         return self._model
 
-    def _pool(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _embed(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The pooled features ``(n, D)`` of pixel values ``x`` ``(n, 3, h, w)``."""
         pooling = self.resolved_pooling or self.pooling
         if pooling in ("auto", "image-embeds") and hasattr(model, "get_image_features"):
@@ -355,17 +309,17 @@ class HFExtractor(FeatureExtractor):
             elif _output(out, "last_hidden_state") is not None:
                 pooling = "mean"
             else:
-                raise InputError(f"{self.what} ({type(model).__name__}) has no usable pooled output (no image_embeds, "
+                raise InputError(f"{self.label} ({type(model).__name__}) has no usable pooled output (no image_embeds, "
                                  "pooler_output or last_hidden_state)")
             self.resolved_pooling = pooling
         key = {"image-embeds": "image_embeds", "pooler": "pooler_output"}.get(pooling, "last_hidden_state")
         value = _output(out, key)
         if value is None:
-            raise InputError(f"{self.what} ({type(model).__name__}) has no {key}; use another pooling "
+            raise InputError(f"{self.label} ({type(model).__name__}) has no {key}; use another pooling "
                              f"({', '.join(HF_POOLINGS)})")
         if pooling == "cls":
             if value.ndim != 3:
-                raise InputError(f"{self.what}: pooling='cls' needs token outputs, got {tuple(value.shape)}")
+                raise InputError(f"{self.label}: pooling='cls' needs token outputs, got {tuple(value.shape)}")
             return value[:, 0]
         if pooling == "mean":
             return value.mean(dim=1) if value.ndim == 3 else value.flatten(2).mean(dim=2)
@@ -374,26 +328,11 @@ class HFExtractor(FeatureExtractor):
     @property
     def feature_dim(self) -> int:
         """Length of a feature vector (runs the model on one blank image)."""
-        cfg = self.preprocess_config()
-        side = _input_side(cfg) or 224
-        blank = np.zeros((1, side, side, 3), np.uint8)
-        return int(self._extract(blank, batch_size=1).shape[1])
+        side = _input_side(self.preprocess_config()) or 224
+        return int(self._extract(np.zeros((1, side, side, 3), np.uint8), batch_size=1).shape[1])
 
-    def _extract(self, images: np.ndarray, *, batch_size: int) -> np.ndarray:
-        model = self._load_model()
-        cfg = self.preprocess_config()
-        dtype = getattr(torch, self.dtype)
-        outs: List[np.ndarray] = []
-        with torch.inference_mode():
-            for i in batched_bar(len(images), batch_size, "hf features"):
-                x = clip_preprocess(images[i:i + batch_size], cfg).to(self.device, dtype)
-                emb = self._pool(model, x).float()
-                if self.normalize:
-                    emb = torch.nn.functional.normalize(emb, dim=1)
-                outs.append(emb.cpu().numpy())
-        if not outs:
-            return np.zeros((0, self.feature_dim), np.float32)
-        return np.concatenate(outs).astype(np.float32, copy=False)
+    def _embedding_dim(self) -> int:
+        return self.feature_dim
 
 
 def _output(out: Any, key: str) -> Optional[torch.Tensor]:
