@@ -2,9 +2,7 @@
 saved with save_pretrained; nothing is downloaded: conftest.py sets HF_HUB_OFFLINE=1)."""
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import time
 
@@ -20,7 +18,7 @@ from synref.features import (FEATURE_EXTRACTORS, ExtractorContext, HFExtractor, 
                              hf_preprocess_config, is_label_free, label_free_extractors)
 
 from cli_helpers import assert_one_line_error, run  # noqa: E402
-from tiny_hf import TINY_ARCHS, build_tiny_hf  # noqa: E402
+from tiny_hf import TINY_ARCHS, build_tiny_hf, fill_hub_cache  # noqa: E402
 
 #: what ``pooling="auto"`` picks per architecture, and the feature length of the tiny model
 EXPECTED = {"dinov2": ("pooler", 32), "vit": ("pooler", 32), "clip-vision": ("pooler", 32),
@@ -178,18 +176,7 @@ def test_explicit_poolings(tiny):
 def test_hub_cache_offline_and_a_content_addressed_fingerprint(tmp_path, tiny):
     """A hub id is found in a Hugging Face cache without network; the same files in a folder,
     or copied elsewhere, have the same fingerprint; other weights another one."""
-    repo = tmp_path / "hub" / "models--synref-test--tiny-dinov2"
-    rev = "0" * 40
-    snap = repo / "snapshots" / rev
-    (repo / "blobs").mkdir(parents=True)
-    snap.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(rev)
-    for f in tiny["dinov2"].iterdir():
-        data = f.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    snap = fill_hub_cache(tmp_path / "hub", "synref-test/tiny-dinov2", tiny["dinov2"])
     hub = create_extractor("hf:synref-test/tiny-dinov2", device="cpu", cache_dir=tmp_path / "hub")
     local = create_extractor("hf", model=str(tiny["dinov2"]), device="cpu")
     copy = shutil.copytree(tiny["dinov2"], tmp_path / "copy")

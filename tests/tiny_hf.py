@@ -51,6 +51,27 @@ def _parts(arch: str) -> Any:
     raise ValueError(f"unknown tiny architecture {arch!r}; one of {TINY_ARCHS}")
 
 
+def fill_hub_cache(cache: Union[str, os.PathLike], repo_id: str, folder: Union[str, os.PathLike]) -> Path:
+    """Put the files of ``folder`` into a Hugging Face hub cache at ``cache`` as ``repo_id``
+    (blobs named by their sha256, a snapshot of symlinks, refs/main), as ``hf download`` leaves
+    them; returns the snapshot folder."""
+    import hashlib
+
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    rev = "0" * 40
+    snap = repo / "snapshots" / rev
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    for f in Path(folder).iterdir():
+        data = f.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    return snap
+
+
 def build_tiny_hf(path: Union[str, os.PathLike], arch: str, *, seed: int = 0,
                   processor: Union[Dict[str, Any], None] = None) -> Path:
     """Save the tiny ``arch`` model (weights drawn with ``seed``) and its image processor (its
