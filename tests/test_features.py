@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -332,20 +331,9 @@ def test_cache_recomputes_when_a_reused_key_has_other_row_count(tmp_path):
 def test_clip_hub_id_resolves_from_local_hf_cache_offline(tmp_path, tiny_clip_dir):
     """A hub id is found in a Hugging Face cache (blobs + snapshot symlinks) without network;
     the weights hash is the blob name, so the fingerprint needs no read of the weights."""
-    import hashlib
+    from tiny_hf import fill_hub_cache
 
-    repo = tmp_path / "hub" / "models--synref-test--tiny-clip"
-    rev = "0" * 40
-    snap = repo / "snapshots" / rev
-    (repo / "blobs").mkdir(parents=True)
-    snap.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(rev)
-    for f in tiny_clip_dir.iterdir():
-        data = f.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    snap = fill_hub_cache(tmp_path / "hub", "synref-test/tiny-clip", tiny_clip_dir)
     hub = create_extractor("clip", model="synref-test/tiny-clip", device="cpu",
                            cache_dir=tmp_path / "hub")
     local = create_extractor("clip", model=str(tiny_clip_dir), device="cpu")

@@ -14,7 +14,7 @@ from .errors import InputError, SynrefError
 from .experiments.demo import PRESETS
 from .experiments.protocol import PROTOCOLS
 from .experiments.recipes import DATASETS
-from .features import DEFAULT_CLIP_MODEL, DEFAULT_ENCODER, FEATURE_EXTRACTORS
+from .features import DEFAULT_CLIP_MODEL, DEFAULT_ENCODER, FEATURE_EXTRACTORS, check_space_name
 from .models import MODELS
 from .noise import PMD_NOISE_TYPES
 from .progress import progress_setting
@@ -272,7 +272,8 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
                    help="classifier (needs --checkpoint), clip (--clip-model), ssl / simclr (SimCLR trained "
                         "on --data; one process only), efficientnet-lite0 / -lite1 / -lite2 (ImageNet-pretrained, offline), "
                         "efficientnet-lite-ensemble (Lite1 + Lite2, stages 6-7 + head, mirror-averaged: better "
-                        "labels for 3.6x the time of Lite2)")
+                        "labels for 3.6x the time of Lite2), hf:ID_OR_FOLDER (any transformers vision backbone: "
+                        "a hub id in the Hugging Face cache or a save_pretrained folder)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="classifier checkpoint (synref.models.save_classifier)")
     p.add_argument("--clip-model", default=None,
@@ -315,7 +316,7 @@ def _run_features(args: argparse.Namespace) -> int:
     check_output_dir(args.out)
     dataset = load_dataset(args.data, split=args.split)
     size = None if args.image_size is None else (args.image_size, args.image_size)
-    name = FEATURE_EXTRACTORS.canonical(args.extractor)
+    name = check_space_name(args.extractor, "--extractor")
 
     rank, world, device, barrier, state = distributed_context(args.device)
     try:
@@ -413,8 +414,9 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=1, help="refinement rounds (default 1; 3 in the demo)")
     p.add_argument("--encoder", dest="encoder", default=None, choices=FEATURE_EXTRACTORS.choices(),
                    help=f"feature space: a frozen pretrained encoder ({DEFAULT_ENCODER}, the default: ImageNet, "
-                        "offline; clip with --clip-model; any registered one), or with --train / --classifier: "
-                        "classifier (their default) or ssl (simclr)")
+                        "offline; clip with --clip-model; hf:ID_OR_FOLDER: any transformers vision backbone such as "
+                        "hf:facebook/dinov2-base, from the Hugging Face cache or a save_pretrained folder; any "
+                        "registered one), or with --train / --classifier: classifier (their default) or ssl (simclr)")
     p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="CLIP model id or local folder")
     own = p.add_argument_group("bring your own embeddings (no encoder runs; --data optional, for the report's images)")
     own.add_argument("--features", type=Path, default=None, metavar="FEATURES.npy",
@@ -533,6 +535,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                    help="keep the shared steps (encoder features, noisy labels, models) and each finished row "
                         "in OUT: a re-run resumes, other noise settings reuse the features (default: keep nothing)")
     p.add_argument("--seed", type=int, default=0, help="seed for split, noise and training (default 0)")
+    p.add_argument("--encoder", default=None, choices=FEATURE_EXTRACTORS.choices(),
+                   help="the refinement's frozen feature space (default: digits a SimCLR encoder, CIFAR "
+                        "efficientnet-lite-ensemble), e.g. hf:ID_OR_FOLDER (any transformers vision backbone)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_compare)
 
@@ -548,7 +553,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         title = (f"{args.dataset}, first {args.subset} training images, labels {Path(args.noise_file).name}, "
                  f"real-anchor stand-in")
     rows = run_compare(args.dataset, noise=args.noise, seed=args.seed, data=args.data, noise_file=args.noise_file,
-                       subset=args.subset, epochs=args.epochs, out=args.out)
+                       subset=args.subset, epochs=args.epochs, out=args.out, encoder=args.encoder)
     print(format_compare_table(rows, title=title))
     return 0
 
@@ -595,6 +600,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                    help="anchor set from synref generate (default: CIFAR: real-anchor stand-in from the clean "
                         "validation split; digits: glyph anchors)")
     p.add_argument("--clip-model", default=None, help="CLIP hub id or local folder for lra-clip")
+    p.add_argument("--encoder", default=None, choices=FEATURE_EXTRACTORS.choices(),
+                   help="the refinement's frozen feature space (default: the protocol's; pretrained: "
+                        f"{DEFAULT_ENCODER}), e.g. hf:ID_OR_FOLDER (any transformers vision backbone)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", required=True, type=Path, help="results folder (resumed when it exists)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -618,7 +626,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         run_bench(dataset=args.dataset, protocol=protocol, out=args.out, data=args.data, methods=args.methods,
                   noise=args.noise, seeds=seeds, noise_files=args.noise_file, anchors=args.anchors,
                   device=args.device, clip_model=args.clip_model, split=args.split, labels=args.labels,
-                  clean_labels=args.clean_labels, test_split=args.test_split or None)
+                  clean_labels=args.clean_labels, test_split=args.test_split or None, encoder=args.encoder)
     print((args.out / "results.md").read_text())
     print(f"results: {args.out / 'results.csv'}, {args.out / 'results.md'}")
     return 0

@@ -47,7 +47,7 @@ from ..errors import InputError
 from ..evidence import (CrossFitEvidenceConfig, Evidence, check_anchor_classes, classifier_evidence,
                         crossfit_evidence, linear_head_evidence)
 from ..features import (DEFAULT_CLIP_MODEL, DEFAULT_ENCODER, FEATURE_EXTRACTORS, ExtractorContext, cached_features,
-                        compute_features, extractor_from_context)
+                        check_space_name, compute_features, extractor_from_context)
 from ..hashing import digest
 from ..io import (atomic_open, check_input_file, check_not_inside, check_output_dir, read_npy_matrix,
                   remove_stale_temp_files, write_json, write_npy)
@@ -88,7 +88,8 @@ class RefineRunConfig(ConfigMixin):
             :data:`~synref.features.DEFAULT_ENCODER` (pretrained evidence) or "classifier" (each
             fold network's own space with ``train``; the saved classifier's with ``classifier``).
             Pretrained evidence takes a label-free encoder (``efficientnet-lite0``, ``clip`` with
-            ``clip_model``, ...); ``ssl`` goes with ``train``.
+            ``clip_model``, ``hf:ID_OR_FOLDER`` for any transformers vision backbone, ...); ``ssl``
+            goes with ``train``.
         features, anchor_features, anchor_labels, class_names: bring your own embeddings: a
             ``.npy`` (N, D) of the samples (memory-mapped, never copied), a ``.npy`` (M, D) of the
             anchors in the same space and their labels (a label file), optional class names (a
@@ -172,9 +173,8 @@ class RefineRunConfig(ConfigMixin):
                 raise InputError("give exactly one of --anchors DIR or --generate (with --generator)")
         if self.classifier is not None and self.train:
             raise InputError("give at most one of --classifier CKPT or --train (neither: pretrained evidence)")
-        if self.encoder is not None and self.encoder not in FEATURE_EXTRACTORS:
-            raise InputError(f"unknown --encoder {self.encoder!r}; choose one of: "
-                             f"{', '.join(FEATURE_EXTRACTORS.choices())}")
+        if self.encoder is not None:
+            check_space_name(self.encoder, "--encoder")
         if self.evidence_mode == "pretrained":
             if self.space == "classifier":
                 raise InputError("--encoder classifier needs --classifier CKPT or --train; without them the "
@@ -351,13 +351,16 @@ def pretrained_features(config: RefineRunConfig, dataset: LabeledImages, anchors
     cache, "anchor_features": (M, D), "skipped": [{index, file, reason}], "resumed": bool,
     "seconds", "image_size": [H, W] | None, "file": the cache file}``.
 
-    The encoder's input side is ``image_size`` (default :data:`PRETRAINED_SIZE`). Path-backed
+    The encoder's input side is ``image_size`` (default: an ``hf:`` model's own, read from its
+    image processor; else :data:`PRETRAINED_SIZE`). Path-backed
     sets (image folder, CSV manifest, anchor sets) are streamed, decoded straight to that size
     with 3 channels; arrays go to the encoder as they are (it resizes them). Call it in every process of a multi-process launch (the cache's chunks
     are split between them); every process gets the same memory-mapped arrays."""
     side = int(config.image_size) if config.image_size is not None else PRETRAINED_SIZE
     context = ExtractorContext(size=side, clip_model=config.clip_model, device=device)
     extractor = extractor_from_context(config.space, context)
+    if config.image_size is None and extractor.input_side:   # an hf: model's own input size
+        side = int(extractor.input_side)
     options = dict(cache_dir=cache, process_index=process_index, num_processes=num_processes, barrier=barrier,
                    batch_size=config.batch_size, chunk_size=config.chunk_size, num_workers=config.workers)
 
@@ -372,7 +375,7 @@ def pretrained_features(config: RefineRunConfig, dataset: LabeledImages, anchors
     resumed = path.is_file() and path.stat().st_mtime < started
     return {"features": data.features, "anchor_features": anchor_set.features, "skipped": data.skipped,
             "resumed": bool(resumed), "seconds": round(seconds, 3), "file": str(path),
-            "image_size": [side, side] if dataset.is_path_backed else None, "extractor": extractor.name}
+            "image_size": [side, side] if dataset.is_path_backed else None, "extractor": config.space}
 
 
 def build_evidence(config: RefineRunConfig, dataset: LabeledImages, anchors: LabeledImages, cache: Path
@@ -502,6 +505,9 @@ def _run_pretrained(config: RefineRunConfig, dataset: LabeledImages, out: Path, 
                     ) -> Optional[Tuple[LabeledImages, RefinementResult, Dict[str, Any]]]:
     """Pretrained evidence: streamed features (every process) -> the refinement (every process
     takes its share of the rows) -> process 0 writes. Returns None in the other processes."""
+    # the encoder's model is found (its folder / the hub cache) before any anchor is generated
+    extractor_from_context(config.space, ExtractorContext(size=PRETRAINED_SIZE, clip_model=config.clip_model,
+                                                          device="cpu")).fingerprint()
     directory, anchor_info = anchor_dir(config, dataset.class_names, out, process_index=rank, num_processes=world,
                                         barrier=barrier)
     anchors, extra = load_anchors(directory, dataset, decode=not dataset.is_path_backed)

@@ -32,7 +32,7 @@ from ..errors import InputError
 from ..io import check_output_dir
 from ..validation import check_split_seed
 from .methods import create_method, parse_methods
-from .protocol import Protocol, protocol_for
+from .protocol import Protocol, protocol_for, with_refine_encoder
 from .recipes import (DATASETS, GIVEN, NOISE_SETTINGS, is_user_dataset, noise_files as find_noise_files,
                       user_dataset_name)
 from .results import read_cells
@@ -121,14 +121,16 @@ def bench_config(*, dataset: str = "digits", protocol: str = "digits", data: Opt
                  clip_model: Optional[str] = None,
                  protocol_overrides: Optional[Callable[[Protocol], None]] = None, split: str = "train",
                  labels: Optional[str] = None, clean_labels: Optional[str] = None,
-                 test_split: Optional[str] = "test") -> BenchConfig:
+                 test_split: Optional[str] = "test", encoder: Optional[str] = None) -> BenchConfig:
     """The :class:`BenchConfig` of command-line style arguments: the named protocol (edited by
-    ``protocol_overrides``), methods in table order, the noise settings (the paper's five unless
-    only label files are given, then theirs; ``given`` on the user's data) and the label files
-    found."""
+    ``protocol_overrides``; ``encoder``: the refinement's frozen space, e.g. ``hf:ID_OR_FOLDER``),
+    methods in table order, the noise settings (the paper's five unless only label files are
+    given, then theirs; ``given`` on the user's data) and the label files found."""
     if is_user_dataset(dataset):
         check_user_dataset(dataset)
         proto = protocol_for(protocol, user_dataset_name(dataset), protocol_overrides)
+        if encoder is not None:
+            proto = with_refine_encoder(proto, encoder)
         settings = parse_noise_settings(noise, (GIVEN,))
         seeds = [int(s) for s in seeds]
         return BenchConfig(dataset=dataset, protocol=proto, methods=tuple(user_methods(methods)),
@@ -136,6 +138,8 @@ def bench_config(*, dataset: str = "digits", protocol: str = "digits", data: Opt
                            seeds=tuple(seeds), anchors=anchors, device=device, clip_model=clip_model, split=split,
                            labels=labels, clean_labels=clean_labels, test_split=test_split)
     proto = protocol_for(protocol, dataset, protocol_overrides)
+    if encoder is not None:
+        proto = with_refine_encoder(proto, encoder)
     method_list = parse_methods(methods, proto.encoders)
     settings = parse_noise_settings(noise, NOISE_SETTINGS) if (noise is not None or not noise_files) else []
     seeds = [check_split_seed(s, "--seeds") for s in seeds]

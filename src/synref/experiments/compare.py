@@ -33,7 +33,7 @@ from ..optional import require
 from ..refiners import DEFAULT_ALPHA, DEFAULT_THRESHOLD, refine, relabel, score_matrix
 from ..refiners.confident import confident_learning_correction
 from .methods import COMPARE_COLUMNS, correction_row, refiner_row_name
-from .protocol import Protocol, protocol_for
+from .protocol import Protocol, protocol_for, with_refine_encoder
 from .recipes import cpu_cifar_schedule
 from .runner import Experiment
 
@@ -149,36 +149,44 @@ def format_compare_table(rows: Sequence[Dict[str, Any]], title: Optional[str] = 
     return "\n".join(lines)
 
 
-def compare_protocol(dataset: str, *, subset: int = 10000, epochs: int = 15, anchors_per_class: int = 100) -> Protocol:
+def compare_protocol(dataset: str, *, subset: int = 10000, epochs: int = 15, anchors_per_class: int = 100,
+                     encoder: Optional[str] = None) -> Protocol:
     """The protocol of ``synref compare``: digits = the demo's (SimCLR space, a cross-fitted small
     CNN, the clean validation split picking each fold's epoch); CIFAR = the cpu protocol's data
     (first ``subset`` images, real-anchor stand-in) and its pretrained evidence (the frozen
     encoder's features, a cross-fitted linear head; ``epochs`` is the Standard model's, which
-    no correction row trains)."""
+    no correction row trains). ``encoder`` (``--encoder``, e.g. ``hf:ID_OR_FOLDER``) replaces
+    the refinement's space; the protocol's name then carries it."""
     if dataset == "digits":
-        return dataclasses.replace(protocol_for("digits", "digits"), anchors_per_class=anchors_per_class)
-    if not 8 <= subset <= 45000:
-        raise InputError(f"--subset must be in [8, 45000], got {subset}")
-    return dataclasses.replace(protocol_for("cpu", dataset), train_size=subset,
-                               standard=cpu_cifar_schedule(epochs, 0.05), anchors_per_class=anchors_per_class)
+        protocol = dataclasses.replace(protocol_for("digits", "digits"), anchors_per_class=anchors_per_class)
+    else:
+        if not 8 <= subset <= 45000:
+            raise InputError(f"--subset must be in [8, 45000], got {subset}")
+        protocol = dataclasses.replace(protocol_for("cpu", dataset), train_size=subset,
+                                       standard=cpu_cifar_schedule(epochs, 0.05), anchors_per_class=anchors_per_class)
+    return protocol if encoder is None else with_refine_encoder(protocol, encoder, rename=True)
 
 
 def run_compare(dataset: str = "digits", *, noise: str = "pmd-0.7", seed: int = 0, data: Optional[str] = None,
                 noise_file: Optional[str] = None, subset: int = 10000, epochs: int = 15,
-                protocol: Optional[Protocol] = None, out: Optional[PathLike] = None) -> List[Dict[str, Any]]:
+                protocol: Optional[Protocol] = None, out: Optional[PathLike] = None,
+                encoder: Optional[str] = None) -> List[Dict[str, Any]]:
     """The comparison table's rows (:data:`COMPARE_METHODS`) on ``dataset`` with noise ``noise``
     (digits: generated as in the demo) or the label file ``noise_file`` (CIFAR: the community
     file of the first 45,000 training images). Fails before any training without cleanlab.
 
     ``out``: a folder that keeps the shared steps (encoder features, noisy labels, models) under
     ``out/work/`` and each finished row under ``out/cells/`` (``out/results.md`` gathers them), so
-    a re-run resumes and other noise settings reuse the features; None keeps nothing."""
+    a re-run resumes and other noise settings reuse the features; None keeps nothing.
+    ``encoder``: the refinement's frozen space (:func:`compare_protocol`)."""
     from pathlib import Path
 
     from .runner import parse_noise_settings
 
     require("cleanlab.filter", "comparing with cleanlab")
-    protocol = protocol or compare_protocol(dataset, subset=subset, epochs=epochs)
+    if protocol is not None and encoder is not None:
+        raise InputError("give a protocol or an encoder, not both")
+    protocol = protocol or compare_protocol(dataset, subset=subset, epochs=epochs, encoder=encoder)
     files: Dict[str, Any] = {}
     if noise_file is not None:
         setting = f"file:{Path(noise_file).stem}"

@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from ..config import ConfigMixin
 from ..errors import InputError
 from ..evidence import FEATURE_SPACES, HEADS, CrossFitEvidenceConfig
-from ..features import DEFAULT_ENCODER, FEATURE_EXTRACTORS
+from ..features import DEFAULT_ENCODER, FEATURE_EXTRACTORS, check_space_name, is_label_free
+from ..hashing import digest
 from ..models import MODELS
 from ..noise import PMD_NOISE_TYPES
 from ..refiners import (DEFAULT_ALPHA, DEFAULT_REFINER, DEFAULT_THRESHOLD, Refiner, create_refiner,
@@ -25,7 +26,7 @@ from ..train import LRAConfig, PLCConfig, SSLConfig, TrainConfig
 from ..validation import check_unit_interval
 from .recipes import DATASETS, cpu_cifar_schedule, digits_standard, digits_synref_finetune, is_user_dataset
 
-__all__ = ["Protocol", "PROTOCOLS", "REFINE_RECIPES", "protocol_for", "protocol_names"]
+__all__ = ["Protocol", "PROTOCOLS", "REFINE_RECIPES", "protocol_for", "protocol_names", "with_refine_encoder"]
 
 #: how a protocol gets its refined labels: ``paper`` = the paper's rule on the Standard model's
 #: own (in-sample) features and softmax; ``synref`` = cross-fitted evidence + ``refiner``.
@@ -105,8 +106,10 @@ class Protocol(ConfigMixin):
             if getattr(self, name) not in MODELS:
                 raise InputError(f"protocol: unknown {name} {getattr(self, name)!r}; choose one of: "
                                  f"{', '.join(MODELS.names())}")
-        for encoder in self.encoders + ((self.refine_encoder,) if self.refine_encoder else ()):
+        for encoder in self.encoders:
             FEATURE_EXTRACTORS.canonical(encoder)
+        if self.refine_encoder:
+            check_space_name(self.refine_encoder, "protocol refine_encoder")
         if self.pmd_type not in PMD_NOISE_TYPES:
             raise InputError(f"--pmd-type must be one of 1, 2, 3, got {self.pmd_type}")
         if int(self.anchors_per_class) < 1:
@@ -211,6 +214,24 @@ def pretrained_protocol() -> Protocol:
         name="pretrained", model="small_cnn", train_size=None, test_size=None, refine="synref",
         refine_encoder=DEFAULT_ENCODER, refine_head="linear", refine_folds=4, refine_rounds=1,
         encoders=(), encoder_size=160)
+
+
+def with_refine_encoder(protocol: Protocol, encoder: str, *, rename: bool = False) -> Protocol:
+    """``protocol`` with the ``synref`` refinement in the frozen, label-free space ``encoder``
+    (``--encoder``: any registered one, ``hf:ID_OR_FOLDER`` included). ``rename`` appends the
+    encoder to the protocol's name (``digits-efficientnet-lite0``, ``cpu-hf-<8 hex>``), so the
+    shared steps it caches under that name are never mistaken for another encoder's."""
+    if protocol.refine != "synref":
+        raise InputError(f"--encoder applies to synref's refinement; protocol {protocol.name} refines with the "
+                         "paper's rule in the Standard model's own features")
+    name = check_space_name(encoder, "--encoder")
+    if not is_label_free(name):
+        raise InputError(f"--encoder {encoder} sees the labels; the refinement's fixed space must be label-free")
+    changed = dataclasses.replace(protocol, refine_encoder=name)
+    if rename:
+        base, value = FEATURE_EXTRACTORS.split(name)
+        changed.name = f"{protocol.name}-{base}" + ("" if value is None else f"-{digest(name, length=8)}")
+    return changed
 
 
 def protocol_names() -> Tuple[str, ...]:

@@ -15,7 +15,7 @@ from ..io import write_text
 from .methods import BASE_METHODS, method_base, parse_methods
 from .recipes import NOISE_SETTINGS
 
-__all__ = ["RESULT_COLUMNS", "PUBLISHED_CIFAR10", "cell_name", "read_cells", "write_results", "format_results_md",
+__all__ = ["RESULT_COLUMNS", "PUBLISHED_CIFAR10", "cell_name", "safe_name", "read_cells", "write_results", "format_results_md",
            "write_all"]
 
 RESULT_COLUMNS: Tuple[str, ...] = ("dataset", "protocol", "method", "noise", "seed", "test_acc", "label_acc",
@@ -33,9 +33,14 @@ PUBLISHED_CIFAR10: Dict[str, Tuple[float, ...]] = {
 }
 
 
+def safe_name(text: str) -> str:
+    """``text`` as one file-name part: letters, digits, ``-`` and ``.`` kept, anything else ``_``
+    (a method, a noise setting, an encoder name such as ``hf:/models/dinov2``)."""
+    return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in text)
+
+
 def cell_name(dataset: str, protocol: str, method: str, noise: str, seed: int) -> str:
-    safe = lambda s: "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in s)  # noqa: E731
-    return f"{dataset}__{protocol}__{safe(method)}__{safe(noise)}__seed{seed}"
+    return f"{dataset}__{protocol}__{safe_name(method)}__{safe_name(noise)}__seed{seed}"
 
 
 def read_cells(out: Path) -> List[Dict[str, Any]]:

@@ -33,7 +33,7 @@ from .methods import create_method
 from .protocol import Protocol
 from .recipes import (GIVEN, NOISE_SETTINGS, ExperimentData, load_experiment_data, load_user_data,
                       noise_files as find_noise_files, noisy_labels)
-from .results import cell_name, read_cells, write_all
+from .results import cell_name, read_cells, safe_name, write_all
 
 __all__ = ["run_experiment", "Experiment", "Runner", "NoiseRun", "SharedSteps", "parse_noise_settings",
            "find_noise_files"]
@@ -71,8 +71,7 @@ class NoiseRun:
 
     def __init__(self, runner: "Runner", noise: str, seed: int) -> None:
         self.runner, self.noise, self.seed = runner, noise, seed
-        safe = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in noise)
-        self.dir = None if runner.work is None else runner.work / f"seed{seed}" / safe
+        self.dir = None if runner.work is None else runner.work / f"seed{seed}" / safe_name(noise)
         self._noisy: Optional[np.ndarray] = None
         self.noise_info: Dict[str, Any] = {}
         self._standard = None
@@ -211,8 +210,8 @@ class Runner:
             else:
                 cache = self.work / "features"
                 memo.update(encode_sets(extractor, todo, cache_dir=cache, key_prefix=self.data.key,
-                                        size=p.encoder_size, num_workers=2))
-                timing = cache / f"{encoder}-seed{seed}.seconds.json"
+                                        size=extractor.input_side or p.encoder_size, num_workers=2))
+                timing = cache / f"{safe_name(encoder)}-seed{seed}.seconds.json"
                 seconds = round(time.time() - t0, 2)
                 if timing.is_file():  # the computing runs' wall time, summed over the sets they encoded
                     done = json.loads(timing.read_text())

@@ -8,14 +8,18 @@ is one entry of :data:`FEATURE_EXTRACTORS` (timm style: the name is the API):
 ``clip``                CLIP image embeddings through ``transformers``
 ``ssl`` (``simclr``)    a SimCLR encoder trained on the unlabelled images (+ anchors)
 ``efficientnet-lite0``  ImageNet EfficientNet-Lite0, offline, plain torch
+``hf:ID_OR_FOLDER``     any ``transformers`` vision backbone (DINOv2, SigLIP, CLIP, ViT, ConvNeXt, ...)
 
 :func:`create_extractor` builds one from its own options; :func:`extractor_from_context` builds
 one from an :class:`ExtractorContext` (what a run has at hand: the training images, the anchors,
 the SimCLR recipe, an input size, a CLIP model id, a device), each extractor taking what it
-needs, so the CLI, ``synref refine`` and the experiments name spaces the same way.
+needs, so the CLI, ``synref refine`` and the experiments name spaces the same way. A space
+registered with an argument takes it in its name (``hf:facebook/dinov2-small``: the registry's
+``name:VALUE``), passed to it as ``ExtractorContext.argument``.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -31,7 +35,7 @@ from ..hashing import images_hash as hash_images
 from ..validation import as_image_array
 
 __all__ = ["FEATURE_EXTRACTORS", "DEFAULT_EXTRACTOR", "DEFAULT_ENCODER", "FeatureExtractor", "ExtractorContext", "create_extractor",
-           "extractor_from_context", "extractor_names", "label_free_extractors", "images_hash", "pixels",
+           "extractor_from_context", "extractor_names", "label_free_extractors", "is_label_free", "check_space_name", "images_hash", "pixels",
            "check_batch_size", "batched_bar", "ImagesLike", "PathLike"]
 
 PathLike = Union[str, os.PathLike]
@@ -87,6 +91,8 @@ class ExtractorContext:
         clip_model: CLIP hub id or local folder (None: the default ViT-L/14).
         model, checkpoint: the trained classifier of ``classifier``.
         device: torch device (None: cuda when available).
+        argument: the value of a ``name:VALUE`` space name (``hf:ID_OR_FOLDER``: the model);
+            set by :func:`extractor_from_context`.
     """
 
     images: Optional[ImagesLike] = None
@@ -98,6 +104,7 @@ class ExtractorContext:
     model: Any = None
     checkpoint: Optional[PathLike] = None
     device: Optional[str] = None
+    argument: Optional[str] = None
 
 
 class FeatureExtractor(ABC):
@@ -111,6 +118,9 @@ class FeatureExtractor(ABC):
 
     name: str = "base"
     label_free: bool = True
+    #: the square side image files are best decoded at for this space (its own input size, e.g.
+    #: from a Hugging Face image processor); None: the caller's working size.
+    input_side: Optional[int] = None
 
     @classmethod
     def from_context(cls, context: ExtractorContext) -> "FeatureExtractor":
@@ -151,8 +161,12 @@ def create_extractor(name: str = DEFAULT_EXTRACTOR, **options: Any) -> FeatureEx
 
 
 def extractor_from_context(name: str, context: ExtractorContext) -> FeatureExtractor:
-    """The registered extractor ``name`` built from ``context`` (see :class:`ExtractorContext`)."""
-    return FEATURE_EXTRACTORS.get(name).from_context(context)  # type: ignore[attr-defined]
+    """The registered extractor ``name`` built from ``context`` (see :class:`ExtractorContext`);
+    ``name:VALUE`` (``hf:ID_OR_FOLDER``) passes VALUE as ``context.argument``."""
+    base, value = FEATURE_EXTRACTORS.split(name)
+    if value is not None:
+        context = dataclasses.replace(context, argument=value)
+    return FEATURE_EXTRACTORS.get(base).from_context(context)  # type: ignore[attr-defined]
 
 
 def extractor_names() -> List[str]:
@@ -160,5 +174,26 @@ def extractor_names() -> List[str]:
 
 
 def label_free_extractors() -> List[str]:
-    """Every name (aliases too) of an extractor that never sees labels (LRA's conditioning encoders)."""
-    return [n for n in FEATURE_EXTRACTORS.choices() if getattr(FEATURE_EXTRACTORS.get(n), "label_free", False)]
+    """Every name (aliases too) of an extractor that never sees labels and needs no ``:VALUE``
+    (LRA's conditioning encoders; ``hf:ID_OR_FOLDER`` is label-free too, see :func:`is_label_free`)."""
+    return [n for n in FEATURE_EXTRACTORS.choices() if ":" not in n and not FEATURE_EXTRACTORS.takes_argument(n)
+            and getattr(FEATURE_EXTRACTORS.get(n), "label_free", False)]
+
+
+def check_space_name(name: str, option: str = "--encoder") -> str:
+    """The canonical name of the feature space ``name`` (``hf:ID`` included); InputError naming
+    ``option`` for an unknown name, or for one that needs its ``:VALUE`` without it (``hf``)."""
+    if name not in FEATURE_EXTRACTORS:
+        raise InputError(f"unknown {option} {name!r}; choose one of: {', '.join(FEATURE_EXTRACTORS.choices())}")
+    base, value = FEATURE_EXTRACTORS.split(name)
+    if value is None and FEATURE_EXTRACTORS.takes_argument(base):
+        shown = [c for c in FEATURE_EXTRACTORS.choices() if c.startswith(f"{base}:")]
+        raise InputError(f"{option} {name}: name the model, {shown[0] if shown else base + ':VALUE'} (a hub id in the "
+                         "Hugging Face cache or a save_pretrained folder)")
+    return FEATURE_EXTRACTORS.canonical(name)
+
+
+def is_label_free(name: str) -> bool:
+    """True when the space ``name`` (``hf:...`` included) never sees labels; InputError for an
+    unknown name."""
+    return bool(getattr(FEATURE_EXTRACTORS.get(name), "label_free", False))

@@ -8,19 +8,17 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..device import resolve_device
 from ..errors import InputError
-from ..hashing import fingerprint, hash_file
-from ..hub import hf_cache_dir, hf_offline
 from ..optional import require
 from ..validation import as_image_array
-from .base import FEATURE_EXTRACTORS, ExtractorContext, FeatureExtractor, PathLike, batched_bar
+from .base import FEATURE_EXTRACTORS, ExtractorContext, PathLike
+from .hub_model import HubModelExtractor
 
 __all__ = ["ClipExtractor", "DEFAULT_CLIP_MODEL", "CLIP_MEAN", "CLIP_STD", "clip_preprocess",
            "load_clip_preprocess_config"]
@@ -148,12 +146,8 @@ def _center_crop(img: np.ndarray, crop: Tuple[int, int]) -> np.ndarray:
     return canvas[top:top + ch, left:left + cw]
 
 
-_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin",
-                    "pytorch_model*.bin.index.json")
-
-
 @FEATURE_EXTRACTORS.register("clip")
-class ClipExtractor(FeatureExtractor):
+class ClipExtractor(HubModelExtractor):
     """CLIP image embeddings (``CLIPVisionModelWithProjection(...).image_embeds``).
 
     Options:
@@ -168,6 +162,7 @@ class ClipExtractor(FeatureExtractor):
     """
 
     name = "clip"
+    what = "CLIP model"
 
     @classmethod
     def from_context(cls, context: ExtractorContext) -> "ClipExtractor":
@@ -177,81 +172,15 @@ class ClipExtractor(FeatureExtractor):
                  device: Optional[Union[str, torch.device]] = None, dtype: Optional[str] = None,
                  cache_dir: Optional[PathLike] = None,
                  local_files_only: Optional[bool] = None) -> None:
-        self.model_id = str(model)
-        self.is_local = Path(self.model_id).expanduser().is_dir()
-        self.normalize = bool(normalize)
-        self.device = resolve_device(device, "clip extractor")
-        if dtype is None:
-            dtype = "float16" if self.device.type == "cuda" else "float32"
-        if dtype not in ("float16", "bfloat16", "float32"):
-            raise InputError(f"clip extractor: dtype must be float16, bfloat16 or float32, got {dtype!r}")
-        self.dtype = str(dtype)
-        self.cache_dir = None if cache_dir is None else str(cache_dir)
-        self.local_files_only = hf_offline() if local_files_only is None else bool(local_files_only)
-        self._dir: Optional[Path] = None
+        self._init_source(model, normalize=normalize, device=device, dtype=dtype, cuda_dtype="float16",
+                          cache_dir=cache_dir, local_files_only=local_files_only)
         self._model: Optional[nn.Module] = None
-        self._fingerprint: Optional[str] = None
         self._preprocess: Optional[Dict[str, Any]] = None
-
-    # -- resolution ----------------------------------------------------------------------
-    def _not_found(self, why: str = "") -> InputError:
-        where = hf_cache_dir(self.cache_dir)
-        mode = "offline (HF_HUB_OFFLINE=1)" if self.local_files_only else "and could not be downloaded"
-        extra = f" ({why})" if why else ""
-        return InputError(
-            f"CLIP model {self.model_id!r} not found {mode}{extra}: hub models are looked for in "
-            f"the Hugging Face cache {where} (set HF_HUB_CACHE / HF_HOME to move it; fill it "
-            f"online with `hf download {self.model_id}`), or pass a local directory with "
-            f"config.json + model.safetensors, e.g. model='/path/to/clip-dir' (save_pretrained)")
-
-    def model_dir(self) -> Path:
-        """The directory holding config.json (a local dir, or the hub cache snapshot)."""
-        if self._dir is None:
-            if self.is_local:
-                d = Path(self.model_id).expanduser().resolve()
-                if not (d / "config.json").is_file():
-                    raise InputError(f"CLIP model directory {d} has no config.json")
-                self._dir = d
-            else:
-                self._dir = self._resolve_hub_dir()
-        return self._dir
-
-    def _resolve_hub_dir(self) -> Path:
-        hf_hub_download = require("huggingface_hub", "clip features").hf_hub_download
-        try:
-            cfg = hf_hub_download(self.model_id, "config.json", cache_dir=self.cache_dir,
-                                  local_files_only=self.local_files_only)
-        except Exception as exc:
-            raise self._not_found(type(exc).__name__) from None
-        return Path(cfg).parent
-
-    def _weight_files(self) -> List[Path]:
-        d = self.model_dir()
-        files = sorted({p for pat in _WEIGHT_PATTERNS for p in d.glob(pat)})
-        if not files and not self.is_local:
-            self._load_model()           # downloads the weights when online
-            files = sorted({p for pat in _WEIGHT_PATTERNS for p in d.glob(pat)})
-        if not files:
-            raise self._not_found(f"no weights file in {d}")
-        return files
 
     def preprocess_config(self) -> Dict[str, Any]:
         if self._preprocess is None:
             self._preprocess = load_clip_preprocess_config(self.model_dir())
         return self._preprocess
-
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            d = self.model_dir()
-            weights = {p.name: hash_file(p) for p in self._weight_files()}
-            self._fingerprint = fingerprint(self.name, {
-                "config": hash_file(d / "config.json"),
-                "weights": weights,
-                "preprocess": self.preprocess_config(),
-                "normalize": self.normalize,
-                "dtype": self.dtype,
-            })
-        return self._fingerprint
 
     def describe(self) -> Dict[str, Any]:
         d = super().describe()
@@ -277,19 +206,9 @@ class ClipExtractor(FeatureExtractor):
     def output_dim(self) -> int:
         return int(self._load_model().config.projection_dim)
 
-    def _extract(self, images: np.ndarray, *, batch_size: int) -> np.ndarray:
-        model = self._load_model()
-        cfg = self.preprocess_config()
-        dtype = getattr(torch, self.dtype)
-        outs: List[np.ndarray] = []
-        with torch.inference_mode():
-            for i in batched_bar(len(images), batch_size, "clip features"):
-                x = clip_preprocess(images[i:i + batch_size], cfg)
-                emb = model(pixel_values=x.to(self.device, dtype)).image_embeds.float()
-                if self.normalize:
-                    emb = torch.nn.functional.normalize(emb, dim=1)
-                outs.append(emb.cpu().numpy())
-        if not outs:
-            return np.zeros((0, self.output_dim), np.float32)
-        return np.concatenate(outs).astype(np.float32, copy=False)
+    def _embedding_dim(self) -> int:
+        return self.output_dim
+
+    def _embed(self, model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        return model(pixel_values=pixels).image_embeds
 
