@@ -1,10 +1,8 @@
-"""Results folders for the review / apply tests, written as ``synref refine --out`` writes them, and
-the Chromium launcher the browser tests share (with tests/test_report.py)."""
+"""Results folders for the review / apply tests, written as ``synref refine --out`` writes them."""
 from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -13,18 +11,6 @@ import numpy as np
 CLASSES = ["cat", "dog <b>", "a&b"]
 COLUMNS = ("index,id,path,given_label,given_class,suggested_label,suggested_class,best_score,"
            "given_score,label_quality,changed").split(",")
-#: the flags every real-browser test launches Chromium with (the report's test too)
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-def chromium_path() -> Optional[str]:
-    """The Debian Chromium (``/usr/bin/chromium``), or whatever ``chromium`` is on PATH."""
-    if Path("/usr/bin/chromium").is_file():
-        return "/usr/bin/chromium"
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def consistent_scores(n: int, c: int, seed: int = 0, threshold: float = 0.6):
     """(scores (n, c) float32, given (n,), suggested (n,)): the suggestion is the best class when
     its score reaches ``threshold`` and it is not the given one; the other rows whose best class
