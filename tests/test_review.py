@@ -155,6 +155,15 @@ def test_no_images_no_thumbnails(tmp_path):
     assert data["anchors"] == [[], [], []]
 
 
+def test_nothing_to_review(tmp_path):
+    given = np.array([0, 1, 2, 1])
+    scores = np.eye(3, dtype=np.float32)[given]
+    write_results(tmp_path / "OUT", given=given, suggested=given, scores=scores, paths=[""] * 4)
+    data, text = page_data(write_review(tmp_path / "OUT"))
+    assert data["items"]["index"] == [] and data["thumbs"]["sheets"] == [] and data["num_items"] == 0
+    assert "Nothing to review" in text
+
+
 def test_unreadable_images_get_no_thumbnail(folder):
     data, _ = page_data(write_review(folder["out"]))
     first = data["items"]["index"][0]

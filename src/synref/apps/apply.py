@@ -116,8 +116,9 @@ def _decision_rows(path: Path) -> Iterator[Tuple[int, Dict[str, str]]]:
             fields = [f.strip().lower() for f in (reader.fieldnames or [])]
             for need in ("index", "decision"):
                 if need not in fields:
-                    raise InputError(f"{path} has no {need!r} column (columns: {', '.join(reader.fieldnames or []) or 'none'}); "
-                                     f"download it from the review page")
+                    columns = ", ".join(reader.fieldnames or []) or "none"
+                    raise InputError(f"{path} has no {need!r} column (columns: {columns}); download it from the "
+                                     f"review page")
             for number, row in enumerate(reader, 1):
                 yield number, {str(k).strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -233,18 +234,18 @@ def _data_folders(results: Results) -> Set[str]:
     """Real paths of the data: the ``--data`` folder and every folder holding an image file."""
     from ..data.hf import parse_ref
 
-    found: Set[str] = set()
+    folders: Set[str] = set()
     data = str(results.summary.get("data") or "")
     if data and os.path.isdir(os.path.expanduser(data)):
-        found.add(os.path.realpath(os.path.expanduser(data)))
+        folders.add(os.path.expanduser(data))
     for row in iter_rows(results.out):
         path = row["path"]
         ref = parse_ref(path) if path else None
         if ref is not None and os.path.isdir(ref[0]):
-            found.add(os.path.realpath(ref[0]))
+            folders.add(ref[0])
         elif path and ref is None:
-            found.add(os.path.realpath(os.path.dirname(path) or "."))
-    return found
+            folders.add(os.path.dirname(path) or ".")
+    return {os.path.realpath(f) for f in folders}
 
 
 def _check_dest(dest: Path, results: Results) -> None:

@@ -12,7 +12,6 @@ so there are no flagged items without it). Their probability ``p`` is the sugges
 """
 from __future__ import annotations
 
-import csv
 import math
 from array import array
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError, one_line
 from ..io import npy_problem, read_json_object
-from .report import REQUIRED_COLUMNS
+from .report import iter_csv_rows
 
 __all__ = ["Results", "read_results", "iter_rows", "CHANGED", "FLAGGED"]
 
@@ -102,28 +101,19 @@ def iter_rows(out_dir: PathLike) -> Iterator[Dict[str, Any]]:
     suggested_label, best_score, given_score, changed}`` typed; InputError naming the row on a bad
     value or a missing column."""
     path = Path(out_dir) / "refined_labels.csv"
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            fields = reader.fieldnames or []
-            missing = [c for c in REQUIRED_COLUMNS if c not in fields]
-            if missing:
-                raise InputError(f"{path} has no column {missing[0]!r} (columns: {', '.join(fields) or 'none'})")
-            for number, row in enumerate(reader, 1):
-                try:
-                    changed = str(row["changed"]).strip().lower()
-                    if changed not in _YES and changed not in _NO:
-                        raise ValueError(f"changed must be yes or no, got {row['changed']!r}")
-                    index = int(str(row["index"]).strip())
-                    yield {"index": index, "id": str(row.get("id") or index), "path": str(row.get("path") or ""),
-                           "given_label": int(str(row["given_label"]).strip()),
-                           "suggested_label": int(str(row["suggested_label"]).strip()),
-                           "best_score": _float(str(row["best_score"] or "")),
-                           "given_score": _float(str(row["given_score"] or "")), "changed": changed in _YES}
-                except (TypeError, ValueError, AttributeError) as exc:
-                    raise InputError(f"{path} row {number}: bad value ({one_line(exc)})") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"cannot read {path}: {one_line(exc)}") from None
+    for number, row in enumerate(iter_csv_rows(path), 1):
+        try:
+            changed = str(row["changed"]).strip().lower()
+            if changed not in _YES and changed not in _NO:
+                raise ValueError(f"changed must be yes or no, got {row['changed']!r}")
+            index = int(str(row["index"]).strip())
+            yield {"index": index, "id": str(row.get("id") or index), "path": str(row.get("path") or ""),
+                   "given_label": int(str(row["given_label"]).strip()),
+                   "suggested_label": int(str(row["suggested_label"]).strip()),
+                   "best_score": _float(str(row["best_score"] or "")),
+                   "given_score": _float(str(row["given_score"] or "")), "changed": changed in _YES}
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"{path} row {number}: bad value ({one_line(exc)})") from None
 
 
 def _class_names(summary: Dict[str, Any], out: Path) -> List[str]:

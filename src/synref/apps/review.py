@@ -47,7 +47,8 @@ from .report import anchor_images, sample_images
 from .results_folder import CHANGED, Results, iter_rows, read_results
 from .review_assets import REVIEW_CSS, REVIEW_JS
 
-__all__ = ["write_review", "review_data", "render_review", "tile_budget", "TILE_BYTES", "SHEET_SIDE", "DEFAULT_THUMB_PX", "DEFAULT_MAX_ITEMS"]
+__all__ = ["write_review", "review_data", "render_review", "tile_budget", "TILE_BYTES", "SHEET_SIDE",
+           "DEFAULT_THUMB_PX", "DEFAULT_MAX_ITEMS"]
 
 PathLike = Union[str, os.PathLike]
 #: ``index -> (H, W, C) uint8 image`` or None (not readable).

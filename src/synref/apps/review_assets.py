@@ -177,7 +177,8 @@ var list = el("div", {id: "list", tabindex: "0", role: "list"});
 var spacer = el("div", {id: "spacer"});
 list.appendChild(spacer);
 root.appendChild(header); root.appendChild(list);
-var empty = el("div", {"class": "empty", hidden: ""}, "No item matches these filters.");
+var empty = el("div", {"class": "empty", hidden: ""}, n ? "No item matches these filters."
+  : "Nothing to review: refine changed no label and flagged none.");
 list.appendChild(empty);
 
 var help = el("div", {id: "help", "class": "overlay", hidden: ""});
@@ -245,7 +246,7 @@ function applyFilters(keep) {
     if (g >= 0 && given[i] !== g) continue;
     if (s >= 0 && sugg[i] !== s) continue;
     var pi = p[i];
-    if (!(pi >= lo && pi <= hi) && !(isNaN(pi) && lo === -Infinity)) continue;
+    if (!isNaN(pi) && !(pi >= lo && pi <= hi)) continue;  /* no score: never filtered out by p */
     if (kd !== "all" && kind[i] !== +kd) continue;
     if (st !== "all") {
       var d = dec[i];
