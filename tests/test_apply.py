@@ -226,6 +226,19 @@ def test_arrays_without_files_get_their_images_written(tmp_path):
         run_apply(tmp_path / "OUT", dest=tmp_path / "d2", outputs="labels,manifest")
 
 
+def test_results_without_images_give_the_labels(tmp_path):
+    """A features-only run (no paths, --data not loadable): labels.csv by default; image outputs refused."""
+    scores, given, suggested = consistent_scores(30, 3)
+    write_results(tmp_path / "OUT", given=given, suggested=suggested, scores=scores, paths=[""] * 30,
+                  data=str(tmp_path / "features.npy"), extra={"path_backed": False})
+    summary = run_apply(tmp_path / "OUT", dest=tmp_path / "dest")
+    assert summary["outputs"] == ["labels"] and sorted(p.name for p in (tmp_path / "dest").iterdir()) == [
+        "apply.json", "labels.csv"]
+    assert [int(r["label"]) for r in rows_of(tmp_path / "dest" / "labels.csv")] == suggested.tolist()
+    with pytest.raises(InputError, match="have no images"):
+        run_apply(tmp_path / "OUT", dest=tmp_path / "dest", outputs="labels,tree")
+
+
 def test_cli_apply(folder, tmp_path, capsys):
     results, changed, _ = picks(folder)
     path = write_decisions(tmp_path / "d.csv", [[changed[0][0], "reject", "", ""]])

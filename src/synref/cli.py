@@ -419,9 +419,10 @@ def _add_apply(sub: argparse._SubParsersAction) -> None:
                    help="changes without a decision: all (default: every change accepted), none, or above P "
                         "(those whose probability is at least P)")
     p.add_argument("--dest", type=Path, default=None, help="output folder (default OUT/applied)")
-    p.add_argument("--to", default="labels,manifest,tree,label-studio",
+    p.add_argument("--to", default=None,
                    help="comma-separated outputs: labels, manifest, tree, label-studio, datasets (a Hugging Face "
-                        "dataset copy with a synref_label column); default labels,manifest,tree,label-studio")
+                        "dataset copy with a synref_label column); default labels,manifest,tree,label-studio "
+                        "(labels only for results without images)")
     link = p.add_mutually_exclusive_group()
     link.add_argument("--copy", action="store_true", help="copy the images into the tree (default: hard links)")
     link.add_argument("--move", action="store_true",

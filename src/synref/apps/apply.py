@@ -393,7 +393,7 @@ def _ls_config(names: Sequence[str]) -> str:
 # =============================================================================== run
 def run_apply(out_dir: PathLike, *, decisions: Optional[PathLike] = None,
               accept: Union[str, float, Sequence[str]] = "all", dest: Optional[PathLike] = None,
-              outputs: Union[str, Sequence[str]] = DEFAULT_OUTPUTS, copy: bool = False, move: bool = False,
+              outputs: Union[str, Sequence[str], None] = None, copy: bool = False, move: bool = False,
               ls_prefix: str = LS_PREFIX, ls_root: str = "/") -> Dict[str, Any]:
     """Write the corrected dataset of the results folder ``out_dir`` into ``dest`` (default
     ``OUT/applied``; see the module docstring); returns the summary (also ``dest/apply.json``).
@@ -402,14 +402,16 @@ def run_apply(out_dir: PathLike, *, decisions: Optional[PathLike] = None,
         decisions: the review page's ``decisions.csv``.
         accept: the policy for the changes without a decision: "all", "none", a probability P
             (or "above P").
-        outputs: a subset of :data:`OUTPUTS` (labels.csv and apply.json are always written).
+        outputs: a subset of :data:`OUTPUTS` (labels.csv and apply.json are always written);
+            None: :data:`DEFAULT_OUTPUTS`, less the image outputs when the results have no images
+            (a features-only run).
         copy: copy the images into the tree instead of hard-linking them.
         move: move the originals into the tree (removed from where they were).
         ls_prefix, ls_root: Label Studio image URLs are ``ls_prefix`` + the path relative to
             ``ls_root`` (Label Studio's local-files serving, its document root).
     Everything is checked (options, decisions, destination) before anything is written."""
     policy = parse_accept(accept)
-    wanted = _outputs(outputs)
+    wanted = _outputs(DEFAULT_OUTPUTS if outputs is None else outputs)
     if move and copy:
         raise InputError("give --move or --copy, not both")
     if move and "tree" not in wanted:
@@ -427,8 +429,14 @@ def run_apply(out_dir: PathLike, *, decisions: Optional[PathLike] = None,
         if not data_spec or not is_hf_dataset(data_spec):
             raise InputError(f"--to datasets writes a copy of a Hugging Face dataset; the data of {out} is "
                              f"{data_spec or 'unknown'}")
-    first = next(iter_rows(out))["path"]
-    if not first or first.startswith("hf:"):
+    first = next(iter_rows(out))
+    if not first["path"]:
+        if not _has_images(results, first["index"]):
+            if outputs is not None and set(wanted) - {"labels", "datasets"}:
+                raise InputError(f"--to {','.join(wanted)}: the results {out} have no images (no paths, and --data "
+                                 f"{data_spec or '?'} cannot be loaded); --to labels is what can be written")
+            wanted = tuple(w for w in wanted if w in ("labels", "datasets"))
+    if not first["path"] or first["path"].startswith("hf:"):
         for need in ("manifest", "label-studio"):
             if need in wanted and "tree" not in wanted:
                 raise InputError(f"--to {need}: the samples of {out} are not image files; add the tree output "
@@ -449,6 +457,13 @@ def run_apply(out_dir: PathLike, *, decisions: Optional[PathLike] = None,
     }
     write_json(dest_dir / "apply.json", summary)
     return summary
+
+
+def _has_images(results: Results, index: int) -> bool:
+    """Whether the images of results without paths can be loaded (``--data`` digits, CIFAR)."""
+    if not results.summary.get("data"):
+        return False
+    return sample_images(results.summary, [{"index": index, "path": ""}])(index) is not None
 
 
 class _RowFiles:
