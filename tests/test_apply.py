@@ -254,3 +254,8 @@ def test_cli_apply(folder, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0]
     assert main(["apply", str(folder["out"]), "--copy", "--move"]) == 2
+    # the policy before OUT
+    assert main(["apply", "--accept", "above", "0.5", str(folder["out"]), "--dest", str(tmp_path / "d4")]) == 0
+    assert "--accept above 0.5" in capsys.readouterr().out
+    assert main(["apply", "--accept", "none"]) == 2
+    assert "give the results folder" in capsys.readouterr().err

@@ -412,7 +412,7 @@ def _add_apply(sub: argparse._SubParsersAction) -> None:
                                    "and with --to datasets a copy of a Hugging Face dataset with a synref_label "
                                    "column. Decisions win; the other changes follow --accept. Nothing is written "
                                    "inside the data folder; re-running rewrites the same files.")
-    p.add_argument("out", type=Path, metavar="OUT", help="results folder written by synref refine --out")
+    p.add_argument("out", type=Path, metavar="OUT", nargs="?", help="results folder written by synref refine --out")
     p.add_argument("--decisions", type=Path, default=None, metavar="CSV",
                    help="decisions.csv downloaded from OUT/review.html")
     p.add_argument("--accept", nargs="+", default=["all"], metavar="POLICY",
@@ -438,7 +438,14 @@ def _add_apply(sub: argparse._SubParsersAction) -> None:
 def _run_apply(args: argparse.Namespace) -> int:
     from .apps.apply import format_apply_summary, run_apply
 
-    summary = run_apply(args.out, decisions=args.decisions, accept=args.accept, dest=args.dest, outputs=args.to,
+    accept, out = list(args.accept), args.out
+    if out is None:  # "--accept all OUT": OUT went to --accept
+        keep = 2 if accept[0].lower() == "above" else 1
+        if len(accept) == keep + 1:
+            accept, out = accept[:keep], Path(accept[keep])
+    if out is None:
+        raise InputError("give the results folder: synref apply OUT [--decisions decisions.csv]")
+    summary = run_apply(out, decisions=args.decisions, accept=accept, dest=args.dest, outputs=args.to,
                         copy=args.copy, move=args.move, ls_prefix=args.ls_prefix, ls_root=args.ls_root)
     print(format_apply_summary(summary))
     return 0

@@ -43,7 +43,7 @@ from ..hashing import digest, images_hash
 from ..io import atomic_path, check_output_file, remove_stale_temp_files, write_json, write_text
 from ..progress import progress as progress_bar
 from ..validation import check_count
-from .report import anchor_images, sample_images
+from .report import sample_images
 from .results_folder import CHANGED, Results, iter_rows, read_results
 from .review_assets import REVIEW_CSS, REVIEW_JS
 
@@ -238,31 +238,35 @@ def _image_loader(results: Results, rows: np.ndarray, paths: List[str], px: int,
     return load
 
 
-def _anchor_tiles(results: Results, per_class: int) -> Tuple[Optional[Callable[[int], Optional[np.ndarray]]],
-                                                            List[List[int]], List[int], str]:
-    """(anchor index -> image, per class the anchors' tile numbers, tile number -> anchor index,
-    the anchor set's folder or "")."""
-    c = len(results.class_names)
-    if per_class == 0:
-        return None, [[] for _ in range(c)], [], ""
-    try:
-        image_of, labels = anchor_images(results.summary, results.out, results.class_names)
-    except InputError:
-        image_of, labels = None, None
-    if image_of is None or labels is None:
-        return None, [[] for _ in range(c)], [], ""
-    labels = np.asarray(labels)
+def _anchor_paths(results: Results) -> Tuple[List[str], np.ndarray, str]:
+    """(paths, labels (M,) relabelled to the results' classes, folder) of the run's anchor set:
+    ``summary["anchors"]["dir"]``, else ``OUT/anchors``; nothing when it is gone or unreadable."""
+    from ..anchors import load_matched_anchors
+
+    anchors = results.summary.get("anchors")
+    named = anchors.get("dir") if isinstance(anchors, dict) else anchors
+    for folder in ([Path(str(named))] if named else []) + [results.out / "anchors"]:
+        if folder.is_dir():
+            try:
+                matched, _ = load_matched_anchors(folder, results.class_names, decode=False)
+            except InputError:
+                break
+            return list(matched.paths or []), matched.labels, str(folder)
+    return [], np.zeros(0, np.int64), ""
+
+
+def _pick_anchors(labels: np.ndarray, num_classes: int, per_class: int) -> Tuple[List[List[int]], List[int]]:
+    """(per class its tiles' numbers, tile number -> anchor index): up to ``per_class`` anchors a
+    class, spread over its anchors."""
     per: List[List[int]] = []
     chosen: List[int] = []
-    for cls in range(c):
+    for cls in range(num_classes):
         idx = np.flatnonzero(labels == cls)
         take = (idx[np.unique(np.linspace(0, idx.size - 1, num=min(per_class, idx.size)).round().astype(int))]
-                if idx.size else [])
+                if idx.size and per_class else [])
         per.append(list(range(len(chosen), len(chosen) + len(take))))
         chosen.extend(int(i) for i in take)
-    anchors = results.summary.get("anchors")
-    folder = str(anchors.get("dir", "")) if isinstance(anchors, dict) else str(anchors or "")
-    return image_of, per, chosen, folder
+    return per, chosen
 
 
 def review_data(results: Results, *, folder: Path, thumb_px: int = DEFAULT_THUMB_PX, anchors_per_class: int = 4,
@@ -301,19 +305,20 @@ def review_data(results: Results, *, folder: Path, thumb_px: int = DEFAULT_THUMB
     finally:
         bar.close()
 
-    anchor_of, per_class, chosen, anchor_dir = _anchor_tiles(results, anchors_per_class)
+    anchor_files, anchor_labels, anchor_dir = _anchor_paths(results) if anchors_per_class else ([], None, "")
+    per_class, chosen = _pick_anchors(np.asarray(anchor_labels if anchor_labels is not None else []),
+                                      len(results.class_names), anchors_per_class)
     anchor_sheets: List[Optional[str]] = []
     anchor_missing: set = set()
-    if anchor_of is not None and chosen:
-        anchors = _Sheets(folder, "a", thumb_px, workers)
-        for s, start in enumerate(range(0, len(chosen), per_sheet)):
-            stop = min(start + per_sheet, len(chosen))
-            name, missing = anchors.make(s, (anchor_dir, results.class_names, chosen[start:stop]),
-                                         lambda k, start=start: _array_tile(anchor_of(chosen[start + k]), thumb_px),
-                                         stop - start)
-            anchor_sheets.append(name)
-            anchor_missing.update(start + m for m in (missing if name is not None else range(stop - start)))
-        items.kept += anchors.kept
+    anchors = _Sheets(folder, "a", thumb_px, workers)
+    for s, start in enumerate(range(0, len(chosen), per_sheet)):
+        stop = min(start + per_sheet, len(chosen))
+        files = [anchor_files[i] for i in chosen[start:stop]]
+        name, missing = anchors.make(s, (anchor_dir, results.class_names, chosen[start:stop], images_hash(None, files)),
+                                     lambda k, files=files: _file_tile(files[k], thumb_px), stop - start)
+        anchor_sheets.append(name)
+        anchor_missing.update(start + m for m in (missing if name is not None else range(stop - start)))
+    items.kept += anchors.kept
     per_class = [[t for t in tiles if t not in anchor_missing] for tiles in per_class]
     _remove_stale(folder, set(items.kept))
 
