@@ -142,14 +142,19 @@ def test_feature_cache_key_follows_the_saved_data(saved, digits_rows, tmp_path):
     images, labels, _ = digits_rows
     copy = tmp_path / "ds"
     make_dataset(images, labels).save_to_disk(str(copy))
+    from synref.data.decode import decode_image
+
     first = images_hash(load_dataset(str(copy)))
     assert images_hash(load_dataset(str(copy))) == first
+    assert np.array_equal(decode_image(load_dataset(str(copy)).paths[0], None, 1)[..., 0], images[0])
     make_dataset(images[::-1], labels).save_to_disk(str(tmp_path / "ds2"))
     import shutil
 
     shutil.rmtree(copy)
     shutil.copytree(tmp_path / "ds2", copy)
     assert images_hash(load_dataset(str(copy))) != first
+    # the rows read are the new ones (the open reader of the old files is not reused)
+    assert np.array_equal(decode_image(load_dataset(str(copy)).paths[0], None, 1)[..., 0], images[-1])
 
 
 @pytest.fixture(scope="module")

@@ -144,14 +144,17 @@ _READERS_LOCK = threading.Lock()
 
 
 def _reader(source: str, column: str) -> Any:
+    """The open reader of a source's column (re-opened when the source was written again)."""
+    try:
+        st = os.stat(os.path.join(source, "state.json") if os.path.isdir(source) else source)
+    except OSError:
+        raise InputError(f"dataset not found: {source}") from None
     key = (source, column)
     with _READERS_LOCK:
-        reader = _READERS.get(key)
-        if reader is None:
-            if not os.path.exists(source):
-                raise InputError(f"dataset not found: {source}")
+        version, reader = _READERS.get(key, (None, None))
+        if reader is None or version != (st.st_size, st.st_mtime_ns):
             reader = _ArrowRows(source, column) if os.path.isdir(source) else _ParquetRows(source, column)
-            _READERS[key] = reader
+            _READERS[key] = ((st.st_size, st.st_mtime_ns), reader)
         return reader
 
 
