@@ -236,6 +236,9 @@ def test_default_needs_no_training_and_streams(folder, default_run):
     assert _accuracy(rows, truth, "suggested_class") > _accuracy(rows, truth, "given_class")
     html = (out / "report.html").read_text()
     assert html.count('<article class="card"') == summary["num_changed"] > 0
+    # and the review page, with a thumbnail sheet of the changed images (not decoded through the stream)
+    review = (out / "review.html").read_text(encoding="utf-8")
+    assert f'"num_changed":{summary["num_changed"]}' in review and list((out / "review").glob("s00000-*.jpg"))
 
 
 def test_config_rerun_resumes_after_a_kill_byte_for_byte(default_run, tmp_path, capsys, monkeypatch):

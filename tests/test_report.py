@@ -3,7 +3,6 @@ import csv
 import html
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -327,23 +326,16 @@ def test_cli_errors_one_line_exit_2(results, tmp_path, capsys, args):
     assert not (out / "report.html").exists()
 
 
-def _chromium():
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def test_report_renders_in_headless_chromium(results, tmp_path):
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("chromium / chromium-browser is not on PATH: the real-browser check needs it "
-                    "(Debian: apt-get install chromium)")
     from PIL import Image
 
+    from browser import CHROMIUM_FLAGS, require_chromium
+
+    browser = require_chromium()
     out, _ = results
     page = write_report(out).resolve()
     shot = tmp_path / "shot.png"
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = [browser, *CHROMIUM_FLAGS, "--disable-quic", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}"]
     url = page.as_uri()
     subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1280,2400", url],
                    check=False, capture_output=True, timeout=120)

@@ -377,6 +377,81 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_review(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("review", help="write OUT/review.html: accept or reject every suggestion in the browser",
+                       description="Read the results folder of `synref refine --out OUT` and write OUT/review.html "
+                                   "(+ its thumbnails in OUT/review/): every changed or flagged sample beside anchors "
+                                   "of its given and suggested class, with filters, sort, accept / reject / another "
+                                   "class per item (keys: j/k move, a accept, r reject, c class, u clear, n next "
+                                   "undecided, ? help), decisions kept in the browser and downloaded as "
+                                   "decisions.csv for `synref apply`. Re-running reuses the thumbnails written.")
+    p.add_argument("out", type=Path, metavar="OUT", help="results folder written by synref refine --out")
+    p.add_argument("--thumb-px", type=int, default=48, metavar="PX", help="thumbnail side in pixels (default 48)")
+    p.add_argument("--anchors-per-class", type=int, default=4, metavar="K",
+                   help="anchors shown per class (default 4)")
+    p.add_argument("--max-items", type=int, default=200_000, metavar="N",
+                   help="most items on the page: changed first, then flagged, most probable first (default 200000)")
+    p.add_argument("--workers", type=int, default=2, help="thumbnail decoding threads (default 2)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_review)
+
+
+def _run_review(args: argparse.Namespace) -> int:
+    from .apps.review import write_review
+
+    path = write_review(args.out, thumb_px=args.thumb_px, anchors_per_class=args.anchors_per_class,
+                        max_items=args.max_items, workers=args.workers)
+    print(path)
+    return 0
+
+
+def _add_apply(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("apply", help="write the corrected labels, manifest, folder tree and Label Studio tasks",
+                       description="Turn a results folder (+ the review page's decisions.csv) into a corrected "
+                                   "label file (labels.csv), a CSV manifest, a folder tree sorted by class (hard "
+                                   "links, or copies), a Label Studio import file for the samples left undecided, "
+                                   "and with --to datasets a copy of a Hugging Face dataset with a synref_label "
+                                   "column. Decisions win; the other changes follow --accept. Nothing is written "
+                                   "inside the data folder; re-running rewrites the same files.")
+    p.add_argument("out", type=Path, metavar="OUT", nargs="?", help="results folder written by synref refine --out")
+    p.add_argument("--decisions", type=Path, default=None, metavar="CSV",
+                   help="decisions.csv downloaded from OUT/review.html")
+    p.add_argument("--accept", nargs="+", default=["all"], metavar="POLICY",
+                   help="changes without a decision: all (default: every change accepted), none, or above P "
+                        "(those whose probability is at least P)")
+    p.add_argument("--dest", type=Path, default=None, help="output folder (default OUT/applied)")
+    p.add_argument("--to", default=None,
+                   help="comma-separated outputs: labels, manifest, tree, label-studio, datasets (a Hugging Face "
+                        "dataset copy with a synref_label column); default labels,manifest,tree,label-studio "
+                        "(labels only for results without images)")
+    link = p.add_mutually_exclusive_group()
+    link.add_argument("--copy", action="store_true", help="copy the images into the tree (default: hard links)")
+    link.add_argument("--move", action="store_true",
+                      help="move the images into the tree (the originals are removed; only when asked)")
+    p.add_argument("--ls-prefix", default="/data/local-files/?d=",
+                   help="Label Studio image URL prefix (default: its local-files serving, /data/local-files/?d=)")
+    p.add_argument("--ls-root", default="/",
+                   help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT: image paths are written relative to it (default /)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_apply)
+
+
+def _run_apply(args: argparse.Namespace) -> int:
+    from .apps.apply import format_apply_summary, run_apply
+
+    accept, out = list(args.accept), args.out
+    if out is None:  # "--accept all OUT": OUT went to --accept
+        keep = 2 if accept[0].lower() == "above" else 1
+        if len(accept) == keep + 1:
+            accept, out = accept[:keep], Path(accept[keep])
+    if out is None:
+        raise InputError("give the results folder: synref apply OUT [--decisions decisions.csv]")
+    summary = run_apply(out, decisions=args.decisions, accept=accept, dest=args.dest, outputs=args.to,
+                        copy=args.copy, move=args.move, ls_prefix=args.ls_prefix, ls_root=args.ls_root)
+    print(format_apply_summary(summary))
+    return 0
+
+
 def _add_refine(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("refine", help="find and correct wrong labels in your own labelled images",
                        description="Score every image against synthetic class anchors and an out-of-sample "
@@ -390,8 +465,15 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None, help="re-run the config.json of a results folder "
                                                               "(then give only --out and --quiet)")
     p.add_argument("--data", default=None, help="image folder (one sub-folder per class), CSV manifest "
-                                                "(path,label), CIFAR python layout, or 'digits'")
-    p.add_argument("--split", default="train", help="split of --data (CIFAR train/test, split folders, CSV split column)")
+                                                "(path,label), CIFAR python layout, 'digits', or a Hugging Face "
+                                                "dataset: a save_to_disk folder or parquet file(s)")
+    p.add_argument("--split", default="train", help="split of --data (CIFAR train/test, split folders, CSV split column, "
+                                                    "a DatasetDict's split)")
+    p.add_argument("--image-column", default=None,
+                   help="Hugging Face --data: the image column (default: its first Image feature, else 'image')")
+    p.add_argument("--label-column", default=None,
+                   help="Hugging Face --data: the label column (default: its first ClassLabel feature, else 'label'); "
+                        "class names come from the ClassLabel")
     p.add_argument("--labels", type=Path, default=None, help="label file replacing the dataset's labels (.npy or one per line)")
     anchors = p.add_mutually_exclusive_group()
     anchors.add_argument("--anchors", type=Path, help="anchor set from synref generate")
@@ -482,7 +564,8 @@ def _run_refine(args: argparse.Namespace) -> int:
         config = _saved_config(args, RefineRunConfig)
     else:
         config = RefineRunConfig(
-            data=args.data or "", split=args.split, labels=None if args.labels is None else str(args.labels),
+            data=args.data or "", split=args.split, image_column=args.image_column, label_column=args.label_column,
+            labels=None if args.labels is None else str(args.labels),
             anchors=None if args.anchors is None else str(args.anchors),
             generator=args.generator if args.generate else None, generator_options=_generator_options(args),
             per_class=args.per_class, classifier=None if args.classifier is None else str(args.classifier),
@@ -644,6 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_features(sub)
     _add_refine(sub)
     _add_report(sub)
+    _add_review(sub)
+    _add_apply(sub)
     _add_compare(sub)
     _add_bench(sub)
     return parser

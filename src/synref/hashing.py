@@ -80,11 +80,18 @@ def images_hash(pixels: Optional[np.ndarray], paths: Optional[Sequence[str]] = N
     if pixels is None:
         h.update(b"paths")
         for p in paths or []:
+            # a dataset row reference "hf:<source>::<column>[<row>]" (synref.data.hf, sources are
+            # absolute): the source file (a saved folder's state.json) stands for its rows
+            ref = p.startswith("hf:") and "::" in p
+            name = p if ref else os.path.abspath(p)
+            source = p[3:p.rindex("::")] if ref else p
+            if ref and os.path.isdir(source):
+                source = os.path.join(source, "state.json")
             try:
-                st = os.stat(p)
-                h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                st = os.stat(source)
+                h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
             except OSError:
-                h.update(f"{os.path.abspath(p)}\0missing\n".encode())
+                h.update(f"{name}\0missing\n".encode())
         return h.hexdigest()
     hash_array(h, pixels)
     return h.hexdigest()

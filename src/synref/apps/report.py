@@ -23,7 +23,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -51,6 +51,21 @@ def _read_summary(path: Path, out: Path) -> Dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{out} has no summary.json: run synref refine first")
     return read_json_object(path, "summary")
+
+
+def iter_csv_rows(path: Path) -> Iterator[Dict[str, str]]:
+    """The rows of a ``refined_labels.csv`` as string dicts, one at a time; InputError naming the
+    file when a required column is missing or it cannot be read."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            fields = reader.fieldnames or []
+            missing = [c for c in REQUIRED_COLUMNS if c not in fields]
+            if missing:
+                raise InputError(f"{path} has no column {missing[0]!r} (columns: {', '.join(fields) or 'none'})")
+            yield from reader
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read {path}: {one_line(exc)}") from None
 
 
 def _read_rows(path: Path, out: Path) -> "ResultRows":

@@ -18,6 +18,7 @@ from ..errors import InputError, one_line
 from ..progress import progress as progress_bar
 from ..validation import check_memory, check_optional_channels, check_optional_size
 from .container import LabeledImages
+from .hf import REF_PREFIX, open_ref_image, parse_ref
 
 __all__ = ["IMAGE_EXTENSIONS", "is_image_file", "open_image", "probe_image", "decode_image", "convert_image",
            "choose_geometry", "decode_images", "materialize"]
@@ -36,8 +37,12 @@ def is_image_file(name: str) -> bool:
 
 
 def open_image(path: str):
+    """A PIL image of a file, or of a Hugging Face dataset row reference (``hf:...``,
+    :mod:`synref.data.hf`); InputError naming it when it cannot be opened."""
     from PIL import Image
 
+    if str(path).startswith(REF_PREFIX) and parse_ref(path) is not None:
+        return open_ref_image(path)
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:

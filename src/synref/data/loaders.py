@@ -396,13 +396,17 @@ def read_csv_rows(handle) -> Iterable[Tuple[int, List[str]]]:
             yield reader.line_num, row
 
 # ----------------------------------------------------------------------------- dispatch
-def load_dataset(spec: str, *, split: str = "train") -> LabeledImages:
+def load_dataset(spec: str, *, split: str = "train", image_column: Optional[str] = None,
+                 label_column: Optional[str] = None) -> LabeledImages:
     """A dataset from a short spec.
 
     - ``"digits"``: :func:`load_digits_dataset` (one set; only ``split="train"``).
     - a folder that is or holds ``cifar-10-batches-py`` / ``cifar-100-python``: :func:`load_cifar`.
     - a ``.csv`` file: :func:`load_csv_manifest` (``split`` selects rows by a ``split`` column
       when there is one).
+    - a Hugging Face dataset: a ``save_to_disk`` folder (a DatasetDict: ``split`` picks the split)
+      or ``.parquet`` file(s) with an image column (:func:`synref.data.hf.load_hf_dataset`;
+      ``image_column`` / ``label_column`` name the columns, only for these).
     - another folder: :func:`load_image_folder`; when its sub-folders are split names
       (train/val/valid/validation/test) the ``split`` one is used.
 
@@ -411,6 +415,14 @@ def load_dataset(spec: str, *, split: str = "train") -> LabeledImages:
     text = str(spec).strip()
     if not text:
         raise InputError("empty dataset spec")
+    from .hf import is_hf_dataset, load_hf_dataset
+
+    if is_hf_dataset(text):
+        return load_hf_dataset(text, split=split, image_column=image_column, label_column=label_column)
+    for option, value in (("--image-column", image_column), ("--label-column", label_column)):
+        if value is not None:
+            raise InputError(f"{option} applies to a Hugging Face dataset (a save_to_disk folder or parquet "
+                             f"files), not --data {text}")
     if text.lower() == "digits":
         if split != "train":
             raise InputError(f"the digits dataset has no {split!r} split; load it whole and use "
@@ -424,7 +436,8 @@ def load_dataset(spec: str, *, split: str = "train") -> LabeledImages:
                          f"give 'digits', a folder or a .csv manifest")
     if path.is_file():
         if path.suffix.lower() != ".csv":
-            raise InputError(f"unsupported dataset file {path}; expected a .csv manifest or a folder")
+            raise InputError(f"unsupported dataset file {path}; expected a .csv manifest, a .parquet file or a "
+                             f"folder")
         try:
             with open(path, newline="", encoding="utf-8-sig") as handle:
                 first = next(iter(read_csv_rows(handle)), (0, []))[1]
