@@ -224,6 +224,7 @@ def features_only(args: argparse.Namespace) -> int:
         if out.exists():
             import shutil
             shutil.rmtree(out)
+        load_before = os.getloadavg()[0]
         cmd = [sys.executable, "-m", "synref", "refine", "--features", str(files["features"]), "--labels",
                str(files["labels"]), "--anchor-features", str(files["anchor_features"]), "--anchor-labels",
                str(files["anchor_labels"]), "--out", str(out), "--quiet", *args.refine_args.split()]
@@ -252,7 +253,30 @@ def features_only(args: argparse.Namespace) -> int:
                   f"{'' if peak is None else f'{peak / 1024:.2f}'} | {record['bytes_read'] / 2 ** 30:.2f} |")
         other = {k: v for k, v in (summary.get("timings") or {}).items()}
         print(f"timings (s): {json.dumps(other)}")
+        record = {"n": n, "d": d, "c": c, "anchors_per_class": args.anchors_per_class, "noise": args.noise,
+                  "refine_args": args.refine_args, "wall_s": round(wall, 2), "peak_rss_gib": round(rss / 2 ** 30, 3),
+                  "features_gib": round(size / 2 ** 30, 3), "given_acc": round(float(np.mean(given == truth)), 4),
+                  "refined_acc": round(float(np.mean(refined == truth)), 4), "graph": graph,
+                  "decided_by": (summary.get("decision") or {}).get("decided_by"), "stages": summary.get("stages", []),
+                  "load_before": round(load_before, 2), "cpus": os.cpu_count(),
+                  "command": " ".join(["python", "benchmarks/refine_scale.py", "--features-only", "--shapes", shape,
+                                       "--anchors-per-class", str(args.anchors_per_class), "--noise", str(args.noise)]
+                                      + (["--refine-args", repr(args.refine_args)] if args.refine_args else []))}
+        if args.results_file is not None:
+            _append_result(args.results_file, record)
     return 0
+
+
+def _append_result(path: Path, record: Dict[str, Any]) -> None:
+    """Add ``record`` to the JSON list in ``path`` (replacing a record of the same shape and
+    options), written atomically."""
+    rows: List[Dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else []
+    key = lambda r: (r["n"], r["d"], r["c"], r["anchors_per_class"], r["noise"], r.get("refine_args", ""))  # noqa: E731
+    rows = [r for r in rows if key(r) != key(record)] + [record]
+    rows.sort(key=key)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def main(argv: List[str] | None = None) -> int:
@@ -261,6 +285,8 @@ def main(argv: List[str] | None = None) -> int:
                         help="synthetic features of --shapes through synref refine --features (no images)")
     parser.add_argument("--shapes", default="10000x1280x10,100000x1280x10",
                         help="with --features-only: comma-separated NxDxC (default 10000x1280x10,100000x1280x10)")
+    parser.add_argument("--results-file", type=Path, default=None,
+                        help="with --features-only: add each run's record to this JSON list (docs/results/scale.json)")
     parser.add_argument("--sizes", default="10000,20000", help="comma-separated N (default 10000,20000)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/synref-scale"), help="data and results folder")
     parser.add_argument("--size", type=int, default=224, help="JPEG side in pixels (default 224)")

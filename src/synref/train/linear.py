@@ -131,30 +131,34 @@ class HeadProblem:
         grad_b = torch.zeros_like(b)
         loss = torch.zeros((), dtype=torch.float64)
         inv_mass = torch.as_tensor(1.0 / self.mass, dtype=torch.float32)
+        w_heads, b_heads = w.view(k, c, -1), b.view(k, c)
+        gw_heads, gb_heads = grad_w.view(k, c, -1), grad_b.view(k, c)
         for part in self.parts:
             for start, stop, block in part.x.blocks(self._block_rows(), span=part.span):
                 xb = as_tensor(block)
-                z = F.linear(xb, self.scale * w, b).view(len(xb), k, c)
-                logp = F.log_softmax(z, dim=2)
                 t = part.targets_of(start, stop)
-                if t.ndim == 1:
-                    labels = torch.as_tensor(t, dtype=torch.int64)
-                    ce = -logp.gather(2, labels.view(-1, 1, 1).expand(-1, k, 1)).squeeze(2)   # (B, K)
-                    grad = logp.exp()
-                    grad.scatter_add_(2, labels.view(-1, 1, 1).expand(-1, k, 1),
-                                      torch.full((len(xb), k, 1), -1.0))
-                else:
-                    soft = torch.as_tensor(np.asarray(t, np.float32))
-                    ce = -(logp * soft[:, None, :]).sum(dim=2)
-                    grad = logp.exp() * soft.sum(dim=1)[:, None, None] - soft[:, None, :]
-                weight = inv_mass.expand(len(xb), k).clone()
-                if part.folds is not None:
-                    f = torch.as_tensor(part.folds[start:stop])
-                    weight[f[:, None] == torch.arange(k)[None, :]] = 0.0
-                loss += (ce * weight).sum(dtype=torch.float64)
-                grad = (grad * weight[:, :, None]).view(len(xb), k * c)
-                grad_w += self.scale * (grad.T @ xb)
-                grad_b += grad.sum(dim=0)
+                # the rows of one fold train every head but that fold's: only those heads are computed
+                for rows, heads in _fold_groups(None if part.folds is None else part.folds[start:stop], k):
+                    x_rows = xb if rows is None else xb[rows]
+                    t_rows = t if rows is None else t[rows.numpy()]
+                    h = len(heads)
+                    z = F.linear(x_rows, self.scale * w_heads[heads].reshape(h * c, -1),
+                                 b_heads[heads].reshape(h * c)).view(len(x_rows), h, c)
+                    logp = F.log_softmax(z, dim=2)
+                    if t_rows.ndim == 1:
+                        labels = torch.as_tensor(t_rows, dtype=torch.int64).view(-1, 1, 1).expand(-1, h, 1)
+                        ce = -logp.gather(2, labels).squeeze(2)                                # (B, h)
+                        grad = logp.exp()
+                        grad.scatter_add_(2, labels, torch.full((len(x_rows), h, 1), -1.0))
+                    else:
+                        soft = torch.as_tensor(np.asarray(t_rows, np.float32))
+                        ce = -(logp * soft[:, None, :]).sum(dim=2)
+                        grad = logp.exp() * soft.sum(dim=1)[:, None, None] - soft[:, None, :]
+                    weight = inv_mass[heads]
+                    loss += (ce * weight).sum(dtype=torch.float64)
+                    grad = grad * weight[None, :, None]
+                    gw_heads[heads] += self.scale * (grad.reshape(len(x_rows), h * c).T @ x_rows).view(h, c, -1)
+                    gb_heads[heads] += grad.sum(dim=0)
         loss_value = float(all_reduce_sum(loss.view(1))[0])
         grad_w = all_reduce_sum(grad_w)
         grad_b = all_reduce_sum(grad_b)
@@ -171,6 +175,22 @@ class HeadProblem:
         """Zero weights (K*C, D) and biases (K*C,): the deterministic start."""
         kc = self.num_heads * self.num_classes
         return torch.zeros(kc, self.dim), torch.zeros(kc)
+
+
+def _fold_groups(folds: Optional[np.ndarray], k: int):
+    """``(rows, heads)`` of a block: the block's rows (a tensor of positions, or None for all)
+    and the heads they train. A row of fold f trains every head but f; a fold outside [0, K)
+    (e.g. -1) trains every head."""
+    every = torch.arange(k)
+    if folds is None:
+        yield None, every
+        return
+    folds = np.asarray(folds)
+    for f in np.unique(folds):
+        rows = torch.as_tensor(np.flatnonzero(folds == f))
+        heads = every[every != int(f)] if 0 <= f < k else every
+        if len(heads):
+            yield (None if len(rows) == len(folds) else rows), heads
 
 
 def fit_heads_lbfgs(problem: HeadProblem, steps: int, init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
@@ -217,12 +237,15 @@ def held_out_logits(x: Rows, w: torch.Tensor, b: torch.Tensor, *, num_classes: i
     c = int(num_classes)
     k = w.shape[0] // c
     out = np.empty((span.stop - span.start, c), np.float32)
+    w_heads, b_heads = w.view(k, c, -1), b.view(k, c)
     with torch.no_grad():
-        for start, stop, block in rows.blocks(w.shape[0], span=span):
-            z = F.linear(as_tensor(block), scale * w, b).view(stop - start, k, c)
-            head = torch.zeros(stop - start, dtype=torch.int64) if folds is None else \
-                torch.as_tensor(np.asarray(folds[start:stop], np.int64))
-            z = z[torch.arange(stop - start), head]
+        for start, stop, block in rows.blocks(c, span=span):
+            xb = as_tensor(block)
+            head_of = np.zeros(stop - start, np.int64) if folds is None else np.asarray(folds[start:stop], np.int64)
+            z = torch.empty(stop - start, c)
+            for head in np.unique(head_of):  # each row through the one head that held it out
+                sel = torch.as_tensor(np.flatnonzero(head_of == head))
+                z[sel] = F.linear(xb[sel], scale * w_heads[int(head)], b_heads[int(head)])
             out[start - span.start:stop - span.start] = (transform(z) if transform is not None else z).numpy()
     return out
 
