@@ -215,7 +215,7 @@ def features_only(args: argparse.Namespace) -> int:
     env = dict(os.environ, HF_HUB_OFFLINE="1", SYNREF_NO_PROGRESS="1")
     for shape in [s for s in args.shapes.split(",") if s.strip()]:
         n, d, c = (int(v) for v in shape.lower().split("x"))
-        root = args.work / f"features-{n}x{d}x{c}"
+        root = args.work / f"features-{n}x{d}x{c}-a{args.anchors_per_class}-noise{args.noise:g}-seed{args.seed}"
         t0 = time.perf_counter()
         files = build_features(root, n, d, c, anchors_per_class=args.anchors_per_class, noise=args.noise,
                                seed=args.seed)
