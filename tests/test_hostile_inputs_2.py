@@ -132,14 +132,14 @@ def test_row03_tiny_clean_set_changes_nothing():
     from synref.refiners import refine
 
     evidence, truth = _tiny_evidence(9)  # 27 images, 9 per class
-    unguarded = refine(evidence, "posterior", min_rows_per_class=0)  # today's refiner
-    assert int(unguarded.changed.sum()) >= 10 and unguarded.info["estimated_precision"] > 0.7  # all wrong
     result = refine(evidence, "posterior")
     assert int(result.changed.sum()) == 0
     assert result.info["decided_by"] == "none" and result.info["estimated_precision"] is None
     assert "too little evidence" in result.info["minimum_evidence"]
     with_target = refine(evidence, "posterior", target_precision=0.95)
     assert int(with_target.changed.sum()) == 0
+    unguarded = refine(evidence, "posterior", min_rows_per_class=0)  # the rule off: today's refiner
+    assert int(unguarded.changed.sum()) >= 10 and unguarded.info["estimated_precision"] > 0.7  # all wrong
 
 
 def test_row03_minimum_evidence_rule():
@@ -265,7 +265,6 @@ def test_row07_hand_edited_config_json_is_type_checked(tmp_path, capsys, field, 
 def test_row08_csv_cells_are_neutralised_and_read_back(tmp_path, capsys):
     from synref.apps.report import load_results
     from synref.experiments.results import write_results
-    from synref.io import csv_text, read_csv_text
 
     names = ["=HYPERLINK(\"x\")", "+1", "-2", "@SUM(A1)"]
     data = make_folder(tmp_path / "data", n=3, classes=names)
@@ -279,12 +278,14 @@ def test_row08_csv_cells_are_neutralised_and_read_back(tmp_path, capsys):
     assert {r["given_class"] for r in rows} == {"'" + n for n in names}
     loaded = load_results(out)  # synref's own reader gets the names back
     assert {r["given_class"] for r in loaded["rows"]} == set(names)
-    for text in names + ["'quoted", "plain", "\tx", ""]:
-        assert read_csv_text(csv_text(text)) == text
     write_results(tmp_path, [{"dataset": "=cmd|' /C calc'!A0", "protocol": "p", "method": "given", "noise": "given",
                               "seed": 0, "label_acc": -0.5, "seconds": 1.0}], {})
     row = csv_rows(tmp_path / "results.csv")[0]
     assert row["dataset"].startswith("'=") and row["label_acc"] == "-0.5"
+    from synref.io import csv_text, read_csv_text
+
+    for text in names + ["'quoted", "plain", "\tx", ""]:
+        assert read_csv_text(csv_text(text)) == text
 
 
 # -------------------------------------------------------------- 9: the report's image files
@@ -324,9 +325,10 @@ def test_row09_report_opens_only_the_recorded_dataset_files(tmp_path, capsys, an
 def test_row10_a_second_run_into_a_busy_out_is_refused(tmp_path, capsys, anchors):
     from filelock import FileLock
 
-    from synref.io import OUTPUT_LOCK
+    import synref.io
 
     data = make_folder(tmp_path / "data")
+    OUTPUT_LOCK = getattr(synref.io, "OUTPUT_LOCK", ".synref-run.lock")
     out = tmp_path / "out"
     out.mkdir()
     lock = FileLock(str(out / OUTPUT_LOCK))
@@ -391,7 +393,7 @@ def test_row12_duplicate_manifest_rows(tmp_path):
 def test_row13_replaced_anchor_is_refused_when_loaded(tmp_path, capsys):
     anchors = glyphs(tmp_path / "anchors")
     manifest = [json.loads(line) for line in (anchors / "manifest.jsonl").read_text().splitlines()]
-    assert all(row["size"] == (anchors / row["file"]).stat().st_size for row in manifest)
+    sizes = [(anchors / row["file"]).stat().st_size for row in manifest]
     victim = anchors / manifest[4]["file"]
     Image.new("RGB", (8, 8), (0, 255, 0)).save(victim)  # a valid image, not the one generated
     with pytest.raises(InputError, match=str(victim)):
@@ -399,6 +401,7 @@ def test_row13_replaced_anchor_is_refused_when_loaded(tmp_path, capsys):
     data = make_folder(tmp_path / "data")
     code, _, err = run(train_args(data, anchors, tmp_path / "out"), capsys)
     assert_one_line_error(code, err, str(victim), "manifest")
+    assert [row.get("size") for row in manifest] == sizes  # the manifest rows carry the size: a cheap first check
 
 
 # ------------------------------------------------------- 14: fewer than two classes present
