@@ -619,6 +619,7 @@ def _run_given_features(config: RefineRunConfig, out: Path, *, rank: int
         raise InputError(f"--features {config.features} has {len(features)} rows, the labels {len(labels)}")
     if names is None:
         names = [str(c) for c in range(int(max(labels.max(initial=0), anchor_labels.max(initial=0))) + 1)]
+    check_classes_present(labels, names, f"--labels {config.labels}")
     check_anchor_classes(anchor_labels, len(names), names)
     rows = FeatureRows(labels, names, paths=dataset.paths if dataset is not None else None,
                        ids=dataset.ids if dataset is not None else None)
