@@ -305,9 +305,11 @@ def _check_protocol_record(out: Path, dataset: str, protocol: Protocol, anchors:
             old = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             old = {}
+        changed = [k for k in record if k in old and old[k] != record[k] and k != "noise_files"]
         if isinstance(old.get("noise_files"), dict) and isinstance(record.get("noise_files"), dict):
-            record["noise_files"] = {**old["noise_files"], **record["noise_files"]}  # a new setting may join
-        changed = [k for k in record if k in old and old[k] != record[k]]
+            if any(old["noise_files"].get(s, h) != h for s, h in record["noise_files"].items()):
+                changed.append("noise_files")  # a setting's file has other content (a new setting may join)
+            record["noise_files"] = {**old["noise_files"], **record["noise_files"]}
         if changed:
             what = {"protocol": "protocol", "anchors_option": "--anchors", "dataset": "dataset",
                     "data": "data or label files (their content)", "noise_files": "--noise-file content"}
