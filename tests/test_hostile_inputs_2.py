@@ -111,6 +111,17 @@ def test_row02_bench_refuses_cells_of_other_label_content(tmp_path, capsys, anch
     assert float(csv_rows(out / "results.csv")[0]["label_acc"]) == 1.0  # nothing was reported as new
 
 
+def test_row02_bench_record_keys_noise_files_by_content(tmp_path):
+    from synref.experiments import runner
+    from synref.experiments.protocol import digits_protocol
+
+    record, protocol = runner._check_protocol_record, digits_protocol()
+    record(tmp_path, "digits", protocol, None, inputs={"noise_files": {"file:a": "1" * 64}})
+    record(tmp_path, "digits", protocol, None, inputs={"noise_files": {"file:a": "1" * 64, "file:b": "2" * 64}})
+    with pytest.raises(InputError, match="--noise-file content"):
+        record(tmp_path, "digits", protocol, None, inputs={"noise_files": {"file:a": "3" * 64}})
+
+
 # ------------------------------------------------------- 3: do no harm on tiny labelled sets
 def _tiny_evidence(n_per_class: int, seed: int = 0):
     """3 well-separated clean classes, anchors from a shifted domain, and a linear head's pred_probs:
