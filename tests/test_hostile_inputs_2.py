@@ -413,7 +413,7 @@ def test_row13_replaced_anchor_is_refused_when_loaded(tmp_path, capsys):
     data = make_folder(tmp_path / "data")
     code, _, err = run(train_args(data, anchors, tmp_path / "out"), capsys)
     assert_one_line_error(code, err, str(victim), "manifest")
-    assert [row.get("size") for row in manifest] == sizes  # the manifest rows carry the size: a cheap first check
+    assert [row.get("bytes") for row in manifest] == sizes  # the rows carry the file size: a cheap first check
 
 
 # ------------------------------------------------------- 14: fewer than two classes present

@@ -10,7 +10,7 @@ Layout of an anchor set folder ``DIR``::
     DIR/.synref-generate.lock                held (flock) by the run writing the set
 
 A manifest row holds ``class_index``, ``class_name``, ``k``, ``file`` (relative to ``DIR``),
-``sha256`` and ``size`` (of the file's bytes; older sets have no size) and ``seed``, then the generator's
+``sha256`` and ``bytes`` (the file's; older sets have no ``bytes``) and ``seed``, then the generator's
 :meth:`~synref.anchors.base.AnchorGenerator.describe` fields (prompt, image_seed, model, ...).
 Loading merges every manifest file, so shards written by several processes form one set.
 
@@ -431,7 +431,7 @@ class AnchorSet:
 
     # ------------------------------------------------------------------ checking and loading
     def verify(self, keys: Optional[Iterable[Key]] = None) -> None:
-        """Check each file against its manifest row: its size (when the row has one; a stat) and
+        """Check each file against its manifest row: its size (``bytes``, when the row has it; a stat) and
         its sha256 (computed once per file version and process); InputError naming the first
         file that differs (replaced, edited or corrupt after generation)."""
         for key in (self.present_keys() if keys is None else keys):
@@ -439,7 +439,7 @@ class AnchorSet:
             path = self.root / row["file"]
             try:
                 size = os.stat(path).st_size
-                same = (row.get("size") is None or int(row["size"]) == size) and hash_file(path) == row["sha256"]
+                same = (row.get("bytes") is None or int(row["bytes"]) == size) and hash_file(path) == row["sha256"]
             except FileNotFoundError:
                 raise InputError(f"anchor set {self.root}: {row['file']} is missing") from None
             if not same:
@@ -534,7 +534,7 @@ class ManifestWriter:
 
     def _row(self, c: int, name: str, k: int, sha: str, provenance: Dict[str, Any], size: int) -> Dict[str, Any]:
         row: Dict[str, Any] = {"class_index": c, "class_name": name, "k": k,
-                               "file": image_relpath(c, name, k), "sha256": sha, "size": int(size),
+                               "file": image_relpath(c, name, k), "sha256": sha, "bytes": int(size),
                                "seed": self.store.seed}
         for key, value in (provenance or {}).items():
             row.setdefault(key, value)

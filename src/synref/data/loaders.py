@@ -309,7 +309,8 @@ def parse_int(text: str) -> Optional[int]:
 
 
 def load_csv_manifest(path: PathLike, *, class_names: Optional[Sequence[str]] = None,
-                      root: Optional[PathLike] = None, split: Optional[str] = None) -> LabeledImages:
+                      root: Optional[PathLike] = None, split: Optional[str] = None,
+                      check_files: bool = True) -> LabeledImages:
     """A path-backed set from a CSV whose header has ``path`` and ``label`` columns.
 
     ``label`` is a class name or an integer class index. Relative paths resolve against
@@ -318,7 +319,9 @@ def load_csv_manifest(path: PathLike, *, class_names: Optional[Sequence[str]] = 
     else as text. An ``id`` column, when present, gives the ids (else the paths as written).
     With ``split``, only rows whose ``split`` column equals it are kept. A row repeating an earlier
     row's path and label is dropped with a warning; one path with two labels (or, with an ``id``
-    column, one id for two rows) is an InputError. Decode with :func:`materialize`.
+    column, one id for two rows) is an InputError. ``check_files=False`` lists the rows without
+    checking that their files exist (what the report does to know the dataset's files). Decode
+    with :func:`materialize`.
     """
     path = Path(os.path.expanduser(str(path)))
     if not path.is_file():
@@ -356,7 +359,8 @@ def load_csv_manifest(path: PathLike, *, class_names: Optional[Sequence[str]] = 
             raise InputError(f"{where}: empty label")
         full = Path(os.path.expanduser(rel))
         full = full if full.is_absolute() else base / full
-        check_input_file(full, f"{where}: image file")
+        if check_files:
+            check_input_file(full, f"{where}: image file")
         ident = row[col["id"]].strip() if "id" in col else rel
         entries.append((row_no, line, str(full), label, ident))
     if not entries:
@@ -439,7 +443,7 @@ def read_csv_rows(handle) -> Iterable[Tuple[int, List[str]]]:
             yield reader.line_num, row
 
 # ----------------------------------------------------------------------------- dispatch
-def load_dataset(spec: str, *, split: str = "train") -> LabeledImages:
+def load_dataset(spec: str, *, split: str = "train", check_files: bool = True) -> LabeledImages:
     """A dataset from a short spec.
 
     - ``"digits"``: :func:`load_digits_dataset` (one set; only ``split="train"``).
@@ -449,7 +453,8 @@ def load_dataset(spec: str, *, split: str = "train") -> LabeledImages:
     - another folder: :func:`load_image_folder`; when its sub-folders are split names
       (train/val/valid/validation/test) the ``split`` one is used.
 
-    Path-backed results (CSV, image folder) still need :func:`materialize`.
+    Path-backed results (CSV, image folder) still need :func:`materialize`. ``check_files=False``:
+    a CSV manifest's rows are listed without checking their files.
     """
     text = str(spec).strip()
     if not text:
@@ -478,10 +483,10 @@ def load_dataset(spec: str, *, split: str = "train") -> LabeledImages:
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise InputError(f"cannot read CSV manifest {path}: {one_line(exc)}") from None
         if "split" in [h.strip().lower() for h in first]:
-            return load_csv_manifest(path, split=split)
+            return load_csv_manifest(path, split=split, check_files=check_files)
         if split != "train":
             raise InputError(f"CSV manifest {path} has no 'split' column, so no {split!r} split")
-        return load_csv_manifest(path)
+        return load_csv_manifest(path, check_files=check_files)
     if _find_cifar_layout(path) is not None:
         return load_cifar(path, split=split)
     subdirs = [p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
