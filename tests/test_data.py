@@ -422,12 +422,12 @@ def test_csv_manifest_names_ints_and_roots(tmp_path):
     ds = load_csv_manifest(tmp_path / "n.csv", class_names=["bird", "cat", "dog"])
     assert ds.labels.tolist() == [2, 0] and ds.class_names == ["bird", "cat", "dog"]
 
-    # integer labels -> classes 0..max; root override; id column
+    # integer labels -> the classes present, in numeric order (issue 23 row 14); root override; id column
     sub = tmp_path / "lists"
     sub.mkdir()
     (sub / "i.csv").write_text("id,path,label\na,img/3.png,3\nb,img/0.png,0\n")
     ds = load_csv_manifest(sub / "i.csv", root=tmp_path)
-    assert ds.class_names == ["0", "1", "2", "3"] and ds.labels.tolist() == [3, 0]
+    assert ds.class_names == ["0", "3"] and ds.labels.tolist() == [1, 0]
     assert ds.ids == ["a", "b"]
 
 

@@ -57,6 +57,10 @@ def make_results(out: Path, *, n: int = 40, changes=CHANGES, scores: bool = True
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
         writer.writerows(rows)
+    manifest = data / "<pets> & co.csv"  # the recorded dataset: the report opens only its files
+    with open(manifest, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["path", "label", "id"]] + [[f"{i}.png", CLASSES[given[i]], f"img-{i}"]
+                                                                  for i in range(n)])
     anchor_dir = out.parent / "anchors"
     if not anchor_dir.exists():
         generate_anchor_set(create_generator("glyph", size=16, texts={"cat": "C", "dog <b>": "D", "a&b": "A"}),
@@ -67,7 +71,7 @@ def make_results(out: Path, *, n: int = 40, changes=CHANGES, scores: bool = True
     for _, g, s, _b, _gs in changes:
         transitions[g, s] += 1
     summary = {
-        "data": "folder:data/<pets> & co", "labels_file": "noisy.csv", "num_samples": n,
+        "data": str(manifest), "labels_file": "noisy.csv", "num_samples": n,
         "num_classes": 3, "class_names": CLASSES, "image_size": [16, 16], "channels": 3,
         "anchors": {"dir": str(anchor_dir)}, "num_anchors": 18, "features": "clip", "classifier": "linear",
         "alpha": 0.5, "threshold": 0.615, "temperature": None, "num_changed": len(changes),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .anchors import GENERATORS, generator_options
 from .errors import InputError, SynrefError
@@ -27,6 +27,24 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def only_given(self) -> None:
+        """Leave the options a user did not give out of the parsed namespace (every option's
+        default becomes SUPPRESS): the command then passes on only what was set, so an option
+        that does not apply can be refused by name. ``defaults`` keeps the documented defaults,
+        ``flags`` each option's flag."""
+        self.defaults: Dict[str, Any] = {}
+        self.flags: Dict[str, str] = {}
+        for action in self._actions:
+            if action.option_strings and action.dest != "help":
+                self.defaults[action.dest] = action.default
+                self.flags[action.dest] = action.option_strings[0]
+                action.default = argparse.SUPPRESS
+
+
+def _given(args: argparse.Namespace) -> Dict[str, Any]:
+    """The options the user set (of a parser made with :meth:`_Parser.only_given`)."""
+    return {k: v for k, v in vars(args).items() if k not in ("func", "parser", "command")}
 
 
 def _unit_float(option: str):
@@ -93,9 +111,10 @@ def _add_noise(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--rate", type=_unit_float("--rate"), required=True, help="noise rate in [0, 1]")
     h.add_argument("--num-classes", type=int, required=True, help="number of classes C")
     h.add_argument("--seed", type=int, default=77, help="numpy RandomState seed (default 77, as the community files)")
-    h.add_argument("--class-map", type=Path, default=None,
-                   help="asymmetric only: JSON {src: dst} or 'src,dst' lines (default: CIFAR-10 / CIFAR-100 map)")
-    h.add_argument("--out", type=Path, required=True, help="output .npy")
+    h.add_argument("--class-map", default=None,
+                   help="asymmetric only: a JSON {src: dst} (inline, e.g. '{\"3\": 5}', or a file) or a file of "
+                        "'src,dst' lines (default: CIFAR-10 / CIFAR-100 map)")
+    h.add_argument("--out", type=Path, required=True, help="output labels: .npy, or .txt / .csv (one per line)")
     h.set_defaults(func=_run_noise_hybrid)
 
     m = kinds.add_parser("pmd", help="PMD noise from a model's softmax outputs",
@@ -107,17 +126,43 @@ def _add_noise(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--rate", type=_unit_float("--rate"), help="target noise rate (calibrates the factor)")
     group.add_argument("--factor", type=float, help="PMD factor")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--out", type=Path, required=True, help="output .npy")
+    m.add_argument("--out", type=Path, required=True, help="output labels: .npy, or .txt / .csv (one per line)")
     m.set_defaults(func=_run_noise_pmd)
+
+
+def _check_labels_out(out: Path, *inputs: Tuple[str, Optional[Path]]) -> None:
+    """``synref noise --out``: a labels file (.npy, or .txt / .csv: one per line) that is none of
+    the command's input files."""
+    import os
+
+    from .io import check_output_file
+
+    check_output_file(out)
+    if out.suffix.lower() not in (".npy", ".txt", ".csv"):
+        raise InputError(f"--out {out}: write labels to a .npy file, or a .txt / .csv file (one label per line)")
+    for option, path in inputs:
+        if path is not None and (os.path.abspath(out) == os.path.abspath(path)
+                                 or (out.exists() and Path(path).exists() and os.path.samefile(out, path))):
+            raise InputError(f"--out {out} is the {option} file: synref will not overwrite its input; choose another "
+                             "--out")
+
+
+def _write_labels(out: Path, labels: Any) -> None:
+    """Write labels (N,) as .npy, or as text (one per line) for a .txt / .csv ``out``."""
+    from .io import write_npy, write_text
+
+    if out.suffix.lower() == ".npy":
+        write_npy(out, labels)
+    else:
+        write_text(out, "".join(f"{int(v)}\n" for v in labels))
 
 
 def _run_noise_hybrid(args: argparse.Namespace) -> int:
     from . import noise
     from .data import load_labels_file
-    from .io import check_output_file, write_npy
     from .validation import check_memory
 
-    check_output_file(args.out)
+    _check_labels_out(args.out, ("--labels", args.labels))
     if args.num_classes < 2:
         raise InputError(f"--num-classes must be at least 2, got {args.num_classes}")
     check_memory(8.0 * args.num_classes ** 2, f"--num-classes {args.num_classes} (a {args.num_classes} x "
@@ -132,7 +177,7 @@ def _run_noise_hybrid(args: argparse.Namespace) -> int:
         class_map = noise.load_class_map(args.class_map, args.num_classes)
     noisy = noise.hybrid_noise(labels, kind=args.kind, rate=args.rate, num_classes=args.num_classes,
                                seed=args.seed, class_map=class_map)
-    write_npy(args.out, noisy)
+    _write_labels(args.out, noisy)
     print(f"wrote {args.out}: {len(noisy)} labels, {noise.noise_rate(noisy, labels):.4f} changed "
           f"({args.kind} {args.rate}, seed {args.seed})")
     return 0
@@ -140,16 +185,16 @@ def _run_noise_hybrid(args: argparse.Namespace) -> int:
 
 def _run_noise_pmd(args: argparse.Namespace) -> int:
     from . import noise
-    from .io import check_output_file, read_npy, write_npy
+    from .io import read_npy
 
-    check_output_file(args.out)
+    _check_labels_out(args.out, ("--probs", args.probs))
     probs = read_npy(args.probs, "--probs")
     if args.factor is not None:
         factor = args.factor
     else:
         factor = noise.calibrate_pmd_factor(probs, noise_type=args.noise_type, target_rate=args.rate)
     noisy = noise.pmd_noise(probs, noise_type=args.noise_type, factor=factor, seed=args.seed)
-    write_npy(args.out, noisy)
+    _write_labels(args.out, noisy)
     rate = noise.noise_rate(noisy, probs.argmax(1))
     print(f"wrote {args.out}: {len(noisy)} labels, PMD type {args.noise_type}, factor {factor:.4f}, "
           f"{rate:.4f} differ from the model's top-1")
@@ -542,66 +587,70 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="results folder (re-run the same command to resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_refine, parser=p)
+    p.only_given()
 
 
-def _saved_config(args: argparse.Namespace, cls: type) -> object:
-    """The ``cls`` saved in ``--config``; the other options (but --out and --quiet) must be left
-    at their defaults, as the config replaces them."""
+def _saved_config(given: Dict[str, Any], parser: _Parser, cls: type) -> object:
+    """The ``cls`` saved in ``--config``; no other option (but --out and --quiet) may be given,
+    as the config replaces them all."""
     from .config import load_config
 
-    given = ["--" + dest.replace("_", "-") for dest, value in vars(args).items()
-             if dest not in ("out", "quiet", "func", "parser", "config", "command")
-             and value != args.parser.get_default(dest)]
-    if given:
-        raise InputError(f"--config re-runs a saved config: give only --out (and --quiet), not {', '.join(given)}")
-    return load_config(args.config, cls)
+    others = [parser.flags[dest] for dest in given if dest not in ("out", "quiet", "config")]
+    if others:
+        raise InputError(f"--config re-runs a saved config: give only --out (and --quiet), not {', '.join(others)}")
+    return load_config(given["config"], cls)
 
 
 def _run_refine(args: argparse.Namespace) -> int:
+    from .apps.refine_options import refine_config
     from .apps.refine_run import RefineRunConfig, format_refine_summary, run_refine
 
-    if args.config is not None:
-        config = _saved_config(args, RefineRunConfig)
+    given = _given(args)
+    if "config" in given:
+        config = _saved_config(given, args.parser, RefineRunConfig)
     else:
-        config = RefineRunConfig(
-            data=args.data or "", split=args.split, image_column=args.image_column, label_column=args.label_column,
-            labels=None if args.labels is None else str(args.labels),
-            anchors=None if args.anchors is None else str(args.anchors),
-            generator=args.generator if args.generate else None, generator_options=_generator_options(args),
-            per_class=args.per_class, classifier=None if args.classifier is None else str(args.classifier),
-            train=args.train, model=args.arch, epochs=args.epochs, folds=args.folds, rounds=args.rounds,
-            encoder=args.encoder, clip_model=args.clip_model,
-            features=None if args.features is None else str(args.features),
-            anchor_features=None if args.anchor_features is None else str(args.anchor_features),
-            anchor_labels=None if args.anchor_labels is None else str(args.anchor_labels),
-            class_names=None if args.class_names is None else str(args.class_names), refiner=args.refiner,
-            alpha=args.alpha, threshold=args.threshold, target_precision=args.target_precision,
-            on_model_check_failure=args.on_model_check_failure, neighbor_graph=args.neighbor_graph,
-            calibrate=not args.no_calibrate, image_size=args.image_size,
-            skip_bad=args.skip_bad, seed=args.seed, batch_size=args.batch_size, workers=args.workers,
-            chunk_size=args.chunk_size)
+        values, flags = _refine_values(given, args.parser.flags)
+        config = refine_config(values, flags)
+        if config.generator == "diffusers" and "model" not in config.generator_options:
+            raise InputError("--generator diffusers needs --generator-model (a model id or local folder)")
+        if config.generator == "folder" and "root" not in config.generator_options:
+            raise InputError("--generator folder needs --generator-root")
     summary = run_refine(config, out=args.out)
     if summary is not None:  # process 0 of a multi-process launch (or the only one)
         print(format_refine_summary(summary, args.out))
     return 0
 
 
-def _generator_options(args: argparse.Namespace) -> dict:
-    """The generator options of ``synref refine --generate``."""
-    options: dict = {}
-    if not args.generate:
-        return options
-    if args.generator == "diffusers":
-        if not args.generator_model:
-            raise InputError("--generator diffusers needs --generator-model (a model id or local folder)")
-        options["model"] = args.generator_model
-        if args.prompt:
-            options["templates"] = list(args.prompt)
-    elif args.generator == "folder":
-        if not args.generator_root:
-            raise InputError("--generator folder needs --generator-root")
-        options["root"] = args.generator_root
-    return options
+#: ``synref refine`` options whose config field has another name.
+_REFINE_FIELDS = {"arch": "model", "generator_model": "generator_options.model",
+                  "generator_root": "generator_options.root", "prompt": "generator_options.templates",
+                  "no_calibrate": "calibrate"}
+
+
+def _refine_values(given: Dict[str, Any], flags: Dict[str, str]) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """The RefineRunConfig fields of the ``synref refine`` options the user set, and each set
+    option's field -> its flag (a generator option is ``generator_options.<key>``)."""
+    values: Dict[str, Any] = {}
+    set_flags: Dict[str, str] = {}
+    generate = bool(given.get("generate"))
+    for dest, value in given.items():
+        if dest in ("out", "quiet", "generate"):
+            continue
+        field = _REFINE_FIELDS.get(dest, dest)
+        set_flags[field] = flags[dest]
+        if isinstance(value, Path):
+            value = str(value)
+        if field == "calibrate":
+            value = not value
+        if field.startswith("generator_options."):
+            if generate:
+                values.setdefault("generator_options", {})[field.split(".", 1)[1]] = (
+                    list(value) if isinstance(value, list) else value)
+        elif field != "generator":
+            values[field] = value
+    if generate:
+        values["generator"] = given.get("generator", "glyph")
+    return values, set_flags
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -690,14 +739,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="results folder (resumed when it exists)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_bench, parser=p)
+    p.only_given()
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     from .experiments.bench import BenchConfig, run_bench
 
-    if args.config is not None:
-        run_bench(_saved_config(args, BenchConfig), out=args.out)
+    given = _given(args)
+    if "config" in given:
+        run_bench(_saved_config(given, args.parser, BenchConfig), out=args.out)
     else:
+        args = argparse.Namespace(**{**args.parser.defaults, **given})
         from .experiments.recipes import is_user_dataset
 
         protocol = args.protocol or ("digits" if args.dataset == "digits" else

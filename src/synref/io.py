@@ -185,6 +185,12 @@ def npy_problem(exc: BaseException) -> str:
     return one_line(exc)
 
 
+def absolute_path(path: PathLike) -> str:
+    """``path`` with ``~`` expanded, made absolute against the current folder (links kept): what a
+    saved config stores, so that it names the same file when re-run from another folder."""
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
 def check_input_file(path: PathLike, what: str) -> Path:
     """``path`` as a Path when it is a regular file (symlinks followed); a missing file, a folder,
     or a device / pipe / socket (which would block or never end) is a one-line InputError."""
@@ -227,6 +233,42 @@ def check_output_file(path: PathLike, option: str = "--out") -> None:
     if path.exists() and not path.is_file():
         raise InputError(f"{option} {path} is not a regular file; give a file name")
     check_output_dir(path.parent if str(path.parent) else Path("."), option=option)
+
+
+#: the lock file a run holds in its results folder (one writer per folder).
+OUTPUT_LOCK = ".synref-run.lock"
+
+
+@contextlib.contextmanager
+def output_lock(out: PathLike, option: str = "--out") -> Iterator[Path]:
+    """Hold ``out/.synref-run.lock`` while a run writes into the folder ``out``: a second run into
+    the same folder is refused at once (one line, InputError) instead of both writing and the last
+    finisher silently winning. Creates ``out``; when this run created it and leaves nothing but the
+    lock in it (a run refused before writing), both are removed again."""
+    from filelock import FileLock, Timeout
+
+    from .errors import InputError
+
+    out = Path(out)
+    existed = out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(out, exc) from None
+    lock = FileLock(str(out / OUTPUT_LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise InputError(f"{option} {out} is being written by another synref run (it holds {OUTPUT_LOCK}); wait "
+                         f"for it to finish or choose another {option}") from None
+    try:
+        yield out
+    finally:
+        lock.release()
+        if not existed and [p.name for p in out.iterdir()] == [OUTPUT_LOCK]:
+            with contextlib.suppress(OSError):
+                (out / OUTPUT_LOCK).unlink()
+                out.rmdir()
 
 
 def check_not_inside(out: PathLike, data: PathLike, option: str = "--out", data_option: str = "--data") -> None:
@@ -283,3 +325,21 @@ def read_json_object(path: PathLike, what: str) -> dict:
     if not isinstance(obj, dict):
         raise InputError(f"{what} {path} must hold a JSON object, got {type(obj).__name__}")
     return obj
+
+
+#: first characters that make a spreadsheet read a cell as a formula (OWASP "CSV injection"), and
+#: the quote that marks a cell as neutralised.
+CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: Any) -> str:
+    """A text cell for a CSV synref writes, neutralised against spreadsheet formula injection
+    (OWASP): a cell starting with ``= + - @``, a tab or a carriage return -- or with the quote
+    itself, so that the rule can be undone -- gets a leading ``'``. :func:`read_csv_text` undoes it."""
+    text = str(value)
+    return "'" + text if text.startswith(CSV_FORMULA_STARTS + ("'",)) else text
+
+
+def read_csv_text(text: str) -> str:
+    """The value :func:`csv_text` neutralised (one leading ``'`` removed)."""
+    return text[1:] if text.startswith("'") else text

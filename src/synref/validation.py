@@ -15,7 +15,7 @@ import numpy as np
 from .errors import InputError
 
 __all__ = [
-    "as_image_array", "check_labels", "as_labels", "infer_num_classes", "as_2d_float", "check_finite",
+    "as_image_array", "check_labels", "as_labels", "check_classes_present", "infer_num_classes", "as_2d_float", "check_finite",
     "check_unit_interval", "check_pred_probs", "check_count", "check_seed", "check_split_seed", "check_num_classes",
     "check_size", "check_optional_size", "check_channels", "check_optional_channels", "first_bad_row",
     "chunks", "CHUNK_ROWS", "available_memory", "check_memory", "format_bytes",
@@ -103,6 +103,16 @@ def as_labels(labels: Any, num_classes: Optional[int] = None, *, n: Optional[int
     if num_classes is not None:
         check_labels(arr, num_classes, what=what)
     return arr
+
+
+def check_classes_present(labels: np.ndarray, class_names: Optional[Any], what: str) -> None:
+    """InputError unless the labels (N,) hold at least 2 classes: finding wrong labels needs
+    something to confuse them with (a one-class set is refused, not "checked")."""
+    present = np.unique(np.asarray(labels))
+    if present.size < 2:
+        only = (f"class {class_names[int(present[0])]!r}" if present.size and class_names is not None
+                else "one class" if present.size else "no labels")
+        raise InputError(f"{what}: every label is {only}; label refinement needs at least 2 classes")
 
 
 def infer_num_classes(*, pred_probs: Optional[np.ndarray] = None, prototypes: Optional[np.ndarray] = None,

@@ -19,13 +19,14 @@ def load_matched_anchors(anchor_dir: Path, class_names: List[str], *, size: Opti
     """The anchor set in ``anchor_dir`` (from ``synref generate``) relabelled to ``class_names``'
     indices (matched by name), resized to ``size`` with ``channels`` (uint8 ``(M, H, W, C)``);
     ``decode=False`` gives a path-backed set instead (the PNG files, nothing decoded; ``size`` /
-    ``channels`` unused), for streaming. Returns the anchors and the anchor classes that are not
-    dataset classes (ignored). A dataset class without anchors raises InputError naming it and
+    ``channels`` unused), for streaming. Every file is checked against its manifest row (size and
+    sha256, :meth:`~synref.anchors.store.AnchorSet.verify`). Returns the anchors and the anchor
+    classes that are not dataset classes (ignored). A dataset class without anchors raises InputError naming it and
     the folder."""
     anchor_dir = Path(anchor_dir)
     if not anchor_dir.is_dir():
         raise InputError(f"--anchors {anchor_dir}: not a folder (make one with synref generate)")
-    anchors = load_anchor_set(anchor_dir, decode=decode)
+    anchors = load_anchor_set(anchor_dir, decode=decode, verify=True)  # a replaced image is refused
     index = {name: i for i, name in enumerate(class_names)}
     missing = [name for name in class_names if name not in set(anchors.class_names)]
     if missing:

@@ -10,7 +10,7 @@ Layout of an anchor set folder ``DIR``::
     DIR/.synref-generate.lock                held (flock) by the run writing the set
 
 A manifest row holds ``class_index``, ``class_name``, ``k``, ``file`` (relative to ``DIR``),
-``sha256`` (of the file's bytes) and ``seed``, then the generator's
+``sha256`` and ``bytes`` (the file's; older sets have no ``bytes``) and ``seed``, then the generator's
 :meth:`~synref.anchors.base.AnchorGenerator.describe` fields (prompt, image_seed, model, ...).
 Loading merges every manifest file, so shards written by several processes form one set.
 
@@ -47,7 +47,7 @@ import numpy as np
 
 from ..data import LabeledImages
 from ..errors import InputError
-from ..hashing import sha256_bytes, sha256_file
+from ..hashing import hash_file, sha256_bytes, sha256_file
 from ..io import atomic_open, json_default, write_json
 
 PathLike = Union[str, os.PathLike]
@@ -431,17 +431,21 @@ class AnchorSet:
 
     # ------------------------------------------------------------------ checking and loading
     def verify(self, keys: Optional[Iterable[Key]] = None) -> None:
-        """Recompute each file's sha256; InputError naming the first file that differs."""
+        """Check each file against its manifest row: its size (``bytes``, when the row has it; a stat) and
+        its sha256 (computed once per file version and process); InputError naming the first
+        file that differs (replaced, edited or corrupt after generation)."""
         for key in (self.present_keys() if keys is None else keys):
             row = self.rows[key]
             path = self.root / row["file"]
             try:
-                actual = sha256_file(path)
+                size = os.stat(path).st_size
+                same = (row.get("bytes") is None or int(row["bytes"]) == size) and hash_file(path) == row["sha256"]
             except FileNotFoundError:
                 raise InputError(f"anchor set {self.root}: {row['file']} is missing") from None
-            if actual != row["sha256"]:
-                raise InputError(f"anchor set {self.root}: {row['file']} does not match its "
-                                 f"manifest sha256 (modified or corrupt file)")
+            if not same:
+                raise InputError(f"anchor set {self.root}: {path} does not match its manifest (size and sha256): it was "
+                                 f"replaced, edited or corrupted after generation; restore it, or delete it and "
+                                 f"re-run synref generate to make it again")
 
     def load(self, *, verify: bool = False, decode: bool = True,
              allow_incomplete: bool = False) -> LabeledImages:
@@ -528,9 +532,9 @@ class ManifestWriter:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _row(self, c: int, name: str, k: int, sha: str, provenance: Dict[str, Any]) -> Dict[str, Any]:
+    def _row(self, c: int, name: str, k: int, sha: str, provenance: Dict[str, Any], size: int) -> Dict[str, Any]:
         row: Dict[str, Any] = {"class_index": c, "class_name": name, "k": k,
-                               "file": image_relpath(c, name, k), "sha256": sha,
+                               "file": image_relpath(c, name, k), "sha256": sha, "bytes": int(size),
                                "seed": self.store.seed}
         for key, value in (provenance or {}).items():
             row.setdefault(key, value)
@@ -551,7 +555,7 @@ class ManifestWriter:
         with atomic_open(final, "wb", fsync_dir=True) as handle:
             handle.write(data)
         self.store.orphans.pop((c, k), None)
-        return self._add_row(self._row(c, name, k, sha256_bytes(data), provenance or {}))
+        return self._add_row(self._row(c, name, k, sha256_bytes(data), provenance or {}, len(data)))
 
     def adopt(self, c: int, name: str, k: int,
               provenance: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
@@ -563,7 +567,7 @@ class ManifestWriter:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             return None
-        return self._add_row(self._row(c, name, k, sha256_file(path), provenance or {}))
+        return self._add_row(self._row(c, name, k, sha256_file(path), provenance or {}, os.path.getsize(path)))
 
     def remove_temp_files(self, c: int, k: int) -> int:
         paths = self.store.temp_files.pop((c, k), [])

@@ -28,6 +28,7 @@ out and listed in the summary. ``OUT/config.json`` re-runs the folder:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -49,13 +50,15 @@ from ..evidence import (CrossFitEvidenceConfig, Evidence, check_anchor_classes, 
 from ..features import (DEFAULT_CLIP_MODEL, DEFAULT_ENCODER, FEATURE_EXTRACTORS, ExtractorContext, cached_features,
                         check_space_name, compute_features, extractor_from_context)
 from ..hashing import digest
-from ..io import (atomic_open, check_input_file, check_not_inside, check_output_dir, read_npy_matrix,
+from ..io import (absolute_path, atomic_open, check_input_file, check_not_inside, check_output_dir, csv_text,
+                  output_lock, read_npy_matrix,
                   remove_stale_temp_files, write_json, write_npy)
 from ..models import create_model, load_classifier, read_checkpoint
 from ..refiners import (DEFAULT_REFINER, REFINERS, Refiner, RefinementResult, create_refiner, refine,
                         refiner_option_names)
 from ..train import TrainConfig, activation_bytes, checkpoint_folder, clear_checkpoints, estimate_fit_bytes
-from ..validation import check_memory
+from ..validation import check_classes_present, check_memory
+from .refine_guards import check_pretrained_memory, check_results_folder, replaced_results_notice
 from .report import write_report
 from .review import write_review
 
@@ -178,6 +181,14 @@ class RefineRunConfig(ConfigMixin):
                                  " or --features FEATURES.npy with --labels")
             if (self.anchors is None) == (self.generator is None):
                 raise InputError("give exactly one of --anchors DIR or --generate (with --generator)")
+        # files are stored absolute: OUT/config.json names the same files when re-run from elsewhere
+        if str(self.data).strip() and str(self.data).strip().lower() != "digits":
+            self.data = absolute_path(self.data)
+        for name in ("labels", "anchors", "classifier", "features", "anchor_features", "anchor_labels", "class_names"):
+            if getattr(self, name) is not None:
+                setattr(self, name, absolute_path(getattr(self, name)))
+        if self.generator_options.get("root") is not None:
+            self.generator_options = {**self.generator_options, "root": absolute_path(self.generator_options["root"])}
         if self.classifier is not None and self.train:
             raise InputError("give at most one of --classifier CKPT or --train (neither: pretrained evidence)")
         if self.encoder is not None:
@@ -261,8 +272,10 @@ def load_data(config: RefineRunConfig) -> LabeledImages:
     if len(dataset) == 0:
         raise InputError(f"dataset {config.data} is empty")
     if config.labels is not None:
-        labels = load_labels_file(config.labels, num_samples=len(dataset), num_classes=dataset.num_classes)
+        labels = load_labels_file(config.labels, num_samples=len(dataset), num_classes=dataset.num_classes,
+                                  paths=dataset.paths, ids=dataset.ids, class_names=dataset.class_names)
         dataset = dataset.with_labels(labels)
+    check_classes_present(dataset.labels, dataset.class_names, f"--data {config.data}")
     return dataset
 
 
@@ -455,10 +468,11 @@ CSV_COLUMNS = ["index", "id", "path", "given_label", "given_class", "suggested_l
 
 def _write_csv(path: Path, dataset: Any, result: RefinementResult) -> None:
     """``refined_labels.csv``, one row per sample, formatted a block of rows at a time (pandas'
-    C writer, no Python object per row) into a temporary file renamed at the end."""
+    C writer, no Python object per row) into a temporary file renamed at the end; text cells
+    (ids, paths, class names) are neutralised against spreadsheet formulas (:func:`~synref.io.csv_text`)."""
     import pandas as pd
 
-    names = np.asarray(dataset.class_names, dtype=object)
+    names = np.asarray([csv_text(name) for name in dataset.class_names], dtype=object)
     quality = result.label_quality
     paths, ids = dataset.paths, dataset.ids
     n = len(result.labels)
@@ -468,13 +482,22 @@ def _write_csv(path: Path, dataset: Any, result: RefinementResult) -> None:
             given, suggested = result.labels[start:stop], result.refined_labels[start:stop]
             index = np.arange(start, stop)
             frame = pd.DataFrame({
-                "index": index, "id": index.astype(str) if ids is None else ids[start:stop],
-                "path": "" if paths is None else paths[start:stop],
+                "index": index, "id": index.astype(str) if ids is None else _csv_texts(ids[start:stop]),
+                "path": "" if paths is None else _csv_texts(paths[start:stop]),
                 "given_label": given, "given_class": names[given], "suggested_label": suggested,
                 "suggested_class": names[suggested], "best_score": result.best_score[start:stop],
                 "given_score": result.given_score[start:stop], "label_quality": quality[start:stop],
                 "changed": np.where(given != suggested, "yes", "no")}, columns=CSV_COLUMNS)
             frame.to_csv(handle, header=start == 0, index=False, float_format="%.6f", lineterminator="\n")
+
+
+def _csv_texts(values: Any) -> Any:
+    """:func:`~synref.io.csv_text` of a column of text cells (a block of rows), vectorised."""
+    import pandas as pd
+
+    column = pd.Series(values, dtype=object).astype(str)
+    risky = column.str.match(r"[=+\-@\t\r']")
+    return column.where(~risky, "'" + column).to_numpy()
 
 
 def _skip_rows(dataset: LabeledImages, features: np.ndarray, skipped: List[Dict[str, Any]]
@@ -516,6 +539,10 @@ def _run_pretrained(config: RefineRunConfig, dataset: LabeledImages, out: Path, 
     # the encoder's model is found (its folder / the hub cache) before any anchor is generated
     extractor_from_context(config.space, ExtractorContext(size=PRETRAINED_SIZE, clip_model=config.clip_model,
                                                           device="cpu")).fingerprint()
+    side = int(config.image_size) if config.image_size is not None else PRETRAINED_SIZE
+    check_pretrained_memory(side, num_images=len(dataset), batch_size=config.batch_size, chunk_size=config.chunk_size,
+                            workers=config.workers)
+    loader_skipped = [{"file": str(s["file"]), "reason": str(s["reason"])} for s in dataset.skipped]
     directory, anchor_info = anchor_dir(config, dataset.class_names, out, process_index=rank, num_processes=world,
                                         barrier=barrier)
     anchors, extra = load_anchors(directory, dataset, decode=not dataset.is_path_backed)
@@ -529,7 +556,7 @@ def _run_pretrained(config: RefineRunConfig, dataset: LabeledImages, out: Path, 
         return None
     info = {"classifier": f"{config.folds}-fold cross-fitted linear heads on {space['extractor']} features",
             "anchors": {**anchor_info, "num_anchors": len(anchors), "ignored_anchor_classes": extra},
-            "num_anchors": len(anchors), "skipped": skipped, "resumed": space["resumed"],
+            "num_anchors": len(anchors), "skipped": loader_skipped + skipped, "resumed": space["resumed"],
             "image_size": space["image_size"], "channels": 3 if dataset.is_path_backed else None,
             "temperatures": result.info.get("temperatures", []), "rounds": result.info.get("rounds", []),
             "evidence": {"mode": "pretrained", "encoder": space["extractor"],
@@ -606,6 +633,7 @@ def _run_given_features(config: RefineRunConfig, out: Path, *, rank: int
         raise InputError(f"--features {config.features} has {len(features)} rows, the labels {len(labels)}")
     if names is None:
         names = [str(c) for c in range(int(max(labels.max(initial=0), anchor_labels.max(initial=0))) + 1)]
+    check_classes_present(labels, names, f"--labels {config.labels}")
     check_anchor_classes(anchor_labels, len(names), names)
     rows = FeatureRows(labels, names, paths=dataset.paths if dataset is not None else None,
                        ids=dataset.ids if dataset is not None else None)
@@ -652,33 +680,42 @@ def run_refine(config: RefineRunConfig, *, out: Path) -> Optional[Dict[str, Any]
     check_output_dir(out)
     if str(config.data).strip():
         check_not_inside(out, config.data)
-    remove_stale_temp_files(out)
+    check_results_folder(out, anchors=config.anchors, generated=config.generator is not None)
     started = time.time()
     rank, world, device, barrier, state = distributed_context(None)
     try:
-        if world > 1 and config.evidence_mode not in ("pretrained", "features"):
-            raise InputError(f"--{'train' if config.train else 'classifier'} runs in one process; a multi-process "
-                             "launch splits the pretrained encoder's features (leave out --train / --classifier)")
-        cache = out / "cache"
-        if config.evidence_mode == "features":
-            done_features = _run_given_features(config, out, rank=rank)
-            if done_features is None:
-                return None
-            rows, result, info = done_features
-            return _write_results(config, rows, result, info, out, started)
-        dataset = load_data(config)
-        if config.evidence_mode == "pretrained":
-            done = _run_pretrained(config, dataset, out, cache, rank=rank, world=world, barrier=barrier,
-                                   device=device)
-            if done is None:
-                return None
-            dataset, result, info = done
-        else:
-            dataset, result, info = _run_in_memory(config, dataset, out, cache)
-        summary = _write_results(config, dataset, result, info, out, started)
+        with output_lock(out) if rank == 0 else contextlib.nullcontext():  # one run writes into OUT
+            return _run_refine_locked(config, out, started, rank=rank, world=world, device=device, barrier=barrier)
     finally:
         release_distributed(state)
-    return summary
+
+
+def _run_refine_locked(config: RefineRunConfig, out: Path, started: float, *, rank: int, world: int,
+                       device: Optional[str], barrier: Optional[Callable[[], Any]]) -> Optional[Dict[str, Any]]:
+    """:func:`run_refine` with the results folder's lock held (by process 0)."""
+    remove_stale_temp_files(out)
+    if rank == 0:
+        replaced_results_notice(out, config)
+    if world > 1 and config.evidence_mode not in ("pretrained", "features"):
+        raise InputError(f"--{'train' if config.train else 'classifier'} runs in one process; a multi-process "
+                         "launch splits the pretrained encoder's features (leave out --train / --classifier)")
+    cache = out / "cache"
+    if config.evidence_mode == "features":
+        done_features = _run_given_features(config, out, rank=rank)
+        if done_features is None:
+            return None
+        rows, result, info = done_features
+        return _write_results(config, rows, result, info, out, started)
+    dataset = load_data(config)
+    if config.evidence_mode == "pretrained":
+        done = _run_pretrained(config, dataset, out, cache, rank=rank, world=world, barrier=barrier,
+                               device=device)
+        if done is None:
+            return None
+        dataset, result, info = done
+    else:
+        dataset, result, info = _run_in_memory(config, dataset, out, cache)
+    return _write_results(config, dataset, result, info, out, started)
 
 
 def _neighbor_graphs(info: Dict[str, Any]) -> Any:
@@ -712,7 +749,7 @@ def _write_results(config: RefineRunConfig, dataset: Any, result: RefinementResu
         "temperature": float(np.mean(temperatures)) if temperatures else None,
         "num_changed": int(changed.sum()),
         # the posterior refiner's decision: model check, what decided, estimated precision of the changes
-        "decision": {key: result.info[key] for key in ("model_check", "model_fit", "decided_by",
+        "decision": {key: result.info[key] for key in ("model_check", "model_fit", "decided_by", "minimum_evidence",
                                                        "estimated_precision", "target_precision")
                      if key in result.info},
         "counts_before": np.bincount(result.labels, minlength=num_classes).tolist(),
@@ -744,9 +781,12 @@ def format_refine_summary(summary: Dict[str, Any], out: Path) -> str:
     check = (summary.get("decision") or {}).get("model_check", "passed")
     if check != "passed":
         lines.append(f"model check {check}")
+    evidence = (summary.get("decision") or {}).get("minimum_evidence", "met")
+    if evidence != "met":
+        lines.append(evidence)
     if summary["skipped"]:
-        lines.append(f"skipped {len(summary['skipped'])} files (unreadable images, special files or linked "
-                     f"folders; listed in summary.json)")
+        lines.append(f"skipped {len(summary['skipped'])} files (unreadable images, special, hidden or non-image "
+                     f"files, linked folders; listed in summary.json)")
     lines.append(f"wrote {out / 'refined_labels.csv'}, {out / 'summary.json'}, {out / 'report.html'}, "
                  f"{out / 'review.html'} in {summary['seconds']:.1f} s")
     return "\n".join(lines)

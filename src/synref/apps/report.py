@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputError, one_line
-from ..io import check_output_file, npy_problem, read_json_object, write_text
+from ..io import check_output_file, npy_problem, read_csv_text, read_json_object, write_text
 from ..validation import check_count
 
 PathLike = Union[str, os.PathLike]
@@ -97,25 +97,41 @@ def _open_image(path: str, channels: int) -> Optional[np.ndarray]:
 
 def sample_images(summary: Mapping[str, Any], rows: Union["ResultRows", Sequence[Mapping[str, Any]]]) -> ImageOf:
     """``index -> image`` of the results' samples, opened one at a time when asked: from the
-    file in the row's ``path``; for a dataset without files (digits, CIFAR arrays) the dataset
-    ``summary["data"]`` is loaded once, at the first call."""
+    file in the row's ``path`` -- only when that file is the row's sample (same id) of the dataset
+    recorded in ``summary["data"]``, so an edited CSV cannot embed another file; for a dataset
+    without files (digits, CIFAR arrays) the dataset is loaded once, at the first call."""
     table = rows if isinstance(rows, ResultRows) else ResultRows.from_dicts(rows, "rows", check=False)
     channels = 1 if summary.get("channels") == 1 else 3
-    arrays: Dict[str, Any] = {}
+    loaded: Dict[str, Any] = {}
 
-    def image_of(index: int) -> Optional[np.ndarray]:
-        path = table.path_of(index)
-        if path:
-            return _open_image(path, channels)
-        if "images" not in arrays:
+    def dataset() -> Any:
+        if "dataset" not in loaded:
             from ..data import load_dataset
 
             try:
-                arrays["images"] = load_dataset(str(summary.get("data")), split=str(summary.get("split") or
-                                                                                 "train")).images
+                loaded["dataset"] = load_dataset(str(summary.get("data")), split=str(summary.get("split") or "train"),
+                                                 check_files=False)  # a missing file is one placeholder
             except InputError:
-                arrays["images"] = None
-        images = arrays["images"]
+                loaded["dataset"] = None
+        return loaded["dataset"]
+
+    def dataset_files() -> Dict[str, str]:
+        """file -> id of the recorded dataset's samples."""
+        if "files" not in loaded:
+            ds = dataset()
+            loaded["files"] = {} if ds is None or ds.paths is None else {
+                os.path.normpath(os.path.abspath(p)): str(i) for p, i in zip(ds.paths, ds.ids)}
+        return loaded["files"]
+
+    def image_of(index: int) -> Optional[np.ndarray]:
+        at = np.flatnonzero(table.index == index)
+        ident, path = table.strings(int(at[0])) if at.size else ("", "")
+        if path:
+            if dataset_files().get(os.path.normpath(os.path.abspath(path))) != ident:
+                return None  # not this sample's file of the recorded dataset: never opened
+            return _open_image(path, channels)
+        ds = dataset()
+        images = None if ds is None else ds.images
         return None if images is None or not 0 <= index < len(images) else np.asarray(images[index])
 
     return image_of
@@ -316,7 +332,8 @@ class ResultRows:
                 raise InputError(f"{where}: bad value ({one_line(exc)})") from None
             for name, value in zip(cls.NUMERIC + ("changed",), values):
                 columns[name].append(value)
-            strings[len(columns["index"]) - 1] = (str(row.get("id") or index), str(row.get("path") or ""))
+            strings[len(columns["index"]) - 1] = (read_csv_text(str(row.get("id") or index)),
+                                                  read_csv_text(str(row.get("path") or "")))
         return cls({name: np.asarray(values) for name, values in columns.items()}, source, strings=strings)
 
     def check(self, num_classes: int, num_images: int) -> None:
@@ -345,9 +362,11 @@ class ResultRows:
             path_col = header.index("path") if "path" in header else None
             last = max(wanted)
             for pos, row in enumerate(reader):
-                if pos in wanted:
-                    self._strings[pos] = (row[id_col] if id_col is not None and id_col < len(row) else "",
-                                          row[path_col] if path_col is not None and path_col < len(row) else "")
+                if pos in wanted:  # (cells synref neutralised against spreadsheet formulas read back)
+                    self._strings[pos] = (read_csv_text(row[id_col]) if id_col is not None and id_col < len(row)
+                                          else "",
+                                          read_csv_text(row[path_col]) if path_col is not None and path_col < len(row)
+                                          else "")
                 if pos >= last:
                     break
 
@@ -739,6 +758,9 @@ def _header(summary: Mapping[str, Any], n: int, c: int, num_changed: int, versio
     check = decision.get("model_check", "passed")
     check_html = ("" if check == "passed" else
                   f'<p class="warn" style="margin-top:12px">model check {_e(check)}</p>')
+    if decision.get("minimum_evidence", "met") != "met":
+        check_html += f'<p class="warn" style="margin-top:12px">{_e(decision["minimum_evidence"])}</p>'
+
     return (f'<header id="summary"><h1>synref report</h1><p class="sub">dataset: <b>{_e(dataset)}</b></p>'
             f'<dl class="facts">{cells}</dl>{check_html}{skipped_html}{nav}</header>')
 

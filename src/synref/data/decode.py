@@ -21,7 +21,7 @@ from .container import LabeledImages
 from .hf import REF_PREFIX, open_ref_image, parse_ref
 
 __all__ = ["IMAGE_EXTENSIONS", "is_image_file", "open_image", "probe_image", "decode_image", "convert_image",
-           "choose_geometry", "decode_images", "materialize"]
+           "choose_geometry", "decode_images", "materialize", "LARGE_IMAGE_PIXELS"]
 
 Size = Tuple[int, int]
 
@@ -110,25 +110,56 @@ def _resize(img, size: Size):
     return img.resize((w, h), resample=resample)
 
 
-def decode_image(path: str, size: Optional[Size], channels: int) -> np.ndarray:
-    """One image as uint8 ``(H, W, channels)``; any decoding problem -> InputError naming it."""
-    from PIL import ImageOps
+#: images with more pixels than this are brought near the working size while they are decoded
+#: (JPEG: ``draft``, a DCT-domain downscale; others: an integer box ``reduce`` to at least twice the
+#: working size before the final resize), so a huge file costs about its own pixels once, not
+#: several full-size RGB copies. Smaller images are decoded exactly as before.
+LARGE_IMAGE_PIXELS = 4096 * 4096
+#: the transposition of each EXIF orientation (what ``ImageOps.exif_transpose`` applies).
+_EXIF_TRANSPOSE = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+                   7: "TRANSVERSE", 8: "ROTATE_90"}
 
-    with open_image(path) as img:
-        try:
-            img.load()
-            fmt = img.format
-            img = ImageOps.exif_transpose(img)
-            img = _to_l_or_rgb(img, fmt)
-            img = img.convert("L" if channels == 1 else "RGB")
-            if size is not None:
-                img = _resize(img, size)
-            arr = np.asarray(img, dtype=np.uint8)
-        except InputError:
-            raise
-        except Exception as exc:  # truncated / corrupt data, unsupported mode, ...
-            raise InputError(f"cannot decode image {path}: {one_line(exc)}") from None
+
+def decode_image(path: str, size: Optional[Size], channels: int) -> np.ndarray:
+    """One image as uint8 ``(H, W, channels)``; any decoding problem -> InputError naming it.
+    Images above :data:`LARGE_IMAGE_PIXELS` are reduced while decoded (Pillow's decompression-bomb
+    warning is not raised for them: their memory is bounded here; above Pillow's hard limit the
+    file is refused, naming it)."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with open_image(path) as img:
+            try:
+                orientation = img.getexif().get(0x0112, 1)
+                large = size is not None and img.size[0] * img.size[1] > LARGE_IMAGE_PIXELS
+                target = None if size is None else ((size[1], size[0]) if orientation in (5, 6, 7, 8) else size)
+                if large and img.format == "JPEG":
+                    img.draft(img.mode, (2 * target[1], 2 * target[0]))  # type: ignore[index]
+                img.load()
+                fmt = img.format
+                if large:
+                    img = _reduce(img, fmt, target)  # type: ignore[arg-type]
+                if orientation in _EXIF_TRANSPOSE:
+                    img = img.transpose(getattr(Image.Transpose, _EXIF_TRANSPOSE[orientation]))
+                img = _to_l_or_rgb(img, fmt)
+                img = img.convert("L" if channels == 1 else "RGB")
+                if size is not None:
+                    img = _resize(img, size)
+                arr = np.asarray(img, dtype=np.uint8)
+            except InputError:
+                raise
+            except Exception as exc:  # truncated / corrupt data, unsupported mode, ...
+                raise InputError(f"cannot decode image {path}: {one_line(exc)}") from None
     return arr.reshape(arr.shape[0], arr.shape[1], channels)
+
+
+def _reduce(img, fmt: Optional[str], target: Size):
+    """``img`` box-reduced by an integer factor to at least twice ``target`` (H, W), in L / RGB."""
+    factor = min(img.size[0] // (2 * target[1]), img.size[1] // (2 * target[0]))
+    if factor < 2:
+        return img
+    return _to_l_or_rgb(img, fmt).reduce(factor)
 
 
 def convert_image(img: np.ndarray, size: Optional[Size], channels: int) -> np.ndarray:

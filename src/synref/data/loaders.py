@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -257,9 +258,10 @@ def _links_back(folder: Path, root: Path) -> bool:
 
 
 def _image_files(class_dir: Path, root: Path, skipped: List[Dict[str, str]]) -> List[str]:
-    """The image files under ``class_dir`` as sorted POSIX paths relative to ``root`` (hidden
-    files and folders skipped, linked folders not followed). Named pipes, devices and sockets
-    with an image name are left out and listed in ``skipped`` (reading one would block)."""
+    """The image files under ``class_dir`` as sorted POSIX paths relative to ``root``. Left out
+    and listed in ``skipped`` (``{"file", "reason"}``): hidden files and folders, files of other
+    formats (``.heic``, ``.svg``, ...), linked folders (not followed), and named pipes, devices
+    and sockets with an image name (reading one would block)."""
     found: List[str] = []
     stack = [class_dir]
     while stack:
@@ -271,12 +273,19 @@ def _image_files(class_dir: Path, root: Path, skipped: List[Dict[str, str]]) -> 
             continue
         for entry in entries:
             if entry.name.startswith("."):
+                skipped.append({"file": entry.path, "reason": "hidden file or folder; left out"})
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(Path(entry.path))
                     continue
-                if not is_image_file(entry.name) or entry.is_dir():
+                if entry.is_dir():
+                    skipped.append({"file": entry.path, "reason": "linked folder (not followed); left out"})
+                    continue
+                if not is_image_file(entry.name):
+                    kind = Path(entry.name).suffix.lower() or "no extension"
+                    skipped.append({"file": entry.path, "reason": f"not an image format synref reads ({kind}; "
+                                                                  f"it reads {', '.join(IMAGE_EXTENSIONS)}); left out"})
                     continue
                 regular = entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
             except OSError:
@@ -300,14 +309,19 @@ def parse_int(text: str) -> Optional[int]:
 
 
 def load_csv_manifest(path: PathLike, *, class_names: Optional[Sequence[str]] = None,
-                      root: Optional[PathLike] = None, split: Optional[str] = None) -> LabeledImages:
+                      root: Optional[PathLike] = None, split: Optional[str] = None,
+                      check_files: bool = True) -> LabeledImages:
     """A path-backed set from a CSV whose header has ``path`` and ``label`` columns.
 
     ``label`` is a class name or an integer class index. Relative paths resolve against
-    ``root`` or else the CSV's folder. Class names: ``class_names`` when given; else the
-    sorted unique labels when any label is not an integer; else "0".."max". An ``id`` column,
-    when present, gives the ids (else the paths as written). With ``split``, only rows whose
-    ``split`` column equals it are kept. Decode with :func:`materialize`.
+    ``root`` or else the CSV's folder. Class names: ``class_names`` when given; else the labels
+    present, as strings ("01" and "1" differ), sorted numerically when all are plain integers,
+    else as text. An ``id`` column, when present, gives the ids (else the paths as written).
+    With ``split``, only rows whose ``split`` column equals it are kept. A row repeating an earlier
+    row's path and label is dropped with a warning; one path with two labels (or, with an ``id``
+    column, one id for two rows) is an InputError. ``check_files=False`` lists the rows without
+    checking that their files exist (what the report does to know the dataset's files). Decode
+    with :func:`materialize`.
     """
     path = Path(os.path.expanduser(str(path)))
     if not path.is_file():
@@ -345,12 +359,14 @@ def load_csv_manifest(path: PathLike, *, class_names: Optional[Sequence[str]] = 
             raise InputError(f"{where}: empty label")
         full = Path(os.path.expanduser(rel))
         full = full if full.is_absolute() else base / full
-        check_input_file(full, f"{where}: image file")
+        if check_files:
+            check_input_file(full, f"{where}: image file")
         ident = row[col["id"]].strip() if "id" in col else rel
         entries.append((row_no, line, str(full), label, ident))
     if not entries:
         which = f" with split {split!r}" if split is not None else ""
         raise InputError(f"CSV manifest {path} has no rows{which}")
+    entries = _drop_repeated_rows(path, entries, has_ids="id" in col)
 
     raw = [e[3] for e in entries]
     if class_names is not None:
@@ -373,19 +389,50 @@ def load_csv_manifest(path: PathLike, *, class_names: Optional[Sequence[str]] = 
                                  f"[0, {len(names)})")
             labels.append(value)
     else:
+        # labels are strings ("01" and "1" are two classes); the classes are the labels present,
+        # in numeric order when every label is a plain integer, else in text order
         ints = [parse_int(s) for s in raw]
-        if all(v is not None for v in ints):
+        plain = all(v is not None and str(v) == s for v, s in zip(ints, raw))
+        if plain:
             for (row_no, line, *_), value in zip(entries, ints):
-                if value < 0:
+                if value < 0:  # type: ignore[operator]
                     raise InputError(f"{path}: row {row_no} (line {line}): negative label {value}")
-            names = [str(i) for i in range(max(ints) + 1)]
-            labels = ints
-        else:
-            names = sorted(set(raw))
-            index = {n: i for i, n in enumerate(names)}
-            labels = [index[s] for s in raw]
+        names = sorted(set(raw), key=int) if plain else sorted(set(raw))
+        index = {n: i for i, n in enumerate(names)}
+        labels = [index[s] for s in raw]
     return LabeledImages(images=None, labels=np.asarray(labels, dtype=np.int64), class_names=names,
                          paths=[e[2] for e in entries], ids=[e[4] for e in entries])
+
+
+def _drop_repeated_rows(path: Path, entries: List[Tuple[int, int, str, str, str]], *, has_ids: bool
+                       ) -> List[Tuple[int, int, str, str, str]]:
+    """``entries`` (row, line, full path, label, id) without the rows repeating an earlier row's
+    path and label (a warning says how many); a path given two labels, or an id given to two
+    paths, raises InputError naming both rows."""
+    first: Dict[str, Tuple[int, int, str, str, str]] = {}
+    by_id: Dict[str, Tuple[int, int, str, str, str]] = {}
+    kept, repeats = [], []
+    for entry in entries:
+        row_no, line, full, label, ident = entry
+        key = os.path.normpath(full)
+        seen = first.get(key)
+        if seen is not None:
+            if seen[3] != label:
+                raise InputError(f"{path}: row {row_no} (line {line}) gives {full} the label {label!r}, row {seen[0]} "
+                                 f"(line {seen[1]}) gave it {seen[3]!r}; give each image one label")
+            repeats.append((row_no, seen[0]))
+            continue
+        if has_ids and ident in by_id:
+            other = by_id[ident]
+            raise InputError(f"{path}: row {row_no} (line {line}) repeats the id {ident!r} of row {other[0]} "
+                             f"(line {other[1]}) for another file; ids must be unique")
+        first[key] = by_id[ident] = entry
+        kept.append(entry)
+    if repeats:
+        warnings.warn(f"{path}: {len(repeats)} row(s) repeat an earlier row's path and label (first: row "
+                      f"{repeats[0][0]} repeats row {repeats[0][1]}); each image is used once", UserWarning,
+                      stacklevel=3)
+    return kept
 
 
 def read_csv_rows(handle) -> Iterable[Tuple[int, List[str]]]:
@@ -397,7 +444,7 @@ def read_csv_rows(handle) -> Iterable[Tuple[int, List[str]]]:
 
 # ----------------------------------------------------------------------------- dispatch
 def load_dataset(spec: str, *, split: str = "train", image_column: Optional[str] = None,
-                 label_column: Optional[str] = None) -> LabeledImages:
+                 label_column: Optional[str] = None, check_files: bool = True) -> LabeledImages:
     """A dataset from a short spec.
 
     - ``"digits"``: :func:`load_digits_dataset` (one set; only ``split="train"``).
@@ -410,7 +457,8 @@ def load_dataset(spec: str, *, split: str = "train", image_column: Optional[str]
     - another folder: :func:`load_image_folder`; when its sub-folders are split names
       (train/val/valid/validation/test) the ``split`` one is used.
 
-    Path-backed results (CSV, image folder) still need :func:`materialize`.
+    Path-backed results (CSV, image folder) still need :func:`materialize`. ``check_files=False``:
+    a CSV manifest's rows are listed without checking their files.
     """
     text = str(spec).strip()
     if not text:
@@ -424,6 +472,10 @@ def load_dataset(spec: str, *, split: str = "train", image_column: Optional[str]
             raise InputError(f"{option} applies to a Hugging Face dataset (a save_to_disk folder or parquet "
                              f"files), not --data {text}")
     if text.lower() == "digits":
+        if Path(text).exists():
+            raise InputError(f"dataset {text!r} is ambiguous: the built-in digits set or the {Path(text).resolve()} "
+                             f"here; give ./{text} (or its full path) for yours, or run from another folder for "
+                             f"the built-in set")
         if split != "train":
             raise InputError(f"the digits dataset has no {split!r} split; load it whole and use "
                              "split_indices")
@@ -444,10 +496,10 @@ def load_dataset(spec: str, *, split: str = "train", image_column: Optional[str]
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise InputError(f"cannot read CSV manifest {path}: {one_line(exc)}") from None
         if "split" in [h.strip().lower() for h in first]:
-            return load_csv_manifest(path, split=split)
+            return load_csv_manifest(path, split=split, check_files=check_files)
         if split != "train":
             raise InputError(f"CSV manifest {path} has no 'split' column, so no {split!r} split")
-        return load_csv_manifest(path)
+        return load_csv_manifest(path, check_files=check_files)
     if _find_cifar_layout(path) is not None:
         return load_cifar(path, split=split)
     subdirs = [p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]

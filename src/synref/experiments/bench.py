@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from ..config import ConfigMixin
 from ..device import default_device
 from ..errors import InputError
-from ..io import check_output_dir
+from ..io import absolute_path, check_output_dir
 from ..validation import check_split_seed
 from .methods import create_method, parse_methods
 from .protocol import Protocol, protocol_for, with_refine_encoder
@@ -75,6 +75,13 @@ class BenchConfig(ConfigMixin):
     test_split: Optional[str] = "test"
 
     def __post_init__(self) -> None:
+        # files are stored absolute: OUT/config.json names the same files when re-run from elsewhere
+        if is_user_dataset(self.dataset):
+            self.dataset = absolute_path(self.dataset)
+        for name in ("data", "anchors", "labels", "clean_labels"):
+            if getattr(self, name) is not None:
+                setattr(self, name, absolute_path(getattr(self, name)))
+        self.noise_files = tuple(absolute_path(f) for f in self.noise_files)
         if is_user_dataset(self.dataset):
             check_user_dataset(self.dataset)
         elif self.dataset != "digits" and not self.data:

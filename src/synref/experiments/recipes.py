@@ -15,11 +15,12 @@ import numpy as np
 
 from ..anchors import create_generator, load_matched_anchors, match_format
 from ..data import LabeledImages, load_cifar, load_dataset, load_digits_dataset, load_labels_file, split_indices
-from ..hashing import digest
+from ..hashing import digest, images_hash
 from ..errors import InputError
 from ..models import create_model, predict_proba
 from ..noise import NOISE_MODELS, format_noise_spec, parse_noise_spec
 from ..train import TrainConfig, fit
+from ..validation import check_classes_present
 
 __all__ = [
     "digits_standard", "digits_paper_finetune", "digits_synref_finetune", "cpu_cifar_schedule", "eta_schedule",
@@ -238,9 +239,12 @@ def load_user_data(spec: str, *, anchors: Optional[str], split: str = "train", l
     if labels is None and clean_labels is None:
         raise InputError(f"bench on {spec} needs clean labels to measure against: give --labels FILE (the given, "
                          f"noisy labels; the dataset's own are then the clean ones) or --clean-labels FILE")
-    given = train.labels if labels is None else load_labels_file(labels, num_samples=n, num_classes=train.num_classes)
+    match = dict(paths=train.paths, ids=train.ids, class_names=train.class_names)
+    given = train.labels if labels is None else load_labels_file(labels, num_samples=n, num_classes=train.num_classes,
+                                                                 **match)
     clean = train.labels if clean_labels is None else load_labels_file(clean_labels, num_samples=n,
-                                                                       num_classes=train.num_classes)
+                                                                       num_classes=train.num_classes, **match)
+    check_classes_present(given, train.class_names, f"--dataset {spec}")
     if not anchors:
         raise InputError(f"bench on {spec} needs --anchors DIR (an anchor set from synref generate)")
     anchor_set, _ = load_matched_anchors(Path(anchors), train.class_names, decode=False)
@@ -251,7 +255,10 @@ def load_user_data(spec: str, *, anchors: Optional[str], split: str = "train", l
     name = user_dataset_name(spec)
     return ExperimentData(name, names, train, empty, test if test is not None else empty, anchor_set,
                           f"anchor set {anchors} ({len(anchor_set)} images)",
-                          key=f"{name}-{digest(str(Path(spec).resolve()), split, test_split)[:12]}",
+                          # the content: the files (path, size, time), the given and clean labels, the classes
+                          key=f"{name}-" + digest(str(Path(spec).resolve()), split, test_split,
+                                                  images_hash(None, train.paths), np.asarray(given, np.int64),
+                                                  np.asarray(clean, np.int64), names)[:12],
                           given=np.asarray(given, dtype=np.int64),
                           given_source=f"file {Path(labels).name}" if labels else "the dataset's labels")
 

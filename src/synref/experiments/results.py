@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError
-from ..io import write_text
+from ..io import csv_text, write_text
 from .methods import BASE_METHODS, method_base, parse_methods
 from .recipes import NOISE_SETTINGS
 
@@ -62,7 +62,8 @@ def write_results(out: Path, rows: Sequence[Dict[str, Any]], notes: Dict[Tuple[s
     order = {m: i for i, m in enumerate(BASE_METHODS)}
     for row in sorted(rows, key=lambda r: (r["dataset"], r["protocol"], r["noise"], order.get(r["method"], 9),
                                            r["method"], r["seed"])):
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in RESULT_COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else csv_text(row[k]) if isinstance(row.get(k), str) else row[k])
+                         for k in RESULT_COLUMNS})
     write_text(out / "results.csv", buf.getvalue())
     parts = []
     for key in sorted({(r["dataset"], r["protocol"]) for r in rows}):

@@ -22,7 +22,7 @@ from ..arrays import l2_normalize
 from ..evidence import Evidence, classifier_evidence, crossfit_evidence
 from ..errors import InputError
 from ..features import ExtractorContext, encode_sets, extractor_from_context
-from ..hashing import digest
+from ..hashing import digest, sha256_file
 from ..io import check_output_dir, remove_stale_temp_files, write_json, write_npy
 from ..models import load_classifier, save_classifier
 from ..noise import format_noise_spec, parse_noise_spec
@@ -290,19 +290,28 @@ class Runner:
 
 
 def _check_protocol_record(out: Path, dataset: str, protocol: Protocol, anchors: Optional[str],
-                           data_note: Optional[Dict[str, Any]] = None) -> None:
-    """Record the protocol in ``out/bench-<dataset>-<protocol>.json``; refuse a different one there."""
+                           data_note: Optional[Dict[str, Any]] = None, *,
+                           inputs: Optional[Dict[str, Any]] = None) -> None:
+    """Record the protocol in ``out/bench-<dataset>-<protocol>.json``; refuse a different one there.
+    ``inputs``: content keys of the inputs (``data``: a user dataset's files and label files;
+    ``noise_files``: setting -> sha256 of its label file); a cell computed from other content is
+    never reported again."""
     path = out / f"bench-{dataset}-{protocol.name}.json"
-    record = {"dataset": dataset, "protocol": protocol.to_dict(), "anchors_option": anchors}
+    record = {"dataset": dataset, "protocol": protocol.to_dict(), "anchors_option": anchors, **(inputs or {})}
     old: Dict[str, Any] = {}
     if path.is_file():
         try:
             old = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             old = {}
-        changed = [k for k in record if k in old and old[k] != record[k]]
+        changed = [k for k in record if k in old and old[k] != record[k] and k != "noise_files"]
+        if isinstance(old.get("noise_files"), dict) and isinstance(record.get("noise_files"), dict):
+            if any(old["noise_files"].get(s, h) != h for s, h in record["noise_files"].items()):
+                changed.append("noise_files")  # a setting's file has other content (a new setting may join)
+            record["noise_files"] = {**old["noise_files"], **record["noise_files"]}
         if changed:
-            what = {"protocol": "protocol", "anchors_option": "--anchors", "dataset": "dataset"}
+            what = {"protocol": "protocol", "anchors_option": "--anchors", "dataset": "dataset",
+                    "data": "data or label files (their content)", "noise_files": "--noise-file content"}
             raise InputError(f"--out {out} holds a {dataset} / {protocol.name} bench run with a different "
                              f"{' and '.join(what[k] for k in changed)}; use another --out (or delete "
                              f"{path.name} and {out / 'cells'})")
@@ -388,6 +397,15 @@ class Experiment:
             self._runs[setting] = NoiseRun(runner, setting, seed)
         return self._runs[setting]
 
+    def input_keys(self, seed: int) -> Dict[str, Any]:
+        """Content keys of what the cells are computed from: a user dataset's files and label
+        files (its data key) and each noise file's sha256."""
+        keys: Dict[str, Any] = {"noise_files": {setting: sha256_file(path)
+                                                for setting, path in sorted(self.noise_files.items())}}
+        if self.user_data is not None:
+            keys["data"] = self.data(seed).key
+        return keys
+
     def cell_done(self, method: str, noise: str, seed: int) -> bool:
         return self.out is not None and (self.out / "cells" /
                                          f"{cell_name(self.dataset, self.protocol.name, method, noise, seed)}.json"
@@ -418,11 +436,12 @@ class Experiment:
             preflight(self.data(seeds[0]))
         elif todo:
             self.data(todo[0][0])  # the inputs (data, anchors, seed) are checked before anything is written
+        inputs = self.input_keys(seeds[0])
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             remove_stale_temp_files(out)
             if self.record:
-                _check_protocol_record(out, self.dataset, self.protocol, self.anchors)
+                _check_protocol_record(out, self.dataset, self.protocol, self.anchors, inputs=inputs)
         rows: Dict[Tuple[int, str, str], Dict[str, Any]] = {}
         bar = progress_bar(total=len(grid), desc=f"{self.dataset}/{self.protocol.name}", unit="cell")
         bar.update(len(grid) - len(todo))
@@ -432,7 +451,7 @@ class Experiment:
                 run = self.noise_run(setting, seed)
                 if out is not None and self.record and recorded != seed:
                     _check_protocol_record(out, self.dataset, self.protocol, self.anchors,
-                                           _data_note(run.runner.data, self.protocol))
+                                           _data_note(run.runner.data, self.protocol), inputs=inputs)
                     recorded = seed
                 bar.set_postfix_str(f"{method} / {setting} / seed {seed}")
                 rows[(seed, setting, method)] = run.runner.run_cell(method, run)

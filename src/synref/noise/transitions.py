@@ -115,27 +115,32 @@ def _parse_int(text: str) -> int:
 
 
 def load_class_map(path: PathLike, num_classes: int) -> Dict[int, int]:
-    """Read an asymmetric class map ``{src: dst}`` from a file.
+    """Read an asymmetric class map ``{src: dst}`` from a file, or inline JSON.
 
     Accepted formats: JSON object ``{"3": 5, "5": 3}`` (``.json`` or content starting with
-    ``{``), or text/CSV with one ``src,dst`` pair per line (comma or whitespace separated;
-    blank lines, ``#`` comments and a non-numeric header line are skipped).
+    ``{``; ``path`` itself may be that JSON text when no such file exists), or text/CSV with one
+    ``src,dst`` pair per line (comma or whitespace separated; blank lines, ``#`` comments and a
+    non-numeric header line are skipped).
 
     Raises:
         InputError: naming the file (and line/entry) for unreadable files, bad entries,
             duplicate sources, self-maps and ids outside ``[0, num_classes)``.
     """
     c = check_num_classes(num_classes)
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{p}: class map file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{p}: cannot read class map ({e})") from None
+    p: Any = Path(path)
+    if str(path).lstrip().startswith("{") and not p.is_file():  # inline JSON
+        text, p = str(path), "class map"
+    else:
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(f"{p}: class map file not found (give a file, or the map as inline JSON such as "
+                             f"'{{\"3\": 5}}')") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{p}: cannot read class map ({e})") from None
 
     pairs: List[Tuple[int, int, str]] = []  # src, dst, where (for messages)
-    if p.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+    if str(p).lower().endswith(".json") or text.lstrip().startswith("{"):
 
         try:  # keep the pairs (a plain dict would silently drop duplicate keys)
             obj = json.loads(text, object_pairs_hook=_JsonPairs)

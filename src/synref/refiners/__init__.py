@@ -15,7 +15,8 @@
 """
 from __future__ import annotations
 
-from .base import DEFAULT_REFINER, REFINERS, Refiner, RefinerOptions, create_refiner, refine, refiner_option_names
+from .base import (DEFAULT_REFINER, REFINERS, Refiner, RefinerOptions, create_refiner, refine, refiner_option_names,
+                   refiner_used_options)
 from .calibration import fit_similarity_temperature, similarity_to_probs
 from .crossfit import CrossfitOptions, CrossfitRefiner
 from .kernel import (DEFAULT_ALPHA, DEFAULT_THRESHOLD, prototype_accuracy, prototype_similarity, refine_by_fold,
@@ -27,6 +28,7 @@ from .result import RefinementResult, relabel_metrics
 
 __all__ = [
     "REFINERS", "DEFAULT_REFINER", "Refiner", "RefinerOptions", "create_refiner", "refine", "refiner_option_names",
+    "refiner_used_options",
     "PaperRefiner", "PosteriorRefiner", "PosteriorOptions",
     "CrossfitRefiner", "CrossfitOptions", "DEFAULT_ALPHA", "DEFAULT_THRESHOLD", "RefinementResult",
     "class_prototypes", "fit_similarity_temperature", "l2_normalize", "prototype_accuracy", "prototype_similarity",

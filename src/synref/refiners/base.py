@@ -30,7 +30,7 @@ from .kernel import DEFAULT_ALPHA, DEFAULT_THRESHOLD
 from .result import RefinementResult
 
 __all__ = ["REFINERS", "DEFAULT_REFINER", "Refiner", "RefinerOptions", "create_refiner", "refine",
-           "refiner_option_names"]
+           "refiner_option_names", "refiner_used_options"]
 
 #: the refiner ``refine(evidence)`` and ``synref refine`` use when none is named.
 DEFAULT_REFINER = "posterior"
@@ -72,6 +72,8 @@ class Refiner(ABC):
 
     name: str = "base"
     Options: Type[RefinerOptions] = RefinerOptions
+    #: options of ``Options`` this refiner takes but does not use (a command refuses them when set).
+    unused_options: FrozenSet[str] = frozenset()
 
     def __init__(self, options: Optional[RefinerOptions] = None) -> None:
         options = options if options is not None else self.Options()
@@ -91,6 +93,11 @@ class Refiner(ABC):
 def refiner_option_names(name: str) -> FrozenSet[str]:
     """The options the refiner ``name`` takes (the fields of its ``Options`` class)."""
     return frozenset(f.name for f in dataclasses.fields(REFINERS.get(name).Options))  # type: ignore[attr-defined]
+
+
+def refiner_used_options(name: str) -> FrozenSet[str]:
+    """The options the refiner ``name`` uses: its ``Options`` fields less its ``unused_options``."""
+    return refiner_option_names(name) - REFINERS.get(name).unused_options  # type: ignore[attr-defined]
 
 
 def create_refiner(name: str, **options: Any) -> Refiner:

@@ -56,6 +56,7 @@ from ..stages import StageClock
 from ..train.linear import HeadProblem, fit_heads_lbfgs, held_out_logits
 from .base import REFINERS, Refiner, RefinerOptions
 from .confident import FALLBACK_FILTER, confident_learning_correction
+from .minimum_evidence import MIN_ROWS_PER_CLASS, minimum_evidence
 from .result import RefinementResult
 
 __all__ = ["PosteriorOptions", "PosteriorRefiner", "MODEL_CHECK_FALLBACKS", "temper", "transition_matrix",
@@ -125,6 +126,8 @@ class PosteriorOptions(RefinerOptions):
             ``pred_probs`` nothing changes. ``keep``: nothing changes. Measured on that digits
             case (uniform noise 0 / 10 / 20 / 40 %): ``keep`` 1.000 / 0.900 / 0.798 / 0.603,
             ``confident-learning`` 0.999 / 0.971 / 0.943 / 0.821.
+        min_rows_per_class: do no harm on small sets: when a class has fewer given labels (in a
+            space T is estimated in), nothing changes (:mod:`~synref.refiners.minimum_evidence`).
         seed: anchor halves and folds (None: ``evidence.seed``).
     """
 
@@ -143,6 +146,7 @@ class PosteriorOptions(RefinerOptions):
     calibrate_precision: bool = True
     min_model_fit: Optional[float] = 0.5
     on_model_check_failure: str = "confident-learning"
+    min_rows_per_class: int = MIN_ROWS_PER_CLASS
     seed: Optional[int] = None
 
     def __post_init__(self) -> None:
@@ -414,6 +418,7 @@ class PosteriorRefiner(Refiner):
 
     name = "posterior"
     Options = PosteriorOptions
+    unused_options = frozenset({"alpha", "threshold"})  # the posterior decides, not a score rule
 
     def refine(self, evidence: Evidence, *, true_labels: Optional[np.ndarray] = None) -> RefinementResult:
         o: PosteriorOptions = self.options  # type: ignore[assignment]
@@ -483,6 +488,11 @@ class PosteriorRefiner(Refiner):
             else:  # do no harm: the evidence does not describe these images
                 mask, threshold = np.zeros(len(labels), bool), 1.0
                 decided_by = "none"
+            too_little = next((note for rows, _ in groups if (note := minimum_evidence(
+                labels if rows is None else labels[rows], c, min_rows=o.min_rows_per_class,
+                class_names=evidence.class_names))), None)
+            if too_little is not None:  # do no harm: T cannot be estimated from so few rows
+                mask, threshold, decided_by = np.zeros(len(labels), bool), 1.0, "none"
             best = post.argmax(axis=1)
             rows_all = np.arange(len(labels))
             best_score = post[rows_all, best]
@@ -501,7 +511,7 @@ class PosteriorRefiner(Refiner):
                                    f"confident learning on the given labels and pred_probs changed "
                                    f"{int(mask.sum())} labels" if decided_by == "confident-learning" else
                                    "no label was changed")),
-                           decided_by=decided_by,
+                           decided_by=decided_by, minimum_evidence=too_little or "met",
                            target_precision=o.target_precision,
                            estimated_precision=float(best_score[mask].mean()) if mask.any() else None,
                            pred_probs=evidence.pred_probs, stages=clock.records, **evidence.description)
