@@ -8,7 +8,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-__all__ = ["l2_normalize", "row_norms", "as_tensor", "row_chunks", "UnitRows", "bytes_served"]
+__all__ = ["l2_normalize", "row_norms", "as_tensor", "row_chunks", "UnitRows", "bytes_served", "count_bytes_served"]
 
 #: float32 elements of one temporary block (16 MB): bounds what chunked passes allocate.
 BLOCK_ELEMENTS = 1 << 22
@@ -61,6 +61,11 @@ _BYTES_SERVED = [0]
 def bytes_served() -> int:
     """Bytes of rows :class:`UnitRows` has handed out in this process (blocks and gathers)."""
     return _BYTES_SERVED[0]
+
+
+def count_bytes_served(nbytes: int) -> None:
+    """Count ``nbytes`` of rows read in place (by faiss, from the matrix under a :class:`UnitRows`)."""
+    _BYTES_SERVED[0] += int(nbytes)
 
 
 class UnitRows:
