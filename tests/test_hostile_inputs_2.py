@@ -145,12 +145,12 @@ def test_row03_tiny_clean_set_changes_nothing():
     evidence, truth = _tiny_evidence(9)  # 27 images, 9 per class
     result = refine(evidence, "posterior")
     assert int(result.changed.sum()) == 0
-    assert result.info["decided_by"] == "none" and result.info["estimated_precision"] is None
-    assert "too little evidence" in result.info["minimum_evidence"]
+    assert result.decision.decided_by == "none" and result.decision.estimated_precision is None
+    assert "too little evidence" in result.decision.minimum_evidence
     with_target = refine(evidence, "posterior", target_precision=0.95)
     assert int(with_target.changed.sum()) == 0
     unguarded = refine(evidence, "posterior", min_rows_per_class=0)  # the rule off: today's refiner
-    assert int(unguarded.changed.sum()) >= 10 and unguarded.info["estimated_precision"] > 0.7  # all wrong
+    assert int(unguarded.changed.sum()) >= 10 and unguarded.decision.estimated_precision > 0.7  # all wrong
 
 
 def test_row03_minimum_evidence_rule():

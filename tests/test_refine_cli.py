@@ -70,11 +70,15 @@ def test_refine_end_to_end_and_resume(folder, tmp_path, capsys):
     assert html.count('<article class="card"') == len(changed)
     for r in changed:
         assert f'data-index="{r["index"]}"' in html
+    assert summary["decision"]["decided_by"] == "posterior" and summary["decision"]["model_check"] == "passed"
+    first_line = io.out.splitlines()[0]
     # A re-run with the same --out resumes from the cached evidence and gives the same labels.
     code, io = _refine(["refine", "--data", root, "--out", out] + BASE, capsys)
     assert code == 0, io.err
     again = json.loads((out / "summary.json").read_text())
     assert again["resumed"] is True
+    # ... and the same decision (what decided, the model check), not an empty one read as "passed"
+    assert again["decision"] == summary["decision"] and io.out.splitlines()[0] == first_line
     assert [r["suggested_label"] for r in csv.DictReader(open(out / "refined_labels.csv"))] == \
         [r["suggested_label"] for r in rows]
 

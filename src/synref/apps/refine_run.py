@@ -54,7 +54,7 @@ from ..io import (absolute_path, atomic_open, check_input_file, check_not_inside
                   output_lock, read_npy_matrix,
                   remove_stale_temp_files, write_json, write_npy)
 from ..models import create_model, load_classifier, read_checkpoint
-from ..refiners import (DEFAULT_REFINER, REFINERS, Refiner, RefinementResult, create_refiner, refine,
+from ..refiners import (DEFAULT_REFINER, REFINERS, Decision, Refiner, RefinementResult, create_refiner, refine,
                         refiner_option_names)
 from ..train import TrainConfig, activation_bytes, checkpoint_folder, clear_checkpoints, estimate_fit_bytes
 from ..validation import check_classes_present, check_memory
@@ -439,23 +439,27 @@ def _score(config: RefineRunConfig, dataset: LabeledImages, anchors: LabeledImag
                  refiner.name, refiner.options.to_dict(), config.space,
                  config.clip_model if config.space == "clip" else None)
     evidence_file = cache / f"crossfit-{key}.npz"
+    saved_info: Dict[str, Any] = {}
     if evidence_file.is_file():
         with np.load(evidence_file) as saved:
             scores, refined = saved["scores"], saved["refined_labels"]
-            info = json.loads(str(saved["info"]))
+            saved_info = json.loads(str(saved["info"]))
+    if "decision" in saved_info:  # (a file of an older synref without it is recomputed)
+        info = saved_info
         rows = np.arange(len(scores))
         best = scores.argmax(axis=1)
+        # the decision as the run that computed it recorded it (what decided, the model check)
         result = RefinementResult(labels=dataset.labels, refined_labels=refined, best_class=best,
                                   best_score=scores[rows, best], given_score=scores[rows, dataset.labels],
-                                  alpha=float(info["alpha"]), threshold=float(info["threshold"]), scores=scores)
+                                  decision=Decision.from_dict(info.pop("decision")), scores=scores)
         info["resumed"] = True
         return result, info
     evidence, info = build_evidence(config, dataset, anchors, cache)
     result = refine(evidence, refiner)
-    info.update(temperatures=result.info.get("temperatures", []), rounds=result.info.get("rounds", []),
-                alpha=result.alpha, threshold=result.threshold)
+    info.update(temperatures=result.info.get("temperatures", []), rounds=result.info.get("rounds", []))
     with atomic_open(evidence_file, "wb") as handle:
-        np.savez(handle, scores=result.scores, refined_labels=result.refined_labels, info=np.array(json.dumps(info)))
+        np.savez(handle, scores=result.scores, refined_labels=result.refined_labels,
+                 info=np.array(json.dumps({**info, "decision": result.decision.to_dict()})))
     return result, info
 
 
@@ -718,13 +722,6 @@ def _run_refine_locked(config: RefineRunConfig, out: Path, started: float, *, ra
     return _write_results(config, dataset, result, info, out, started)
 
 
-def _neighbor_graphs(info: Dict[str, Any]) -> Any:
-    """The ``neighbor_graph`` facts of a refinement (one space: a dict; per-fold spaces: a list)."""
-    if "spaces" in info:
-        return [space.get("neighbor_graph") for space in info["spaces"]]
-    return info.get("neighbor_graph")
-
-
 def _write_results(config: RefineRunConfig, dataset: Any, result: RefinementResult,
                    info: Dict[str, Any], out: Path, started: float) -> Dict[str, Any]:
     num_classes = dataset.num_classes
@@ -743,22 +740,19 @@ def _write_results(config: RefineRunConfig, dataset: Any, result: RefinementResu
         "anchors": info["anchors"], "num_anchors": info["num_anchors"], "features": config.space,
         "evidence": info.get("evidence"), "classifier": info.get("classifier"), "refiner": config.refiner,
         "refiner_options": config.refiner_for_run().options.to_dict(),
-        # the score rule's alpha / threshold (the posterior refiner: no alpha; threshold = the
-        # lowest posterior among the changes)
-        "alpha": None if np.isnan(result.alpha) else float(result.alpha), "threshold": float(result.threshold),
+        # the score rule's alpha / threshold (None when no score rule decided: the posterior)
+        "alpha": result.alpha, "threshold": result.threshold,
         "temperature": float(np.mean(temperatures)) if temperatures else None,
         "num_changed": int(changed.sum()),
-        # the posterior refiner's decision: model check, what decided, estimated precision of the changes
-        "decision": {key: result.info[key] for key in ("model_check", "model_fit", "decided_by", "minimum_evidence",
-                                                       "estimated_precision", "target_precision")
-                     if key in result.info},
+        # how the changes were decided: what decided, the model check, estimated precision, graph
+        "decision": result.decision.to_dict(),
         "counts_before": np.bincount(result.labels, minlength=num_classes).tolist(),
         "counts_after": np.bincount(result.refined_labels, minlength=num_classes).tolist(),
         "transitions": transitions.tolist(), "skipped": info.get("skipped", []), "rounds": info.get("rounds", []),
         "resumed": bool(info.get("resumed", False)), "timings": info.get("timings", {}),
         # the kNN graph the refiner built (exact or approximate, with its measured recall) and
         # each stage's wall time, peak RSS and feature bytes read
-        "neighbor_graph": _neighbor_graphs(result.info), "stages": info.get("stages", []),
+        "neighbor_graph": result.decision.neighbor_graph, "stages": info.get("stages", []),
         "synref_version": __version__,
     }
     write_npy(out / "scores.npy", result.scores)
@@ -774,16 +768,16 @@ def _write_results(config: RefineRunConfig, dataset: Any, result: RefinementResu
 def format_refine_summary(summary: Dict[str, Any], out: Path) -> str:
     evidence = summary.get("evidence") or {}
     where = f" on {evidence['processes']} processes" if evidence.get("processes", 1) > 1 else ""
+    decision = Decision.from_dict(summary["decision"])
+    rule = "" if decision.rule is None else f", threshold {decision.rule.threshold:.3g}"
     lines = [f"{summary['num_changed']} of {summary['num_samples']} labels changed "
              f"({100 * summary['num_changed'] / max(summary['num_samples'], 1):.1f} %), "
              f"features {summary['features']}{where}, refiner {summary['refiner']}, "
-             f"threshold {summary['threshold']:.3g}"]
-    check = (summary.get("decision") or {}).get("model_check", "passed")
-    if check != "passed":
-        lines.append(f"model check {check}")
-    evidence = (summary.get("decision") or {}).get("minimum_evidence", "met")
-    if evidence != "met":
-        lines.append(evidence)
+             f"decided by {decision.decided_by}{rule}"]
+    if not decision.model_check_passed:
+        lines.append(f"model check {decision.model_check}")
+    if decision.minimum_evidence != "met":
+        lines.append(decision.minimum_evidence)
     if summary["skipped"]:
         lines.append(f"skipped {len(summary['skipped'])} files (unreadable images, special, hidden or non-image "
                      f"files, linked folders; listed in summary.json)")

@@ -755,7 +755,7 @@ def _header(summary: Mapping[str, Any], n: int, c: int, num_changed: int, versio
         more = f"<li>\u2026 and {len(skipped) - 50} more</li>" if len(skipped) > 50 else ""
         skipped_html = (f'<details class="warn" style="margin-top:12px"><summary>{len(skipped)} input '
                         f'file(s) skipped</summary><ul>{items}{more}</ul></details>')
-    check = decision.get("model_check", "passed")
+    check = decision.get("model_check") or "passed"
     check_html = ("" if check == "passed" else
                   f'<p class="warn" style="margin-top:12px">model check {_e(check)}</p>')
     if decision.get("minimum_evidence", "met") != "met":

@@ -57,7 +57,7 @@ from ..train.linear import HeadProblem, fit_heads_lbfgs, held_out_logits
 from .base import REFINERS, Refiner, RefinerOptions
 from .confident import FALLBACK_FILTER, confident_learning_correction
 from .minimum_evidence import MIN_ROWS_PER_CLASS, minimum_evidence
-from .result import RefinementResult
+from .result import Decision, RefinementResult
 
 __all__ = ["PosteriorOptions", "PosteriorRefiner", "MODEL_CHECK_FALLBACKS", "temper", "transition_matrix",
            "label_posterior", "choose_changes", "neighbor_label_agreement", "neighbor_purity", "anchor_head",
@@ -496,24 +496,26 @@ class PosteriorRefiner(Refiner):
             best = post.argmax(axis=1)
             rows_all = np.arange(len(labels))
             best_score = post[rows_all, best]
+        decision = Decision(
+            decided_by, model_check="passed" if model_ok else (
+                f"failed: neighbours share given labels {1 / min(fits):.1f}x more often than the "
+                f"model predicts (fit {min(fits):.2f} < min_model_fit {o.min_model_fit}); the "
+                f"anchors do not describe these images, " + (
+                    f"confident learning on the given labels and pred_probs changed "
+                    f"{int(mask.sum())} labels" if decided_by == "confident-learning" else
+                    "no label was changed")),
+            model_fit=min(fits) if fits else None, minimum_evidence=too_little or "met",
+            estimated_precision=float(best_score[mask].mean()) if mask.any() else None,
+            target_precision=o.target_precision, lowest_changed_score=threshold if mask.any() else None,
+            neighbor_graph=spaces[0].get("neighbor_graph") if len(spaces) == 1 else
+            [space.get("neighbor_graph") for space in spaces])
         result = RefinementResult(labels=labels, refined_labels=np.where(mask, best, labels), best_class=best,
-                                  best_score=best_score, given_score=post[rows_all, labels],
-                                  alpha=float("nan"), threshold=threshold,
+                                  best_score=best_score, given_score=post[rows_all, labels], decision=decision,
                                   scores=post if o.keep_scores else None)
         info: Dict[str, Any] = spaces[0] if len(spaces) == 1 else {"spaces": spaces}
         if truth is not None and len(spaces) > 1:
             info["argmax_label_acc"] = float(np.mean(best == truth))
         result.info.update(refiner=self.name, preset=self.name, **info, pred_probs_weight=float(weight),
-                           model_check="passed" if model_ok else (
-                               f"failed: neighbours share given labels {1 / min(fits):.1f}x more often than the "
-                               f"model predicts (fit {min(fits):.2f} < min_model_fit {o.min_model_fit}); the "
-                               f"anchors do not describe these images, " + (
-                                   f"confident learning on the given labels and pred_probs changed "
-                                   f"{int(mask.sum())} labels" if decided_by == "confident-learning" else
-                                   "no label was changed")),
-                           decided_by=decided_by, minimum_evidence=too_little or "met",
-                           target_precision=o.target_precision,
-                           estimated_precision=float(best_score[mask].mean()) if mask.any() else None,
                            pred_probs=evidence.pred_probs, stages=clock.records, **evidence.description)
         return result
 
