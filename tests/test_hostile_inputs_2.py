@@ -83,7 +83,7 @@ def test_row01_pretrained_image_size_is_memory_checked_before_decoding(tmp_path,
     def decoding_started(*args, **kwargs):  # (today's code would decode 30 images at 5000 x 5000)
         raise AssertionError("features were computed before the memory check")
 
-    monkeypatch.setattr("synref.apps.refine_run.compute_features", decoding_started)
+    monkeypatch.setattr("synref.pipeline.compute_features", decoding_started)
     data = make_folder(tmp_path / "data", n=15)
     out = tmp_path / "out"
     code, _, err = run(["refine", "--data", data, "--anchors", anchors, "--image-size", "5000", "--out", out,
@@ -541,12 +541,13 @@ def test_row19_config_plus_any_option_is_refused(tmp_path, capsys, refused_befor
 
 
 def test_row19_options_that_apply_are_accepted():
-    from synref.apps.refine_options import check_options_apply, option_applies
+    from synref.apps.refine_options import check_options_apply, option_applies, refine_config
 
-    crossfit = RefineRunConfig(data="digits", generator="glyph", refiner="crossfit", train=True, rounds=2)
+    crossfit = refine_config({"data": "digits", "generator": "glyph", "refiner": "crossfit", "train": True,
+                              "rounds": 2})
     for option in ("rounds", "alpha", "threshold", "calibrate", "epochs", "model", "folds", "per_class"):
         assert option_applies(crossfit, option), option
     check_options_apply(crossfit, {"rounds": "--rounds", "epochs": "--epochs"})
-    clip = RefineRunConfig(data="digits", generator="glyph", features="clip")
+    clip = RefineRunConfig.from_dict({"data": "digits", "generator": "glyph", "features": "clip"})  # (old layout)
     assert option_applies(clip, "clip_model") and option_applies(clip, "batch_size")
     assert not option_applies(clip, "rounds") and not option_applies(clip, "alpha")
