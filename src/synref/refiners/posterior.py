@@ -9,12 +9,16 @@ the new label is right says so, with every piece of evidence in the role it can 
    (``sum_i p_i(c) [given_i = j]``, rows normalised). Re-estimating T from posteriors that
    already contain the labels (plain EM) inflates its diagonal and was measured to hurt.
 3. **Posterior.** ``log r_i(y) = log p_i(y) + log T[y, given_i]`` plus two more observations of
-   the same true class, each read through T:
+   the same true class:
    - the given labels of the ``neighbors`` nearest real images (kNN graph on the features):
-     ``neighbor_weight * mean_j log T[y, given_j]``; a neighbourhood labelled 30 % "cat" and
-     70 % "dog" fingerprints the row of T it came from;
+     ``neighbor_weight * mean_j log(purity * T[y, given_j] + (1 - purity) * q[given_j])``: a
+     neighbour shares the true class with probability ``purity`` (measured on the prior: how often
+     neighbours share the prior's class), else its label follows the labels' marginal ``q``; a
+     neighbourhood labelled 30 % "cat" and 70 % "dog" fingerprints the row of T it came from;
    - the out-of-sample ``pred_probs`` of a model trained on the given labels (a soft noisy
-     label): ``pred_probs_weight * sum_j pred_probs_i(j) log T[y, j]``.
+     label), read through the model's own transition ``G[c, j] = P(model says j | true c)``
+     (estimated by moments like T, from ``pred_probs`` instead of the given labels):
+     ``pred_probs_weight * sum_j pred_probs_i(j) log G[y, j]``.
 4. **Self-training** (``self_training_rounds``): heads fitted on the anchors plus the real images with their
    posteriors as soft targets (k-fold cross-fitted over images and anchors, so nothing judges
    itself; temperature refitted on the held-out anchors) replace the anchor-only prior; T stays.
