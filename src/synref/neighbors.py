@@ -186,6 +186,8 @@ def ann_knn(x: Union[UnitRows, np.ndarray], k: int, *, span: Optional[slice] = N
         raise InputError(f"unknown approximate index {index!r}; choose hnsw or ivf")
     rank, _ = process_group()
     blob = None
+    clock: Dict[str, float] = {}
+    t0 = time.perf_counter()
     if rank == 0:
         projection = _pca(rows, dims, seed) if dims is not None else None
 
@@ -216,6 +218,7 @@ def ann_knn(x: Union[UnitRows, np.ndarray], k: int, *, span: Optional[slice] = N
         for _, _, block in progress_bar(rows.blocks(), desc="neighbour index", unit="block", enabled=None if n > 100_000 else False):
             built.add(project(block))
         blob = (projection, built)
+        clock["build"] = time.perf_counter() - t0
     if process_group()[1] > 1:  # one index, built once, sent to the other processes
         blob = broadcast_object(None if blob is None else (blob[0], faiss.serialize_index(blob[1])))
         blob = (blob[0], faiss.deserialize_index(blob[1]))
@@ -225,18 +228,24 @@ def ann_knn(x: Union[UnitRows, np.ndarray], k: int, *, span: Optional[slice] = N
     else:
         built.nprobe = settings["nprobe"]
     out = np.empty((span.stop - span.start, k), np.int64)
+    clock.update(search=0.0, rerank=0.0)
     step = 4096
     for start in progress_bar(range(span.start, span.stop, step), desc=f"neighbours ({index})", unit="block",
                               enabled=None if span.stop - span.start > 4 * step else False):
         stop = min(span.stop, start + step)
         block = rows.block(start, stop)
+        t1 = time.perf_counter()
         query = block if projection is None else (block - projection[0]) @ projection[1]
         _, found = built.search(np.ascontiguousarray(query, dtype=np.float32), candidates + 1)
+        t2 = time.perf_counter()
         own = np.arange(start, stop)
         if rerank:
             out[start - span.start:stop - span.start] = _rerank(rows, block, found, own, k)
         else:
             out[start - span.start:stop - span.start] = _drop_self(rows, found, own, k)
+        clock["search"] += t2 - t1
+        clock["rerank"] += time.perf_counter() - t2
+    settings["stage_seconds"] = {key: round(v, 2) for key, v in clock.items()}
     return out, settings
 
 
