@@ -38,7 +38,7 @@ from .errors import InputError
 from .progress import progress as progress_bar
 
 __all__ = ["NeighborGraph", "knn_graph", "exact_knn", "ann_knn", "graph_recall", "KNN_METHODS", "EXACT_MAX_ROWS",
-           "ivf_settings", "APPROXIMATE_METHOD", "HNSW_DEFAULTS"]
+           "ivf_settings", "APPROXIMATE_METHOD", "HNSW_DEFAULTS", "pca_basis"]
 
 KNN_METHODS = ("auto", "exact", "hnsw", "ivf")
 #: ``auto`` builds the exact graph up to this many rows and the IVF graph above (docs/scale.md).
@@ -138,7 +138,7 @@ def ivf_settings(n: int) -> Dict[str, int]:
     return {"nlist": nlist, "nprobe": nprobe, "train_rows": int(min(n, 40 * nlist))}
 
 
-def _pca(rows: UnitRows, dims: int, seed: int, sample: int = 20_000) -> Tuple[np.ndarray, np.ndarray]:
+def pca_basis(rows: UnitRows, dims: int, seed: int, sample: int = 20_000) -> Tuple[np.ndarray, np.ndarray]:
     """(mean (D,), components (D, dims)) of a sample of ``rows``: the leading eigenvectors of its
     covariance (float32 products, float64 eigensolver)."""
     pick = np.sort(np.random.default_rng(seed).choice(len(rows), min(len(rows), sample), replace=False))
@@ -189,7 +189,7 @@ def ann_knn(x: Union[UnitRows, np.ndarray], k: int, *, span: Optional[slice] = N
     clock: Dict[str, float] = {}
     t0 = time.perf_counter()
     if rank == 0:
-        projection = _pca(rows, dims, seed) if dims is not None else None
+        projection = pca_basis(rows, dims, seed) if dims is not None else None
 
         def project(block: np.ndarray) -> np.ndarray:
             if projection is None:
