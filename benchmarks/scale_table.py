@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List
 
-STAGES = ("anchor head", "prior", "neighbours", "self-training", "posterior")
+STAGES = ("anchor head", "prior", "neighbours", "self-training", "posterior", "decision")
 
 
 def scale_table(records: List[Dict[str, Any]]) -> str:
@@ -20,8 +20,8 @@ def scale_table(records: List[Dict[str, Any]]) -> str:
         last[(record["n"], record["d"], record["c"], record.get("anchors_per_class"), record.get("noise"),
               record.get("refine_args", ""))] = record
     lines = ["| N | D | C | features GiB | refine wall s | " + " | ".join(f"{s} s" for s in STAGES)
-             + " | peak RSS − features GiB | graph (recall@10) | label accuracy given → refined |",
-             "|" + "---:|" * (5 + len(STAGES)) + "---:|---|---|"]
+             + " | peak RSS − features GiB | graph (recall@10) | decided by | label accuracy given → refined |",
+             "|" + "---:|" * (5 + len(STAGES)) + "---:|---|---|---|"]
     for key in sorted(last, key=lambda k: (k[2], k[0], k[1])):
         r = last[key]
         seconds = {s["stage"]: s["seconds"] for s in r.get("stages", [])}
@@ -30,7 +30,7 @@ def scale_table(records: List[Dict[str, Any]]) -> str:
         graph_text = graph.get("method", "?") + ("" if recall is None else f" ({recall:.3f})")
         lines.append(f"| {r['n']:,} | {r['d']} | {r['c']} | {r['features_gib']:.2f} | {r['wall_s']:.0f} | "
                      + " | ".join(f"{seconds.get(s, 0.0):.1f}" for s in STAGES)
-                     + f" | {r['peak_rss_gib'] - r['features_gib']:.2f} | {graph_text} | "
+                     + f" | {r['peak_rss_gib'] - r['features_gib']:.2f} | {graph_text} | {r.get('decided_by', '?')} | "
                        f"{r['given_acc']:.3f} → {r['refined_acc']:.3f} |")
     return "\n".join(lines)
 
