@@ -58,6 +58,7 @@ from ..refiners import (DEFAULT_REFINER, REFINERS, Refiner, RefinementResult, cr
                         refiner_option_names)
 from ..train import TrainConfig, activation_bytes, checkpoint_folder, clear_checkpoints, estimate_fit_bytes
 from ..validation import check_classes_present, check_memory
+from .finetune_evidence import FINETUNE_DEFAULTS, add_finetune_info, check_evidence_options, finetune_refinement
 from .refine_guards import check_pretrained_memory, check_results_folder, replaced_results_notice
 from .report import write_report
 from .review import write_review
@@ -116,6 +117,9 @@ class RefineRunConfig(ConfigMixin):
         batch_size, workers, chunk_size: pretrained evidence: images per encoder forward pass,
             decoding threads, rows per feature-cache chunk (the unit of resume and of work sharing
             between processes).
+        evidence: pretrained evidence as it is (``frozen``) or with a cross-fitted fine-tuned
+            backbone's softmax as a separate view (``finetune``: :mod:`synref.apps.finetune_evidence`;
+            ``finetune_epochs``, ``finetune_size``, ``finetune_lr``, ``anchor_weight``).
     """
 
     config_name = "refine config"
@@ -154,6 +158,11 @@ class RefineRunConfig(ConfigMixin):
     batch_size: int = 64
     workers: int = 2
     chunk_size: int = 4096
+    evidence: str = "frozen"
+    finetune_epochs: int = FINETUNE_DEFAULTS["finetune_epochs"]
+    finetune_size: int = FINETUNE_DEFAULTS["finetune_size"]
+    finetune_lr: float = FINETUNE_DEFAULTS["finetune_lr"]
+    anchor_weight: float = FINETUNE_DEFAULTS["anchor_weight"]
 
     def __post_init__(self) -> None:
         if self.features is not None and self.encoder is None and self.features in FEATURE_EXTRACTORS \
@@ -216,6 +225,7 @@ class RefineRunConfig(ConfigMixin):
         if self.refiner not in REFINERS:
             raise InputError(f"unknown --refiner {self.refiner!r}; choose one of: {', '.join(REFINERS.choices())}")
         self.refiner_for_run()  # the refiner options go through the refiner's own config class
+        check_evidence_options(self)
 
     @property
     def evidence_mode(self) -> str:
@@ -552,6 +562,10 @@ def _run_pretrained(config: RefineRunConfig, dataset: LabeledImages, out: Path, 
     dataset, features, skipped = _skip_rows(dataset, space["features"], space["skipped"])
     result, facts = _refine_features(config, features, dataset.labels, space["anchor_features"], anchors.labels,
                                      dataset.class_names, space["extractor"])
+    tuned = None
+    if config.evidence == "finetune":  # the frozen pass's scores are the targets of a fine-tuned backbone
+        result, tuned = finetune_refinement(config, dataset, anchors, features, space["anchor_features"], result,
+                                            config.refiner_for_run(), cache, device=device)
     if rank != 0:
         return None
     info = {"classifier": f"{config.folds}-fold cross-fitted linear heads on {space['extractor']} features",
@@ -564,7 +578,7 @@ def _run_pretrained(config: RefineRunConfig, dataset: LabeledImages, out: Path, 
                          if Path(space["file"]).is_relative_to(out.resolve()) else space["file"],
                          "feature_shape": list(space["features"].shape), "processes": world},
             "timings": {"features": space["seconds"], **facts["timings"]}, "stages": facts["stages"]}
-    return dataset, result, info
+    return dataset, result, info if tuned is None else add_finetune_info(info, tuned)
 
 
 @dataclass
