@@ -213,3 +213,29 @@ def test_many_classes_work_in_blocks():
                     min_rows_per_class=0)
     assert result.scores.shape == (3000, c)
     assert np.mean(result.refined_labels == y) > np.mean(given == y) + 0.1
+
+
+def test_self_training_heads_on_principal_components_when_the_full_heads_cost_too_much(monkeypatch):
+    """Many classes x many rows: the self-training heads read the rows projected on their leading
+    principal components (recorded in the facts), and still fix the wrong labels about as well
+    as the full heads; below the work threshold the heads read the full rows."""
+    import synref.refiners.posterior as posterior
+    c, d = 40, 96
+    x, y = _clustered(2400, d, c, seed=3, spread=0.5)
+    ya = np.repeat(np.arange(c), 5)
+    a = (np.random.default_rng(3).normal(size=(c, d))[ya]
+         + 0.5 * np.random.default_rng(4).normal(size=(len(ya), d))).astype(np.float32)
+    given = y.copy()
+    given[::4] = (given[::4] + 3) % c
+    ev = Evidence(given, c, ya, features=x, anchor_features=a)
+    full = refine(ev, "posterior", self_training_rounds=1, min_rows_per_class=0)
+    assert '"head_space"' not in json.dumps(full.info, default=str)
+    monkeypatch.setattr(posterior, "HEAD_PROJECTION_WORK", 1000)  # any run is "too costly" now
+    monkeypatch.setattr(posterior, "HEAD_PROJECTION_DIMS", 48)
+    projected = refine(ev, "posterior", self_training_rounds=1, min_rows_per_class=0)
+    facts = json.dumps(projected.info, default=str)
+    assert '"head_space": {"dims": 48' in facts
+    acc_full, acc_proj = np.mean(full.refined_labels == y), np.mean(projected.refined_labels == y)
+    assert acc_proj > np.mean(given == y) + 0.15 and abs(acc_full - acc_proj) < 0.03, (acc_full, acc_proj)
+    explicit = refine(ev, "posterior", self_training_rounds=1, min_rows_per_class=0, head_dims=0)
+    np.testing.assert_array_equal(explicit.refined_labels, full.refined_labels)

@@ -587,11 +587,32 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-size", type=int, default=4096,
                    help="pretrained evidence: rows per feature-cache chunk, the unit of resume and of work sharing "
                         "between processes (default 4096)")
+    _add_finetune_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="results folder (re-run the same command to resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_refine, parser=p)
     p.only_given()
+
+
+def _add_finetune_options(p: argparse.ArgumentParser) -> None:
+    from .apps.finetune_evidence import EVIDENCE_CHOICES, FINETUNE_DEFAULTS as d
+
+    g = p.add_argument_group("fine-tuned evidence (docs/finetune.md)")
+    g.add_argument("--evidence", choices=EVIDENCE_CHOICES, default="frozen",
+                   help="pretrained evidence: frozen (default: the frozen encoder alone) or finetune (then a k-fold "
+                        "fine-tuned EfficientNet-Lite0, trained on the frozen pass's posterior and the anchors, adds "
+                        "its out-of-fold softmax; a GPU is advised beyond a few thousand images)")
+    g.add_argument("--finetune-epochs", type=int, default=d["finetune_epochs"],
+                   help=f"--evidence finetune: epochs per fold, the best by held-out anchors kept "
+                        f"(default {d['finetune_epochs']})")
+    g.add_argument("--finetune-size", type=int, default=d["finetune_size"],
+                   help=f"--evidence finetune: the side the images are fine-tuned at (default {d['finetune_size']})")
+    g.add_argument("--finetune-lr", type=float, default=d["finetune_lr"],
+                   help=f"--evidence finetune: AdamW learning rate of the backbone (default {d['finetune_lr']:g})")
+    g.add_argument("--anchor-weight", type=float, default=d["anchor_weight"],
+                   help=f"--evidence finetune: loss weight of an anchor relative to an image "
+                        f"(default {d['anchor_weight']:g})")
 
 
 def _saved_config(given: Dict[str, Any], parser: _Parser, cls: type) -> object:

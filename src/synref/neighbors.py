@@ -38,7 +38,7 @@ from .errors import InputError
 from .progress import progress as progress_bar
 
 __all__ = ["NeighborGraph", "knn_graph", "exact_knn", "ann_knn", "graph_recall", "KNN_METHODS", "EXACT_MAX_ROWS",
-           "ivf_settings", "APPROXIMATE_METHOD", "HNSW_DEFAULTS"]
+           "ivf_settings", "APPROXIMATE_METHOD", "HNSW_DEFAULTS", "pca_basis"]
 
 KNN_METHODS = ("auto", "exact", "hnsw", "ivf")
 #: ``auto`` builds the exact graph up to this many rows and the IVF graph above (docs/scale.md).
@@ -138,7 +138,7 @@ def ivf_settings(n: int) -> Dict[str, int]:
     return {"nlist": nlist, "nprobe": nprobe, "train_rows": int(min(n, 40 * nlist))}
 
 
-def _pca(rows: UnitRows, dims: int, seed: int, sample: int = 20_000) -> Tuple[np.ndarray, np.ndarray]:
+def pca_basis(rows: UnitRows, dims: int, seed: int, sample: int = 20_000) -> Tuple[np.ndarray, np.ndarray]:
     """(mean (D,), components (D, dims)) of a sample of ``rows``: the leading eigenvectors of its
     covariance (float32 products, float64 eigensolver)."""
     pick = np.sort(np.random.default_rng(seed).choice(len(rows), min(len(rows), sample), replace=False))
@@ -186,8 +186,10 @@ def ann_knn(x: Union[UnitRows, np.ndarray], k: int, *, span: Optional[slice] = N
         raise InputError(f"unknown approximate index {index!r}; choose hnsw or ivf")
     rank, _ = process_group()
     blob = None
+    clock: Dict[str, float] = {}
+    t0 = time.perf_counter()
     if rank == 0:
-        projection = _pca(rows, dims, seed) if dims is not None else None
+        projection = pca_basis(rows, dims, seed) if dims is not None else None
 
         def project(block: np.ndarray) -> np.ndarray:
             if projection is None:
@@ -216,6 +218,7 @@ def ann_knn(x: Union[UnitRows, np.ndarray], k: int, *, span: Optional[slice] = N
         for _, _, block in progress_bar(rows.blocks(), desc="neighbour index", unit="block", enabled=None if n > 100_000 else False):
             built.add(project(block))
         blob = (projection, built)
+        clock["build"] = time.perf_counter() - t0
     if process_group()[1] > 1:  # one index, built once, sent to the other processes
         blob = broadcast_object(None if blob is None else (blob[0], faiss.serialize_index(blob[1])))
         blob = (blob[0], faiss.deserialize_index(blob[1]))
@@ -225,18 +228,24 @@ def ann_knn(x: Union[UnitRows, np.ndarray], k: int, *, span: Optional[slice] = N
     else:
         built.nprobe = settings["nprobe"]
     out = np.empty((span.stop - span.start, k), np.int64)
+    clock.update(search=0.0, rerank=0.0)
     step = 4096
     for start in progress_bar(range(span.start, span.stop, step), desc=f"neighbours ({index})", unit="block",
                               enabled=None if span.stop - span.start > 4 * step else False):
         stop = min(span.stop, start + step)
         block = rows.block(start, stop)
+        t1 = time.perf_counter()
         query = block if projection is None else (block - projection[0]) @ projection[1]
         _, found = built.search(np.ascontiguousarray(query, dtype=np.float32), candidates + 1)
+        t2 = time.perf_counter()
         own = np.arange(start, stop)
         if rerank:
             out[start - span.start:stop - span.start] = _rerank(rows, block, found, own, k)
         else:
             out[start - span.start:stop - span.start] = _drop_self(rows, found, own, k)
+        clock["search"] += t2 - t1
+        clock["rerank"] += time.perf_counter() - t2
+    settings["stage_seconds"] = {key: round(v, 2) for key, v in clock.items()}
     return out, settings
 
 

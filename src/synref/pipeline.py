@@ -34,12 +34,16 @@ from .refiners import REFINERS, DEFAULT_REFINER, Refiner, create_refiner, refine
 from .train import LinearHeadConfig, SSLConfig, TrainConfig
 
 __all__ = ["EvidenceSpec", "RefinerSpec", "build_evidence", "build_refiner", "encode", "fixed_space", "EncodedSpace",
-           "EVIDENCE_SOURCES", "GIVEN_ENCODER", "PRETRAINED_SIZE", "fold_schedule", "describe_evidence"]
+           "EVIDENCE_SOURCES", "TUNINGS", "GIVEN_ENCODER", "PRETRAINED_SIZE", "fold_schedule", "describe_evidence"]
 
 #: where the evidence comes from: ``crossfit`` (every sample's softmax from a head that never
 #: trained on it: k-fold cross-fitting) or ``classifier`` (one classifier's own softmax and
 #: features: a saved checkpoint, or an experiment's Standard model, in-sample: the paper's recipe).
 EVIDENCE_SOURCES = ("crossfit", "classifier")
+#: how a frozen encoder's evidence is used: ``frozen`` (as it is) or ``finetune`` (then a
+#: cross-fitted fine-tuned backbone's softmax joins as a separate view:
+#: :mod:`synref.apps.finetune_evidence`, ``synref refine --evidence finetune``).
+TUNINGS = ("frozen", "finetune")
 #: the encoder name of embeddings brought by the user (no encoder runs).
 GIVEN_ENCODER = "given"
 #: the input side of pretrained CNN encoders when a spec names none (image files are decoded
@@ -80,6 +84,8 @@ class EvidenceSpec(ConfigMixin):
         encoder_size: input side of pretrained CNN encoders (None: the encoder's own, else
             :data:`PRETRAINED_SIZE`).
         clip_model: the CLIP model of encoder ``clip``.
+        tuning: one of :data:`TUNINGS` (``finetune``: pretrained evidence refined again with a
+            fine-tuned backbone's out-of-fold softmax; its options are the run's).
     """
 
     config_name = "evidence"
@@ -95,8 +101,11 @@ class EvidenceSpec(ConfigMixin):
     ssl_model: str = "small_cnn"
     encoder_size: Optional[int] = None
     clip_model: str = DEFAULT_CLIP_MODEL
+    tuning: str = "frozen"
 
     def __post_init__(self) -> None:
+        if self.tuning not in TUNINGS:
+            raise InputError(f"--evidence must be one of {', '.join(TUNINGS)}, got {self.tuning!r}")
         if self.source not in EVIDENCE_SOURCES:
             raise InputError(f"{self.config_name}: source must be one of {', '.join(EVIDENCE_SOURCES)}, "
                              f"got {self.source!r}")

@@ -59,6 +59,7 @@ from ..refiners import (DEFAULT_REFINER, REFINERS, Decision, Refiner, Refinement
                         refiner_used_options)
 from ..train import activation_bytes, checkpoint_folder, clear_checkpoints, estimate_fit_bytes
 from ..validation import check_classes_present, check_memory
+from .finetune_evidence import FINETUNE_DEFAULTS, add_finetune_info, check_evidence_options, finetune_refinement
 from .refine_guards import check_pretrained_memory, check_results_folder, replaced_results_notice
 from .report import write_report
 from .review import write_review
@@ -98,10 +99,13 @@ def nest_options(values: Dict[str, Any]) -> Dict[str, Any]:
     flat = {k: d.pop(k) for k in list(d) if k in FLAT_OPTIONS}
     if isinstance(d.get("refiner"), str):
         flat["refiner"] = d.pop("refiner")
+    if isinstance(d.get("evidence"), str):  # --evidence frozen | finetune: the evidence's tuning
+        flat["tuning"] = d.pop("evidence")
     if not flat and isinstance(d.get("evidence"), (dict, EvidenceSpec)):
         return d  # the nested layout
     for name, value in flat.items():
-        check_value_type(RefineRunConfig.config_name, name, value, FLAT_OPTIONS.get(name, str))
+        check_value_type(RefineRunConfig.config_name, "evidence" if name == "tuning" else name, value,
+                         FLAT_OPTIONS.get(name, str))
     for name in ("evidence", "refiner"):
         if flat and isinstance(d.get(name), (dict, EvidenceSpec, RefinerSpec)):
             raise InputError(f"{RefineRunConfig.config_name}: option(s) {', '.join(sorted(flat))} of the flat layout "
@@ -132,7 +136,8 @@ def nest_options(values: Dict[str, Any]) -> Dict[str, Any]:
     evidence: Dict[str, Any] = {"source": "classifier" if d.get("classifier") is not None else "crossfit",
                                 "encoder": encoder, "head": "network" if train else "linear",
                                 "folds": int(flat.get("folds", 4)), "model": flat.get("model", "small_cnn"),
-                                "clip_model": flat.get("clip_model", DEFAULT_CLIP_MODEL)}
+                                "clip_model": flat.get("clip_model", DEFAULT_CLIP_MODEL),
+                                "tuning": flat.get("tuning", "frozen")}
     if train:
         evidence["train"] = fold_schedule(int(flat.get("epochs", 30))).to_dict()
     if pretrained and d.get("image_size") is not None:  # the encoder's input side
@@ -185,6 +190,9 @@ class RefineRunConfig(ConfigMixin):
         batch_size, workers, chunk_size: pretrained evidence: images per encoder forward pass,
             decoding threads, rows per feature-cache chunk (the unit of resume and of work sharing
             between processes).
+        finetune_epochs, finetune_size, finetune_lr, anchor_weight: with ``evidence.tuning``
+            ``finetune`` (``--evidence finetune``: the pretrained evidence plus a cross-fitted
+            fine-tuned backbone's softmax as a separate view, :mod:`synref.apps.finetune_evidence`).
 
     ``from_dict`` also reads the flat layout of older ``config.json`` files (:func:`nest_options`).
     """
@@ -213,6 +221,10 @@ class RefineRunConfig(ConfigMixin):
     batch_size: int = 64
     workers: int = 2
     chunk_size: int = 4096
+    finetune_epochs: int = FINETUNE_DEFAULTS["finetune_epochs"]
+    finetune_size: int = FINETUNE_DEFAULTS["finetune_size"]
+    finetune_lr: float = FINETUNE_DEFAULTS["finetune_lr"]
+    anchor_weight: float = FINETUNE_DEFAULTS["anchor_weight"]
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "RefineRunConfig":
@@ -281,6 +293,7 @@ class RefineRunConfig(ConfigMixin):
         for size in (self.image_size, self.evidence.encoder_size):
             if size is not None and int(size) < MIN_IMAGE_SIZE:
                 raise InputError(f"--image-size must be at least {MIN_IMAGE_SIZE}, got {size}")
+        check_evidence_options(self)
 
     @property
     def evidence_mode(self) -> str:
@@ -543,6 +556,10 @@ def _run_pretrained(config: RefineRunConfig, dataset: LabeledImages, out: Path, 
                    chunk_size=config.chunk_size)
     dataset, features, skipped = _skip_rows(dataset, space.features, space.skipped)
     result, facts = _refine_features(config, dataset, anchors, (features, space.anchor_features))
+    tuned = None
+    if config.evidence.tuning == "finetune":  # the frozen pass's scores are the targets of a fine-tuned backbone
+        result, tuned = finetune_refinement(config, dataset, anchors, features, space.anchor_features, result,
+                                            _refiner(config), cache, device=device)
     if rank != 0:
         return None
     info = {"classifier": f"{config.evidence.folds}-fold cross-fitted linear heads on {config.space} features",
@@ -555,7 +572,7 @@ def _run_pretrained(config: RefineRunConfig, dataset: LabeledImages, out: Path, 
                          if Path(space.file).is_relative_to(out.resolve()) else space.file,
                          "feature_shape": list(space.features.shape), "processes": world},
             "timings": {"features": space.seconds, **facts["timings"]}, "stages": facts["stages"]}
-    return dataset, result, info
+    return dataset, result, info if tuned is None else add_finetune_info(info, tuned)
 
 
 @dataclass

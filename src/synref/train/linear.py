@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import arrays
 from ..arrays import UnitRows, as_tensor
 from ..config import ConfigMixin
 from ..distributed import all_reduce_sum, process_group, row_share
@@ -33,6 +34,11 @@ __all__ = ["LinearHeadConfig", "fit_linear_head", "cross_fit_linear", "HeadProbl
            "fit_heads_adam", "held_out_logits"]
 
 Rows = Union[UnitRows, np.ndarray]
+
+
+#: a row block of the heads' pass holds this many times :data:`~synref.arrays.BLOCK_ELEMENTS`
+#: floats (32 MB): larger GEMMs run faster.
+HEAD_BLOCK_FACTOR = 2
 
 
 @dataclass
@@ -131,34 +137,33 @@ class HeadProblem:
         grad_b = torch.zeros_like(b)
         loss = torch.zeros((), dtype=torch.float64)
         inv_mass = torch.as_tensor(1.0 / self.mass, dtype=torch.float32)
-        w_heads, b_heads = w.view(k, c, -1), b.view(k, c)
-        gw_heads, gb_heads = grad_w.view(k, c, -1), grad_b.view(k, c)
+        every = torch.arange(k)
         for part in self.parts:
-            for start, stop, block in part.x.blocks(self._block_rows(), span=part.span):
+            for start, stop, block in part.x.blocks(self._block_rows(), span=part.span,
+                                                      elements=HEAD_BLOCK_FACTOR * arrays.BLOCK_ELEMENTS):
                 xb = as_tensor(block)
                 t = part.targets_of(start, stop)
-                # the rows of one fold train every head but that fold's: only those heads are computed
-                for rows, heads in _fold_groups(None if part.folds is None else part.folds[start:stop], k):
-                    x_rows = xb if rows is None else xb[rows]
-                    t_rows = t if rows is None else t[rows.numpy()]
-                    h = len(heads)
-                    z = F.linear(x_rows, self.scale * w_heads[heads].reshape(h * c, -1),
-                                 b_heads[heads].reshape(h * c)).view(len(x_rows), h, c)
-                    logp = F.log_softmax(z, dim=2)
-                    if t_rows.ndim == 1:
-                        labels = torch.as_tensor(t_rows, dtype=torch.int64).view(-1, 1, 1).expand(-1, h, 1)
-                        ce = -logp.gather(2, labels).squeeze(2)                                # (B, h)
-                        grad = logp.exp()
-                        grad.scatter_add_(2, labels, torch.full((len(x_rows), h, 1), -1.0))
-                    else:
-                        soft = torch.as_tensor(np.asarray(t_rows, np.float32))
-                        ce = -(logp * soft[:, None, :]).sum(dim=2)
-                        grad = logp.exp() * soft.sum(dim=1)[:, None, None] - soft[:, None, :]
-                    weight = inv_mass[heads]
-                    loss += (ce * weight).sum(dtype=torch.float64)
-                    grad = grad * weight[None, :, None]
-                    gw_heads[heads] += self.scale * (grad.reshape(len(x_rows), h * c).T @ x_rows).view(h, c, -1)
-                    gb_heads[heads] += grad.sum(dim=0)
+                # one product for all heads (fewer, larger GEMMs and no gathered row copies beat
+                # computing only the K-1 heads a row trains); the head that holds the row out gets weight 0
+                z = F.linear(xb, self.scale * w, b).view(len(xb), k, c)
+                logp = F.log_softmax(z, dim=2)
+                weight = inv_mass[None, :].expand(len(xb), k)
+                if part.folds is not None:
+                    fold = torch.as_tensor(np.asarray(part.folds[start:stop], np.int64))
+                    weight = weight * (every[None, :] != fold[:, None])
+                if t.ndim == 1:
+                    labels = torch.as_tensor(t, dtype=torch.int64).view(-1, 1, 1).expand(-1, k, 1)
+                    ce = -logp.gather(2, labels).squeeze(2)                                    # (B, K)
+                    grad = logp.exp()
+                    grad.scatter_add_(2, labels, torch.full((len(xb), k, 1), -1.0))
+                else:
+                    soft = torch.as_tensor(np.asarray(t, np.float32))
+                    ce = -(logp * soft[:, None, :]).sum(dim=2)
+                    grad = logp.exp() * soft.sum(dim=1)[:, None, None] - soft[:, None, :]
+                loss += (ce * weight).sum(dtype=torch.float64)
+                grad = (grad * weight[:, :, None]).reshape(len(xb), k * c)
+                grad_w += self.scale * (grad.T @ xb)
+                grad_b += grad.sum(dim=0)
         loss_value = float(all_reduce_sum(loss.view(1))[0])
         grad_w = all_reduce_sum(grad_w)
         grad_b = all_reduce_sum(grad_b)
@@ -175,22 +180,6 @@ class HeadProblem:
         """Zero weights (K*C, D) and biases (K*C,): the deterministic start."""
         kc = self.num_heads * self.num_classes
         return torch.zeros(kc, self.dim), torch.zeros(kc)
-
-
-def _fold_groups(folds: Optional[np.ndarray], k: int):
-    """``(rows, heads)`` of a block: the block's rows (a tensor of positions, or None for all)
-    and the heads they train. A row of fold f trains every head but f; a fold outside [0, K)
-    (e.g. -1) trains every head."""
-    every = torch.arange(k)
-    if folds is None:
-        yield None, every
-        return
-    folds = np.asarray(folds)
-    for f in np.unique(folds):
-        rows = torch.as_tensor(np.flatnonzero(folds == f))
-        heads = every[every != int(f)] if 0 <= f < k else every
-        if len(heads):
-            yield (None if len(rows) == len(folds) else rows), heads
 
 
 def fit_heads_lbfgs(problem: HeadProblem, steps: int, init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None

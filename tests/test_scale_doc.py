@@ -1,0 +1,16 @@
+"""docs/scale.md's scaling table is what benchmarks/scale_table.py prints from the measured records."""
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_scale_doc_table_is_generated_from_the_results_file():
+    spec = importlib.util.spec_from_file_location("scale_table", ROOT / "benchmarks" / "scale_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    records = json.loads((ROOT / "docs" / "results" / "scale.json").read_text())
+    table = module.scale_table(records)
+    assert len(table.splitlines()) == 2 + len({(r["n"], r["d"], r["c"]) for r in records})
+    assert table in (ROOT / "docs" / "scale.md").read_text()
