@@ -109,13 +109,16 @@ def run(root: Path, part: str, setting: str, name: str, extra: List[str]) -> Dic
 def _frozen(root: Path, part: str, setting: str, name: str = "frozen") -> Dict[str, Any]:
     """A finished run's data, anchors, frozen features (from its cache), clean labels and the
     soft targets its frozen pass gave (what ``--evidence finetune`` trains on)."""
-    from synref.apps.refine_run import RefineRunConfig, load_anchors, load_data, pretrained_features
+    from synref.apps.refine_run import RefineRunConfig, load_anchors, load_data
+    from synref.pipeline import encode
 
     out = root / "runs" / f"{part}-{setting}-{name}"
     config = RefineRunConfig.load(out / "config.json")
     dataset = load_data(config)
     anchors, _ = load_anchors(out / "anchors", dataset, decode=not dataset.is_path_backed)
-    space = pretrained_features(config, dataset, anchors, out / "cache")
+    encoded = encode(config.evidence, dataset, anchors, out / "cache", batch_size=config.batch_size,
+                     workers=config.workers, chunk_size=config.chunk_size)
+    space = {"features": encoded.features, "anchor_features": encoded.anchor_features}
     truth = load_digits_dataset().labels if part == "full" else np.load(root / part / "truth.npy")
     return {"out": out, "config": config, "dataset": dataset, "anchors": anchors, "space": space, "truth": truth}
 
@@ -147,12 +150,12 @@ def _judge(frozen: Dict[str, Any], probs: np.ndarray, feats: Optional[np.ndarray
                             anchor_features=space["anchor_features"], pred_probs=probs, seed=seed,
                             description={"pred_probs_view": "separate"})
         result = refine(evidence, type(refiner)(dataclasses.replace(refiner.options, pred_probs_weight=weight)))
-        rows[f"separate view w{weight:g} ({result.info['decided_by']})"] = acc(result.refined_labels)
+        rows[f"separate view w{weight:g} ({result.decision.decided_by})"] = acc(result.refined_labels)
     if feats is not None:
         evidence = Evidence(labels, c, anchors.labels, features=feats, anchor_features=anchor_feats,
                             pred_probs=probs, fold_ids=fold_of, seed=seed, description={"pred_probs_view": "same"})
         result = refine(evidence, refiner)
-        rows[f"fine-tuned space ({result.info['decided_by']})"] = acc(result.refined_labels)
+        rows[f"fine-tuned space ({result.decision.decided_by})"] = acc(result.refined_labels)
     return rows
 
 

@@ -54,8 +54,8 @@ def main() -> None:
         t2 = time.perf_counter()
         acc = lambda r: float(np.mean(r.refined_labels == truth))  # noqa: E731
         print(f"| {setting} | {np.mean(noisy == truth):.4f} | {acc(exact):.4f} | {acc(approx):.4f} | "
-              f"{int(np.sum(exact.refined_labels != approx.refined_labels))} | {exact.info['model_check']} / "
-              f"{approx.info['model_check']} | {approx.info['neighbor_graph']['recall']} | "
+              f"{int(np.sum(exact.refined_labels != approx.refined_labels))} | {exact.decision.model_check} / "
+              f"{approx.decision.model_check} | {approx.info['neighbor_graph']['recall']} | "
               f"{t1 - t0:.0f} / {t2 - t1:.0f} |", flush=True)
 
 

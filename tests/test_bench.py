@@ -17,7 +17,9 @@ import synref.experiments.runner as runner
 from synref.experiments.bench import run_bench
 from synref.experiments.methods import method_base, parse_methods
 from synref.experiments.protocol import Protocol
+from synref.experiments.protocol import PAPER_EVIDENCE
 from synref.experiments.protocol import protocol_for as bench_protocol
+from synref.pipeline import EvidenceSpec, RefinerSpec
 from synref.experiments.recipes import NOISE_SETTINGS
 from synref.experiments.results import format_results_md
 from synref.experiments.runner import parse_noise_settings
@@ -37,8 +39,8 @@ def tiny(proto):
     proto.lra = LRAConfig(epochs=2, batch_size=100, hidden=32, warmup_epochs=0, eval_every=1)
     proto.ssl = SSLConfig(epochs=1, batch_size=128)
     proto.anchors_per_class = 5
-    proto.refine = "paper"
-    proto.threshold = 0.3  # a 2-epoch model is never confident enough for 0.6
+    proto.evidence = PAPER_EVIDENCE
+    proto.refiner = RefinerSpec("paper", {"threshold": 0.3})  # a 2-epoch model is never confident enough for 0.6
     proto.encoder_size = 32
 
 
@@ -171,7 +173,8 @@ def test_config_json_reruns_the_grid(tmp_path, capsys):
     run_bench(dataset="digits", protocol="digits", out=out, methods="standard,ours", noise="pmd-0.35", seeds=[0],
               protocol_overrides=tiny)
     config = json.loads((out / "config.json").read_text())
-    assert config["_class"] == "BenchConfig" and config["protocol"]["threshold"] == 0.3  # the edited protocol
+    assert config["_class"] == "BenchConfig"
+    assert config["protocol"]["refiner"]["options"]["threshold"] == 0.3  # the edited protocol
     code, _, err = run(["bench", "--config", out / "config.json", "--out", again, "--quiet"], capsys)
     assert code == 0, err
     first, second = _read_csv(out / "results.csv"), _read_csv(again / "results.csv")
@@ -235,9 +238,8 @@ def test_cifar_cpu_grid_runs_from_a_label_file(tmp_path, monkeypatch):
         tiny(proto)
         proto.train_size = 500
         proto.test_size = 300
-        proto.refine = "synref"
-        proto.refine_encoder = "simclr"
-        proto.refine_head = "linear"
+        proto.evidence = EvidenceSpec(encoder="simclr", head="linear")
+        proto.refiner = RefinerSpec("posterior")
 
     out = tmp_path / "bench"
     rows = run_bench(dataset="cifar10", protocol="cpu", out=out, data="unused", methods="standard,ours,lra-simclr",
@@ -247,7 +249,7 @@ def test_cifar_cpu_grid_runs_from_a_label_file(tmp_path, monkeypatch):
     assert "my-noise" in md and "real-anchor stand-in" in md
     assert "Published gains" in md  # CIFAR-10 tables carry the paper's gains for comparison
     refine = json.loads((out / "work" / "cifar10-cpu" / "seed0" / "file_my-noise" / "refined.json").read_text())
-    assert refine["rule"] == "synref" and refine["encoder"] == "simclr" and refine["head"] == "linear"
+    assert refine["rule"] == "synref" and refine["encoder"].startswith("simclr") and refine["head"] == "linear"
     assert refine["refiner"] == "posterior"  # the default: self-training rounds 0, 1, 2 logged
     assert [r["round"] for r in refine["rounds"]] == [0, 1, 2] and refine["rounds"][-1]["temperature"] > 0
 
@@ -331,7 +333,7 @@ def test_paper_protocol_runs_the_papers_rule_on_cifar(tmp_path, monkeypatch):
                          "refined.json").read_text())
     assert refine["rule"] == "paper" and refine["threshold"] == 0.3
     record = json.loads((tmp_path / "b" / "bench-cifar10-paper.json").read_text())
-    assert record["protocol"]["refine"] == "paper" and record["protocol"]["train_size"] == 400
+    assert record["protocol"]["evidence"]["source"] == "classifier" and record["protocol"]["train_size"] == 400
 
 
 # ------------------------------------------------------------------------------ your own data
@@ -388,6 +390,18 @@ def test_bench_on_your_own_folder_streams_and_measures(tmp_path, monkeypatch):
     assert any("-test-32x32-c3__" in f for f in features) and any("-train-32x32-c3__" in f for f in features)
     text = (tmp_path / "out" / "results.md").read_text()
     assert "Label correction" in text and "given labels" in text
+    # every row under its own method's title; no network or SimCLR trained, none claimed
+    for title in ("| argmax of pred_probs |", "| Nearest anchor prototype |", "| Refined (paper) |"):
+        assert title in text, title
+    for claim in ("LRA (", "model small_cnn", "SimCLR", "best clean-validation epoch", "encoders:"):
+        assert claim not in text, claim
+    assert "linear probe" in text and "every correction row reads the same evidence" in text
+    # every cell's own time is measured (never a rounded 0), the shared evidence listed apart
+    for r in rows:
+        assert r["evidence_seconds"] > 0 and (r["method"] == "given" or r["seconds"] > 0)
+    wall = text[text.index("Wall time"):].splitlines()
+    assert any(line.startswith("| shared evidence of the correction rows |") for line in wall)
+    assert not any(line.startswith("| argmax of pred_probs | 0 |") for line in wall)
     saved = _read_csv(tmp_path / "out" / "results.csv")
     assert {r["method"] for r in saved} == {"given", "argmax", "prototype", "refine-paper"}
 

@@ -9,6 +9,7 @@ import pytest
 import synref
 from synref.config import CLASS_KEY, VERSION_KEY, ConfigMixin
 from synref.errors import InputError
+from synref.pipeline import EvidenceSpec, RefinerSpec, fold_schedule
 
 
 def _all_config_classes():
@@ -25,13 +26,16 @@ def _all_config_classes():
 
 
 #: classes whose defaults need a required field
-EXAMPLES = {"RefineRunConfig": dict(data="digits", anchors="anchors/", train=True)}
+EXAMPLES = {"RefineRunConfig": dict(data="digits", anchors="anchors/",
+                                    evidence=EvidenceSpec(encoder="classifier", head="network", train=fold_schedule(3)),
+                                    refiner=RefinerSpec("crossfit", {"rounds": 2}))}
 
 
 def test_every_config_class_is_found():
     names = {c.__name__ for c in _all_config_classes()}
     assert {"TrainConfig", "SSLConfig", "PLCConfig", "LRAConfig", "LinearHeadConfig", "CrossFitEvidenceConfig",
-            "RefinerOptions", "CrossfitOptions", "Protocol", "DemoConfig", "BenchConfig", "RefineRunConfig"} <= names
+            "RefinerOptions", "CrossfitOptions", "Protocol", "DemoConfig", "BenchConfig", "RefineRunConfig",
+            "EvidenceSpec", "RefinerSpec"} <= names
 
 
 @pytest.mark.parametrize("cls", _all_config_classes(), ids=lambda c: c.__name__)

@@ -266,7 +266,7 @@ def test_synref_refine_on_the_digits_with_an_hf_encoder(tmp_path, tiny, capsys):
     feats = np.load(tmp_path / "out" / summary["evidence"]["feature_file"])
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["encoder"] == name
+    assert config["evidence"]["encoder"] == name
     rows = (tmp_path / "out" / "refined_labels.csv").read_text().splitlines()
     assert len(rows) == 1 + 1797
 
@@ -302,7 +302,7 @@ def test_bench_on_your_own_folder_with_an_hf_encoder(tmp_path, tiny):
     assert {r["method"] for r in rows} == {"given", "refine-paper"}
     assert all(0.0 <= r["test_acc"] <= 1.0 for r in rows)
     record = json.loads((tmp_path / "out" / "bench-data-pretrained.json").read_text())
-    assert record["protocol"]["refine_encoder"] == name
+    assert record["protocol"]["evidence"]["encoder"] == name
     features = sorted(p.name for p in (tmp_path / "out" / "work").rglob("*.npy"))
     assert any("-train-36x36-c3__hf-" in f for f in features)
     assert list((tmp_path / "out" / "work").rglob("hf_*-seed0.seconds.json"))   # a file-safe name
@@ -314,11 +314,11 @@ def test_compare_and_bench_protocols_take_an_encoder(tiny):
 
     name = f"hf:{tiny['vit']}"
     proto = compare_protocol("digits", encoder=name)
-    assert proto.refine_encoder == name and proto.name.startswith("digits-hf-") and "/" not in proto.name
+    assert proto.evidence.encoder == name and proto.name.startswith("digits-hf-") and "/" not in proto.name
     assert compare_protocol("digits", encoder="efficientnet-lite0").name == "digits-efficientnet-lite0"
-    assert compare_protocol("digits").refine_encoder is None
+    assert compare_protocol("digits").evidence.encoder == "ssl"  # trained here on the images + anchors
     with pytest.raises(InputError, match="label-free"):
         compare_protocol("digits", encoder="classifier")
     with pytest.raises(InputError, match="paper's rule"):
         bench_config(dataset="cifar10", protocol="paper", data="x", encoder=name)
-    assert bench_config(dataset="digits", protocol="digits", encoder=name).protocol.refine_encoder == name
+    assert bench_config(dataset="digits", protocol="digits", encoder=name).protocol.evidence.encoder == name

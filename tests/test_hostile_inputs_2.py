@@ -83,7 +83,7 @@ def test_row01_pretrained_image_size_is_memory_checked_before_decoding(tmp_path,
     def decoding_started(*args, **kwargs):  # (today's code would decode 30 images at 5000 x 5000)
         raise AssertionError("features were computed before the memory check")
 
-    monkeypatch.setattr("synref.apps.refine_run.compute_features", decoding_started)
+    monkeypatch.setattr("synref.pipeline.compute_features", decoding_started)
     data = make_folder(tmp_path / "data", n=15)
     out = tmp_path / "out"
     code, _, err = run(["refine", "--data", data, "--anchors", anchors, "--image-size", "5000", "--out", out,
@@ -145,12 +145,12 @@ def test_row03_tiny_clean_set_changes_nothing():
     evidence, truth = _tiny_evidence(9)  # 27 images, 9 per class
     result = refine(evidence, "posterior")
     assert int(result.changed.sum()) == 0
-    assert result.info["decided_by"] == "none" and result.info["estimated_precision"] is None
-    assert "too little evidence" in result.info["minimum_evidence"]
+    assert result.decision.decided_by == "none" and result.decision.estimated_precision is None
+    assert "too little evidence" in result.decision.minimum_evidence
     with_target = refine(evidence, "posterior", target_precision=0.95)
     assert int(with_target.changed.sum()) == 0
     unguarded = refine(evidence, "posterior", min_rows_per_class=0)  # the rule off: today's refiner
-    assert int(unguarded.changed.sum()) >= 10 and unguarded.info["estimated_precision"] > 0.7  # all wrong
+    assert int(unguarded.changed.sum()) >= 10 and unguarded.decision.estimated_precision > 0.7  # all wrong
 
 
 def test_row03_minimum_evidence_rule():
@@ -541,12 +541,13 @@ def test_row19_config_plus_any_option_is_refused(tmp_path, capsys, refused_befor
 
 
 def test_row19_options_that_apply_are_accepted():
-    from synref.apps.refine_options import check_options_apply, option_applies
+    from synref.apps.refine_options import check_options_apply, option_applies, refine_config
 
-    crossfit = RefineRunConfig(data="digits", generator="glyph", refiner="crossfit", train=True, rounds=2)
+    crossfit = refine_config({"data": "digits", "generator": "glyph", "refiner": "crossfit", "train": True,
+                              "rounds": 2})
     for option in ("rounds", "alpha", "threshold", "calibrate", "epochs", "model", "folds", "per_class"):
         assert option_applies(crossfit, option), option
     check_options_apply(crossfit, {"rounds": "--rounds", "epochs": "--epochs"})
-    clip = RefineRunConfig(data="digits", generator="glyph", features="clip")
+    clip = RefineRunConfig.from_dict({"data": "digits", "generator": "glyph", "features": "clip"})  # (old layout)
     assert option_applies(clip, "clip_model") and option_applies(clip, "batch_size")
     assert not option_applies(clip, "rounds") and not option_applies(clip, "alpha")

@@ -117,7 +117,7 @@ def test_target_precision_trades_changes_for_precision():
         changed = res.changed
         precisions.append(np.mean(res.refined_labels[changed] == y[changed]))
         if target is not None:
-            assert res.info["estimated_precision"] >= target
+            assert res.decision.estimated_precision >= target
     assert counts[0] > counts[1] > counts[2] > 0
     assert precisions[2] >= precisions[0]
 
@@ -203,10 +203,10 @@ def test_model_check_changes_nothing_when_the_anchors_do_not_describe_the_images
     unchecked = refine(ev, "posterior", min_model_fit=None)
     assert np.mean(unchecked.refined_labels == y) < 0.95  # without the check clean labels get worse
     checked = refine(ev, "posterior")  # no pred_probs: the fallback has no evidence, nothing changes
-    assert checked.num_changed() == 0 and checked.info["model_check"].startswith("failed")
-    assert checked.info["decided_by"] == "none" and "no label was changed" in checked.info["model_check"]
-    assert checked.info["model_fit"] < 0.5 <= refine(Evidence(y, 4, ya, features=x, anchor_features=a),
-                                                      "posterior").info["model_fit"]
+    assert checked.num_changed() == 0 and checked.decision.model_check.startswith("failed")
+    assert checked.decision.decided_by == "none" and "no label was changed" in checked.decision.model_check
+    assert checked.decision.model_fit < 0.5 <= refine(Evidence(y, 4, ya, features=x, anchor_features=a),
+                                                      "posterior").decision.model_fit
 
 
 def _gap_problem(noise_rate):
@@ -225,14 +225,14 @@ def test_failed_model_check_falls_back_to_confident_learning_on_pred_probs():
     from synref.refiners.confident import FALLBACK_FILTER, confident_learning_correction
     ev, y = _gap_problem(0.1)
     res = refine(ev, "posterior")
-    assert res.info["model_check"].startswith("failed") and res.info["decided_by"] == "confident-learning"
+    assert res.decision.model_check.startswith("failed") and res.decision.decided_by == "confident-learning"
     corrected, flagged = confident_learning_correction(ev.labels, ev.pred_probs, filter_by=FALLBACK_FILTER)
     np.testing.assert_array_equal(res.refined_labels, corrected)  # cleanlab decided, argmax relabelled
     assert 0 < res.num_changed() == int(np.sum(corrected != ev.labels))
     assert np.mean(res.refined_labels == y) > np.mean(ev.labels == y) + 0.05
     np.testing.assert_allclose(res.scores, ev.pred_probs)  # the scores shown are the ones that decided
     kept = refine(ev, "posterior", on_model_check_failure="keep")
-    assert kept.num_changed() == 0 and kept.info["decided_by"] == "none"
+    assert kept.num_changed() == 0 and kept.decision.decided_by == "none"
     strict = refine(ev, "posterior", target_precision=0.99)  # the prefix rule on pred_probs' confidence
     assert strict.num_changed() < res.num_changed()
     assert "precision_temperature" not in strict.info  # the failing space was not calibrated
@@ -242,7 +242,7 @@ def test_failed_model_check_falls_back_to_confident_learning_on_pred_probs():
 def test_confident_learning_fallback_leaves_clean_labels_nearly_alone():
     ev, y = _gap_problem(0.0)
     res = refine(ev, "posterior")
-    assert res.info["decided_by"] == "confident-learning"
+    assert res.decision.decided_by == "confident-learning"
     assert np.mean(res.refined_labels == y) >= 0.99
 
 
@@ -258,7 +258,7 @@ def test_target_precision_calibrates_on_planted_anchors():
     # the same posterior, its confidence rescaled by the planted samples' temperature; same argmax
     np.testing.assert_allclose(cal.scores, temper(raw.scores, tau), atol=1e-5)
     np.testing.assert_array_equal(cal.best_class, raw.best_class)
-    assert cal.info["estimated_precision"] >= 0.9 - 1e-6
+    assert cal.decision.estimated_precision >= 0.9 - 1e-6
     # no target, no calibration (the default decision does not depend on the confidence scale)
     assert "precision_temperature" not in refine(ev, "posterior", neighbors=5).info
 

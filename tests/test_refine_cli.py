@@ -70,11 +70,15 @@ def test_refine_end_to_end_and_resume(folder, tmp_path, capsys):
     assert html.count('<article class="card"') == len(changed)
     for r in changed:
         assert f'data-index="{r["index"]}"' in html
+    assert summary["decision"]["decided_by"] == "posterior" and summary["decision"]["model_check"] == "passed"
+    first_line = io.out.splitlines()[0]
     # A re-run with the same --out resumes from the cached evidence and gives the same labels.
     code, io = _refine(["refine", "--data", root, "--out", out] + BASE, capsys)
     assert code == 0, io.err
     again = json.loads((out / "summary.json").read_text())
     assert again["resumed"] is True
+    # ... and the same decision (what decided, the model check), not an empty one read as "passed"
+    assert again["decision"] == summary["decision"] and io.out.splitlines()[0] == first_line
     assert [r["suggested_label"] for r in csv.DictReader(open(out / "refined_labels.csv"))] == \
         [r["suggested_label"] for r in rows]
 
@@ -162,7 +166,7 @@ def test_config_json_reruns_the_folder_byte_for_byte(folder, tmp_path, capsys):
     code, io = _refine(["refine", "--data", root, "--out", out, "--refiner", "paper"] + FAST, capsys)
     assert code == 0, io.err
     config = json.loads((out / "config.json").read_text())
-    assert config["_class"] == "RefineRunConfig" and config["refiner"] == "paper"
+    assert config["_class"] == "RefineRunConfig" and config["refiner"]["name"] == "paper"
     code, io = _refine(["refine", "--config", out / "config.json", "--out", again, "--quiet"], capsys)
     assert code == 0, io.err
     assert (again / "refined_labels.csv").read_bytes() == (out / "refined_labels.csv").read_bytes()
@@ -295,7 +299,7 @@ def test_default_corrupt_image_stops_or_is_skipped(folder, tmp_path, capsys):
     (["--workers", "-1"], "--workers must be at least 0"),
     (["--chunk-size", "0"], "--chunk-size must be at least 1"),
     (["--refiner", "paper", "--on-model-check-failure", "keep"],
-     "--on-model-check-failure applies to the posterior refiner, not --refiner paper"),
+     "--on-model-check-failure does not apply to --refiner paper; it applies to --refiner posterior"),
 ])
 def test_default_bad_options(folder, tmp_path, capsys, extra, needle):
     out = tmp_path / "out"
@@ -305,11 +309,14 @@ def test_default_bad_options(folder, tmp_path, capsys, extra, needle):
 
 
 def test_on_model_check_failure_reaches_the_posterior_refiner():
+    from synref.apps.refine_options import refine_config
     from synref.apps.refine_run import RefineRunConfig
-    config = RefineRunConfig(data="digits", generator="glyph", on_model_check_failure="keep")
+    from synref.pipeline import build_refiner
+    config = refine_config({"data": "digits", "generator": "glyph", "on_model_check_failure": "keep"})
     assert RefineRunConfig.from_dict(config.to_dict()) == config
-    assert config.refiner_for_run().options.on_model_check_failure == "keep"
-    assert RefineRunConfig(data="digits", generator="glyph").refiner_for_run().options.on_model_check_failure == "confident-learning"
+    assert build_refiner(config.refiner).options.on_model_check_failure == "keep"
+    assert build_refiner(RefineRunConfig(data="digits", generator="glyph").refiner).options.on_model_check_failure == \
+        "confident-learning"
 
 
 @pytest.mark.slow

@@ -76,7 +76,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pmd-type", type=int, choices=PMD_NOISE_TYPES, default=1, help="PMD type (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, noise and training (default 0)")
     p.add_argument("--preset", choices=("both",) + PRESETS, default="both",
-                   help="which refinement to run (default: both rows)")
+                   help="which refinement to run: paper (the paper's recipe: refiner paper on the Standard "
+                        "model's own features), synref (cross-fitted evidence and the default refiner); default: "
+                        "both rows")
     p.add_argument("--anchors-per-class", type=int, default=100, help="synthetic anchors per class (default 100)")
     p.add_argument("--out", type=Path, default=Path("synref-demo"), help="output folder (default ./synref-demo)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -306,15 +308,16 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
         "features", help="extract image features to OUT/features.npy (streamed, resumable, multi-GPU)",
         description="Extract features of --data with a classifier checkpoint, CLIP or a SimCLR "
                     "encoder into OUT/features.npy (N, D) float32, OUT/features.json (sidecar: "
-                    "extractor, working size, chunks, skipped files), OUT/ids.txt and "
+                    "encoder, working size, chunks, skipped files), OUT/ids.txt and "
                     "OUT/labels.npy. Image folders and CSV manifests are decoded from disk a batch "
                     "at a time. Re-running the same command resumes; under `accelerate launch` "
                     "the chunks are split between the processes.")
     p.add_argument("--data", required=True,
                    help="digits, a CIFAR folder, an image folder or a CSV manifest")
     p.add_argument("--split", default="train", help="split of --data (default train)")
-    p.add_argument("--extractor", required=True, choices=FEATURE_EXTRACTORS.choices(),
-                   help="classifier (needs --checkpoint), clip (--clip-model), ssl / simclr (SimCLR trained "
+    p.add_argument("--encoder", "--extractor", dest="extractor", required=True, choices=FEATURE_EXTRACTORS.choices(),
+                   help="the encoder (--extractor: its older name): classifier (needs --checkpoint), clip "
+                        "(--clip-model), ssl / simclr (SimCLR trained "
                         "on --data; one process only), efficientnet-lite0 / -lite1 / -lite2 (ImageNet-pretrained, offline), "
                         "efficientnet-lite-ensemble (Lite1 + Lite2, stages 6-7 + head, mirror-averaged: better "
                         "labels for 3.6x the time of Lite2), hf:ID_OR_FOLDER (any transformers vision backbone: "
@@ -351,17 +354,17 @@ def _run_features(args: argparse.Namespace) -> int:
         if value is not None and value < minimum:
             raise InputError(f"{flag} must be an integer >= {minimum}, got {value}")
     if args.extractor == "classifier" and args.checkpoint is None:
-        raise InputError("--extractor classifier needs --checkpoint (a save_classifier file)")
+        raise InputError("--encoder classifier needs --checkpoint (a save_classifier file)")
     if args.extractor != "classifier" and args.checkpoint is not None:
-        raise InputError(f"--checkpoint does not apply to --extractor {args.extractor}")
+        raise InputError(f"--checkpoint does not apply to --encoder {args.extractor}")
     if args.extractor != "clip" and args.clip_model is not None:
-        raise InputError(f"--clip-model does not apply to --extractor {args.extractor}")
+        raise InputError(f"--clip-model does not apply to --encoder {args.extractor}")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise InputError(f"classifier checkpoint not found: {args.checkpoint}")
     check_output_dir(args.out)
     dataset = load_dataset(args.data, split=args.split)
     size = None if args.image_size is None else (args.image_size, args.image_size)
-    name = check_space_name(args.extractor, "--extractor")
+    name = check_space_name(args.extractor, "--encoder")
 
     rank, world, device, barrier, state = distributed_context(args.device)
     try:
@@ -370,7 +373,7 @@ def _run_features(args: argparse.Namespace) -> int:
         channels: Optional[int] = 3
         if name == "ssl":
             if world > 1:
-                raise InputError(f"--extractor {args.extractor} trains its encoder in the process; run it "
+                raise InputError(f"--encoder {args.extractor} trains its encoder in the process; run it "
                                  "without accelerate launch (one process)")
             train = materialize(dataset, size=size, skip_bad=args.skip_bad)
             channels = int(train.images.shape[-1])
@@ -557,7 +560,8 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
                      help="class names: a text file (one per line) or a JSON list (default: 0..C-1 or --data's)")
     p.add_argument("--refiner", default=DEFAULT_REFINER, choices=REFINERS.choices(),
                    help=f"the refinement rule (default {DEFAULT_REFINER}: the estimated posterior of the true class "
-                        f"decides; paper = the published rule, raw cosine; crossfit = calibrated score rule)")
+                        f"decides; paper = the paper's published score rule, raw cosine; crossfit = calibrated "
+                        f"score rule)")
     p.add_argument("--target-precision", type=_unit_float("--target-precision"), default=None,
                    help="posterior refiner: change only as many labels as keep the estimated precision of the "
                         "changes at least this (e.g. 0.9; the posterior first calibrated on planted anchors, about "
@@ -683,7 +687,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise-file", default=None, help="CIFAR: noisy labels of the first 45,000 training images")
     p.add_argument("--subset", type=int, default=10000,
                    help="CIFAR: first N of the 45,000 (CPU protocol; default 10000)")
-    p.add_argument("--epochs", type=int, default=15, help="CIFAR: epochs per fold model (default 15)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="digits: epochs of each fold network (default: the protocol's 30); CIFAR's evidence trains "
+                        "no network")
     p.add_argument("--out", type=Path, default=None,
                    help="keep the shared steps (encoder features, noisy labels, models) and each finished row "
                         "in OUT: a re-run resumes, other noise settings reuse the features (default: keep nothing)")
@@ -692,12 +698,16 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                    help="the refinement's frozen feature space (default: digits a SimCLR encoder, CIFAR "
                         "efficientnet-lite-ensemble), e.g. hf:ID_OR_FOLDER (any transformers vision backbone)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run_compare)
+    p.set_defaults(func=_run_compare, parser=p)
+    p.only_given()
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from .experiments.compare import format_compare_table, run_compare
+    from .experiments.compare import check_compare_options, format_compare_table, run_compare
 
+    given, parser = _given(args), args.parser
+    args = argparse.Namespace(**{**parser.defaults, **given})
+    check_compare_options(args.dataset, {k: parser.flags[k] for k in given})
     if args.dataset == "digits":
         title = f"digits, noise {args.noise}"
     else:
@@ -719,7 +729,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None, help="re-run the config.json of a bench folder "
                                                               "(then give only --out and --quiet)")
     p.add_argument("--protocol", choices=PROTOCOLS.names(), default=None,
-                   help="paper: the paper's CIFAR settings (GPU); cpu: 10,000-image subset, small CNN, short "
+                   help="paper: the paper's CIFAR training settings (ResNet-34, its refiner on the Standard "
+                        "model; GPU); cpu: 10,000-image subset, small CNN, short "
                         "schedules; digits: the built-in data; pretrained: your own data (default: digits for "
                         "--dataset digits, pretrained for a folder / CSV, else cpu)")
     p.add_argument("--dataset", default="digits",
@@ -770,6 +781,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     if "config" in given:
         run_bench(_saved_config(given, args.parser, BenchConfig), out=args.out)
     else:
+        flags = {k: args.parser.flags[k] for k in given}
         args = argparse.Namespace(**{**args.parser.defaults, **given})
         from .experiments.recipes import is_user_dataset
 
@@ -782,7 +794,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         run_bench(dataset=args.dataset, protocol=protocol, out=args.out, data=args.data, methods=args.methods,
                   noise=args.noise, seeds=seeds, noise_files=args.noise_file, anchors=args.anchors,
                   device=args.device, clip_model=args.clip_model, split=args.split, labels=args.labels,
-                  clean_labels=args.clean_labels, test_split=args.test_split or None, encoder=args.encoder)
+                  clean_labels=args.clean_labels, test_split=args.test_split or None, encoder=args.encoder,
+                  given=flags)
     print((args.out / "results.md").read_text())
     print(f"results: {args.out / 'results.csv'}, {args.out / 'results.md'}")
     return 0

@@ -33,6 +33,7 @@ from ..errors import InputError
 from ..evidence import Evidence
 from ..hashing import digest, images_hash
 from ..io import atomic_open
+from ..pipeline import TUNINGS
 from ..refiners import Refiner, RefinementResult, refine
 from ..train import checkpoint_folder, clear_checkpoints
 from ..train.finetune import FinetuneConfig, FinetuneResult, crossfit_finetune
@@ -41,8 +42,9 @@ from ..validation import check_memory
 __all__ = ["EVIDENCE_CHOICES", "FINETUNE_DEFAULTS", "check_evidence_options", "finetune_config", "soft_targets",
            "finetune_refinement", "add_finetune_info"]
 
-#: ``--evidence``: ``frozen`` (the pretrained evidence as it is) or ``finetune`` (this module).
-EVIDENCE_CHOICES = ("frozen", "finetune")
+#: ``--evidence``: ``frozen`` (the pretrained evidence as it is) or ``finetune`` (this module):
+#: the run's ``evidence.tuning``.
+EVIDENCE_CHOICES = TUNINGS
 #: the defaults of the ``--finetune-*`` / ``--anchor-weight`` options (FinetuneConfig's).
 FINETUNE_DEFAULTS = {"finetune_epochs": FinetuneConfig.epochs, "finetune_size": FinetuneConfig.image_size,
                      "finetune_lr": FinetuneConfig.lr, "anchor_weight": FinetuneConfig.anchor_weight}
@@ -54,8 +56,7 @@ def check_evidence_options(config: Any) -> None:
     """InputError (one line naming the option) for a ``RefineRunConfig`` whose ``evidence`` or
     fine-tuning options cannot run: fine-tuning follows the frozen pass of pretrained evidence and
     the posterior refiner reads its ``pred_probs``."""
-    if config.evidence not in EVIDENCE_CHOICES:
-        raise InputError(f"--evidence must be one of {', '.join(EVIDENCE_CHOICES)}, got {config.evidence!r}")
+    tuning = config.evidence.tuning
     for name, minimum in (("finetune_epochs", 1), ("finetune_size", 16)):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
@@ -64,15 +65,15 @@ def check_evidence_options(config: Any) -> None:
         value = float(getattr(config, name))
         if not (value > 0 if strict else value >= 0) or not np.isfinite(value):
             raise InputError(f"--{name.replace('_', '-')} must be {'> 0' if strict else '>= 0'}, got {value}")
-    if config.evidence != "finetune":
+    if tuning != "finetune":
         return
     if config.evidence_mode != "pretrained":
         flag = {"train": "--train", "classifier": "--classifier", "features": "--features"}[config.evidence_mode]
         raise InputError(f"--evidence finetune fine-tunes after the frozen encoder's pass (pretrained evidence); "
                          f"it does not apply with {flag}")
-    if config.refiner != "posterior":
+    if config.refiner.name != "posterior":
         raise InputError(f"--evidence finetune feeds the posterior refiner (the fine-tuned softmax as a separate "
-                         f"view); it does not apply to --refiner {config.refiner}")
+                         f"view); it does not apply to --refiner {config.refiner.name}")
 
 
 def finetune_config(config: Any, device: Optional[str] = None) -> FinetuneConfig:
@@ -80,13 +81,13 @@ def finetune_config(config: Any, device: Optional[str] = None) -> FinetuneConfig
     process's device under a launch, else ``auto``)."""
     return FinetuneConfig(image_size=int(config.finetune_size), epochs=int(config.finetune_epochs),
                           lr=float(config.finetune_lr), anchor_weight=float(config.anchor_weight),
-                          folds=int(config.folds), seed=int(config.seed), device=device or "auto")
+                          folds=int(config.evidence.folds), seed=int(config.seed), device=device or "auto")
 
 
 def soft_targets(frozen: RefinementResult, num_classes: int) -> Tuple[np.ndarray, str]:
     """(N, C) float32 soft targets from the frozen pass and where they come from (see the module
     docstring)."""
-    decided_by = str(frozen.info.get("decided_by", "posterior"))
+    decided_by = frozen.decision.decided_by
     if decided_by in ("posterior", "confident-learning") and frozen.scores is not None:
         scores = np.asarray(frozen.scores, np.float32)
         return scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-12), (
@@ -175,7 +176,7 @@ def finetune_refinement(config: Any, dataset: LabeledImages, anchors: LabeledIma
                                        "epochs": h["epochs"]} for h in tuned.histories]
     facts = {
         "finetune": {"config": {k: v for k, v in ft.to_dict().items() if not k.startswith("_")}, "targets": source,
-                     "role": _ROLE, "frozen_pass": {"decided_by": frozen.info.get("decided_by"),
+                     "role": _ROLE, "frozen_pass": {"decided_by": frozen.decision.decided_by,
                                                     "num_changed": int(frozen.changed.sum())},
                      "per_fold": per_fold, "resumed": resumed,
                      "seconds": round(sum(f["seconds"] for f in per_fold), 3)},

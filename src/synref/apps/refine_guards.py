@@ -13,7 +13,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from .. import validation
 from ..errors import InputError
@@ -77,9 +77,12 @@ def replaced_results_notice(out: Path, config: Any) -> Optional[str]:
         old = json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         old = {}
-    new = config.to_dict()
-    differ: List[str] = [k for k in new if not k.startswith("_") and isinstance(old, dict) and k in old
-                         and old[k] != new[k]]
+    try:  # read through the config class: an older (flat) layout is compared in the new one
+        old = type(config).from_dict(old).to_dict()
+    except InputError:
+        pass
+    old, new = _dotted(old) if isinstance(old, dict) else {}, _dotted(config.to_dict())
+    differ: List[str] = [k for k in new if not k.rsplit(".", 1)[-1].startswith("_") and k in old and old[k] != new[k]]
     if differ:
         shown = ", ".join(f"{k}: {json.dumps(old[k])} -> {json.dumps(new[k])}" for k in differ[:4])
         text = (f"synref: replacing the finished results in {out} (they were written with other options: {shown}"
@@ -88,3 +91,14 @@ def replaced_results_notice(out: Path, config: Any) -> Optional[str]:
         text = f"synref: {out} already holds the finished results of these options; writing them again"
     print(text, file=sys.stderr, flush=True)
     return text
+
+
+def _dotted(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """A nested config dict as ``{"evidence.folds": 4, ...}`` (lists and values kept)."""
+    flat: Dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -9,12 +9,13 @@ without ``--train``, ``--clip-model`` with another encoder, ...).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..config import unknown_options
 from ..errors import InputError
-from ..refiners import REFINERS, refiner_used_options
-from .refine_run import RefineRunConfig
+from ..pipeline import refiners_using
+from ..refiners import refiner_used_options
+from .refine_run import FLAT_OPTIONS, RefineRunConfig
 
 __all__ = ["refine_config", "check_options_apply", "option_applies"]
 
@@ -32,16 +33,16 @@ def _generator(c: RefineRunConfig) -> str:
 
 
 def _refiner_rule(option: str) -> Rule:
-    users = [name for name in REFINERS.names() if option in refiner_used_options(name)]
-    return (lambda c: option in refiner_used_options(c.refiner), lambda c: f"to --refiner {c.refiner}",
-            "--refiner " + " / ".join(users))
+    return (lambda c: option in refiner_used_options(c.refiner.name), lambda c: f"to --refiner {c.refiner.name}",
+            "--refiner " + " / ".join(refiners_using(option)))
 
 
 #: config field (``generator_options.<key>`` for a generator option) -> (applies to the config?,
 #: why not (its context), what it applies to). Fields not listed apply to every run.
 RULES: Dict[str, Rule] = {
-    "model": (lambda c: c.train, lambda c: "without --train", "--train (the network of each fold)"),
-    "epochs": (lambda c: c.train, lambda c: "without --train", "--train (the epochs of each fold network)"),
+    "model": (lambda c: c.evidence_mode == "train", lambda c: "without --train", "--train (the network of each fold)"),
+    "epochs": (lambda c: c.evidence_mode == "train", lambda c: "without --train",
+               "--train (the epochs of each fold network)"),
     "folds": (lambda c: c.evidence_mode != "classifier", _evidence,
               "pretrained evidence and --train (the k of the cross-fitting; a saved classifier is not refit)"),
     "batch_size": (lambda c: c.evidence_mode == "pretrained", _evidence, "pretrained evidence"),
@@ -57,7 +58,7 @@ RULES: Dict[str, Rule] = {
     "generator_options.root": (lambda c: c.generator == "folder", _generator, "--generate --generator folder"),
     **{option: _refiner_rule(option) for option in ("alpha", "threshold", "calibrate", "target_precision",
                                                      "on_model_check_failure", "neighbor_graph")},
-    **{option: (lambda c: c.evidence == "finetune", lambda c: f"with --evidence {c.evidence}",
+    **{option: (lambda c: c.evidence.tuning == "finetune", lambda c: f"with --evidence {c.evidence.tuning}",
                 "--evidence finetune (the fine-tuned backbone)")
        for option in ("finetune_epochs", "finetune_size", "finetune_lr", "anchor_weight")},
 }
@@ -66,7 +67,7 @@ RULES: Dict[str, Rule] = {
 def option_applies(config: RefineRunConfig, option: str) -> bool:
     """Whether the config field ``option`` (or ``generator_options.<key>``) is used by ``config``'s run."""
     if option == "rounds":
-        return config.evidence_mode != "classifier" and "rounds" in refiner_used_options(config.refiner)
+        return config.evidence_mode != "classifier" and "rounds" in refiner_used_options(config.refiner.name)
     rule = RULES.get(option)
     return rule is None or rule[0](config)
 
@@ -78,23 +79,26 @@ def check_options_apply(config: RefineRunConfig, given: Mapping[str, str]) -> No
         if option_applies(config, option):
             continue
         if option == "rounds":
-            users = [n for n in REFINERS.names() if "rounds" in refiner_used_options(n)]
+            users = refiners_using("rounds")
             why = ("with --classifier (a saved classifier is not refit)" if config.evidence_mode == "classifier"
-                   else f"to --refiner {config.refiner}")
+                   else f"to --refiner {config.refiner.name}")
             raise InputError(f"{flag} does not apply {why}; it applies to --refiner {' / '.join(users)} with "
                              "pretrained evidence or --train")
         _, why, where = RULES[option]
         raise InputError(f"{flag} does not apply {why(config)}; it applies to {where}")
 
 
-def refine_config(values: Mapping[str, Any], given: Mapping[str, str]) -> RefineRunConfig:
-    """The :class:`RefineRunConfig` of the options a user set (``values``: config field ->
-    value; the config's defaults fill the rest), checked by :func:`check_options_apply` against
-    ``given`` (config field or ``generator_options.<key>`` -> the flag, for every option set,
-    including those that did not become a value)."""
-    unknown: List[str] = unknown_options(RefineRunConfig, values)
+def refine_config(values: Mapping[str, Any], given: Optional[Mapping[str, str]] = None) -> RefineRunConfig:
+    """The :class:`RefineRunConfig` of the options a user set (``values``: option -> value, the
+    command line's flat vocabulary: ``train``, ``epochs``, ``alpha``, ...; the defaults fill the
+    rest), checked by :func:`check_options_apply` against ``given`` (option or
+    ``generator_options.<key>`` -> the flag, for every option set, including those that did not
+    become a value; default: every option of ``values``, named ``--option``)."""
+    unknown: List[str] = sorted(set(unknown_options(RefineRunConfig, values)) - set(FLAT_OPTIONS) - {"refiner"})
     if unknown:
         raise InputError(f"{RefineRunConfig.config_name}: unknown option(s) {', '.join(unknown)}")
-    config = RefineRunConfig(**values)
+    if given is None:
+        given = {name: "--" + name.replace("_", "-") for name in values}
+    config = RefineRunConfig.from_dict(dict(values))
     check_options_apply(config, given)
     return config

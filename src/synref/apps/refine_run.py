@@ -41,22 +41,23 @@ from .. import __version__
 from ..anchors import create_generator, generate_anchor_set, load_matched_anchors
 from ..anchors.store import read_meta
 from ..arrays import UnitRows, row_norms
-from ..config import ConfigMixin
+from ..config import ConfigMixin, check_value_type
 from ..data import LabeledImages, decode_images, load_dataset, load_labels_file
 from ..distributed import distributed_context, process_group, release_distributed
 from ..errors import InputError
-from ..evidence import (CrossFitEvidenceConfig, Evidence, check_anchor_classes, classifier_evidence,
-                        crossfit_evidence, linear_head_evidence)
-from ..features import (DEFAULT_CLIP_MODEL, DEFAULT_ENCODER, FEATURE_EXTRACTORS, ExtractorContext, cached_features,
-                        check_space_name, compute_features, extractor_from_context)
+from ..evidence import Evidence, check_anchor_classes
+from ..features import DEFAULT_CLIP_MODEL, DEFAULT_ENCODER, FEATURE_EXTRACTORS, ExtractorContext, \
+    extractor_from_context, is_label_free
 from ..hashing import digest
 from ..io import (absolute_path, atomic_open, check_input_file, check_not_inside, check_output_dir, csv_text,
                   output_lock, read_npy_matrix,
                   remove_stale_temp_files, write_json, write_npy)
 from ..models import create_model, load_classifier, read_checkpoint
-from ..refiners import (DEFAULT_REFINER, REFINERS, Refiner, RefinementResult, create_refiner, refine,
-                        refiner_option_names)
-from ..train import TrainConfig, activation_bytes, checkpoint_folder, clear_checkpoints, estimate_fit_bytes
+from ..pipeline import (GIVEN_ENCODER, PRETRAINED_SIZE, EvidenceSpec, RefinerSpec, build_evidence, build_refiner,
+                        encode, fold_schedule)
+from ..refiners import (DEFAULT_REFINER, REFINERS, Decision, Refiner, RefinementResult, refine,
+                        refiner_used_options)
+from ..train import activation_bytes, checkpoint_folder, clear_checkpoints, estimate_fit_bytes
 from ..validation import check_classes_present, check_memory
 from .finetune_evidence import FINETUNE_DEFAULTS, add_finetune_info, check_evidence_options, finetune_refinement
 from .refine_guards import check_pretrained_memory, check_results_folder, replaced_results_notice
@@ -64,15 +65,93 @@ from .report import write_report
 from .review import write_review
 
 __all__ = ["RefineRunConfig", "run_refine", "format_refine_summary", "decode_dataset", "load_data",
-           "load_anchors", "build_evidence", "pretrained_features", "PRETRAINED_SIZE", "EVIDENCE_MODES"]
+           "load_anchors", "nest_options", "PRETRAINED_SIZE", "EVIDENCE_MODES", "FLAT_OPTIONS"]
 
-#: the input side of pretrained CNN spaces (EfficientNet) in ``synref refine``; image files are
-#: decoded straight to it (one resize).
-PRETRAINED_SIZE = 160
 #: the smallest working image side (``--image-size`` and the data's own size).
 MIN_IMAGE_SIZE = 4
 #: where the evidence comes from (see the module docstring).
 EVIDENCE_MODES = ("pretrained", "train", "classifier", "features")
+
+
+#: the ``synref refine`` options of the flat layout (config.json of synref <= 0.4 and the command
+#: line's vocabulary) that now live in :class:`~synref.pipeline.EvidenceSpec` /
+#: :class:`~synref.pipeline.RefinerSpec`, with their types (a hand-edited value is type-checked).
+FLAT_OPTIONS: Dict[str, Any] = {
+    "train": bool, "model": str, "epochs": int, "folds": int, "encoder": Optional[str], "clip_model": str,
+    "rounds": int, "alpha": float, "threshold": float, "calibrate": bool, "target_precision": Optional[float],
+    "on_model_check_failure": str, "neighbor_graph": str,
+}
+#: the flat options that are the refiner's options.
+REFINER_OPTIONS = ("rounds", "alpha", "threshold", "calibrate", "target_precision", "on_model_check_failure",
+                   "neighbor_graph")
+#: the refinement rounds of ``synref refine`` when none is given (a refiner with rounds).
+DEFAULT_ROUNDS = 1
+
+
+def nest_options(values: Dict[str, Any]) -> Dict[str, Any]:
+    """A :class:`RefineRunConfig` dict of the flat options (the command line's, or an old
+    ``config.json``): ``train``, ``model``, ``epochs``, ``folds``, ``encoder``, ``clip_model``
+    become its ``evidence`` (:class:`~synref.pipeline.EvidenceSpec`), ``refiner`` and its options
+    its ``refiner`` (:class:`~synref.pipeline.RefinerSpec`). A refiner option the refiner does not
+    use is left out (:func:`~synref.apps.refine_options.check_options_apply` refuses it when a user
+    set it); a value of the wrong type is an InputError naming it."""
+    d = dict(values)
+    flat = {k: d.pop(k) for k in list(d) if k in FLAT_OPTIONS}
+    if isinstance(d.get("refiner"), str):
+        flat["refiner"] = d.pop("refiner")
+    if isinstance(d.get("evidence"), str):  # --evidence frozen | finetune: the evidence's tuning
+        flat["tuning"] = d.pop("evidence")
+    if not flat and isinstance(d.get("evidence"), (dict, EvidenceSpec)):
+        return d  # the nested layout
+    for name, value in flat.items():
+        check_value_type(RefineRunConfig.config_name, "evidence" if name == "tuning" else name, value,
+                         FLAT_OPTIONS.get(name, str))
+    for name in ("evidence", "refiner"):
+        if flat and isinstance(d.get(name), (dict, EvidenceSpec, RefinerSpec)):
+            raise InputError(f"{RefineRunConfig.config_name}: option(s) {', '.join(sorted(flat))} of the flat layout "
+                             f"next to {name!r}: give them inside {name!r}")
+    for name, minimum in (("folds", 2), ("rounds", 1), ("epochs", 1)):
+        if name in flat and int(flat[name]) < minimum:
+            raise InputError(f"--{name} must be at least {minimum}, got {flat[name]}")
+    features = d.get("features")
+    if features is not None and flat.get("encoder") is None and features in FEATURE_EXTRACTORS \
+            and not Path(features).exists():
+        # a config.json of synref <= 0.1.0 named the encoder "features"
+        flat["encoder"], d["features"] = features, None
+    train = bool(flat.get("train", False))
+    if d.get("features") is not None:
+        for flag, value in (("--train", train or None), ("--encoder", flat.get("encoder"))):
+            if value is not None:
+                raise InputError(f"{flag} does not apply with --features (the embeddings are given: no "
+                                 "encoder runs, the anchors come from --anchor-features)")
+        encoder = GIVEN_ENCODER
+    elif flat.get("encoder") is not None:
+        encoder = flat["encoder"]
+    else:
+        encoder = "classifier" if (train or d.get("classifier") is not None) else DEFAULT_ENCODER
+    pretrained = d.get("features") is None and d.get("classifier") is None and not train
+    if pretrained and encoder in FEATURE_EXTRACTORS and FEATURE_EXTRACTORS.canonical(encoder) == "classifier":
+        raise InputError("--encoder classifier needs --classifier CKPT or --train; without them the "
+                         f"evidence comes from a frozen pretrained encoder (default {DEFAULT_ENCODER})")
+    evidence: Dict[str, Any] = {"source": "classifier" if d.get("classifier") is not None else "crossfit",
+                                "encoder": encoder, "head": "network" if train else "linear",
+                                "folds": int(flat.get("folds", 4)), "model": flat.get("model", "small_cnn"),
+                                "clip_model": flat.get("clip_model", DEFAULT_CLIP_MODEL),
+                                "tuning": flat.get("tuning", "frozen")}
+    if train:
+        evidence["train"] = fold_schedule(int(flat.get("epochs", 30))).to_dict()
+    if pretrained and d.get("image_size") is not None:  # the encoder's input side
+        evidence["encoder_size"] = d.pop("image_size")
+    name = flat.get("refiner", DEFAULT_REFINER)
+    if name not in REFINERS:
+        raise InputError(f"unknown --refiner {name!r}; choose one of: {', '.join(REFINERS.choices())}")
+    used = refiner_used_options(name)
+    options = {k: flat[k] for k in REFINER_OPTIONS if k in flat and k in used}
+    if "rounds" in used:  # the command's own default; a saved classifier is not refit
+        options["rounds"] = 1 if d.get("classifier") is not None else options.get("rounds", DEFAULT_ROUNDS)
+    if isinstance(d.get("refiner"), (dict, RefinerSpec)):
+        return {**d, "evidence": evidence}
+    return {**d, "evidence": evidence, "refiner": {"name": name, "options": options}}
 
 
 @dataclass
@@ -89,37 +168,33 @@ class RefineRunConfig(ConfigMixin):
         labels: optional label file (.npy or one per line) replacing the dataset's labels.
         anchors: an anchor-set folder from ``synref generate``; or ``generator`` (+ options,
             ``per_class``) to generate one into ``OUT/anchors``.
-        classifier: a checkpoint saved with ``synref.models.save_classifier``; or ``train`` to
-            train k-fold cross-fitted classifiers (``model``, ``epochs``); neither: pretrained
-            evidence (a frozen encoder + ``folds`` cross-fitted linear heads).
-        folds, rounds: the cross-fitting's k; the refiner's rounds (not with ``classifier``).
-        encoder: a :data:`~synref.features.FEATURE_EXTRACTORS` name; None = the mode's default:
-            :data:`~synref.features.DEFAULT_ENCODER` (pretrained evidence) or "classifier" (each
-            fold network's own space with ``train``; the saved classifier's with ``classifier``).
-            Pretrained evidence takes a label-free encoder (``efficientnet-lite0``, ``clip`` with
-            ``clip_model``, ``hf:ID_OR_FOLDER`` for any transformers vision backbone, ...); ``ssl``
-            goes with ``train``.
+        classifier: a checkpoint saved with ``synref.models.save_classifier`` (evidence source
+            ``classifier``).
         features, anchor_features, anchor_labels, class_names: bring your own embeddings: a
             ``.npy`` (N, D) of the samples (memory-mapped, never copied), a ``.npy`` (M, D) of the
             anchors in the same space and their labels (a label file), optional class names (a
             text file, one per line, or a JSON list). ``labels`` (or ``data``) gives the given
             labels; ``data`` is optional and then names the images behind the rows (same order)
-            for the report. No encoder runs; the refiner and the outputs are the same.
-        refiner: a :data:`~synref.refiners.REFINERS` name (default ``posterior``); its options,
-            when it has them: alpha, threshold (the score rule), calibrate (similarity as
-            anchor-calibrated probabilities), target_precision (the estimated precision the
-            posterior refiner's changes must keep), on_model_check_failure (what the posterior
-            refiner does when its model check fails: ``confident-learning`` or ``keep``).
-        image_size: working resolution (square). Pretrained evidence: the encoder's input side
-            (default :data:`PRETRAINED_SIZE`), image files decoded straight to it. With ``train`` /
-            ``classifier``: the size images are decoded at (None keeps the data's).
+            for the report. No encoder runs (evidence encoder ``given``).
+        evidence: which evidence (:class:`~synref.pipeline.EvidenceSpec`): by default the frozen
+            :data:`~synref.features.DEFAULT_ENCODER` and 4-fold cross-fitted linear heads
+            (``pretrained``); head ``network``: k-fold cross-fitted CNNs trained here (``--train``);
+            source ``classifier``: the saved ``classifier``'s softmax.
+        refiner: the refiner and the options set for it (:class:`~synref.pipeline.RefinerSpec`;
+            default ``posterior``).
+        image_size: with ``--train`` / ``--classifier``: the size images are decoded at (None
+            keeps the data's). Pretrained evidence decodes image files straight to the encoder's
+            input side, ``evidence.encoder_size``.
         skip_bad: leave unreadable images out (listed in the summary) instead of stopping.
+        seed: anchors, fold splits, networks, encoders.
         batch_size, workers, chunk_size: pretrained evidence: images per encoder forward pass,
             decoding threads, rows per feature-cache chunk (the unit of resume and of work sharing
             between processes).
-        evidence: pretrained evidence as it is (``frozen``) or with a cross-fitted fine-tuned
-            backbone's softmax as a separate view (``finetune``: :mod:`synref.apps.finetune_evidence`;
-            ``finetune_epochs``, ``finetune_size``, ``finetune_lr``, ``anchor_weight``).
+        finetune_epochs, finetune_size, finetune_lr, anchor_weight: with ``evidence.tuning``
+            ``finetune`` (``--evidence finetune``: the pretrained evidence plus a cross-fitted
+            fine-tuned backbone's softmax as a separate view, :mod:`synref.apps.finetune_evidence`).
+
+    ``from_dict`` also reads the flat layout of older ``config.json`` files (:func:`nest_options`).
     """
 
     config_name = "refine config"
@@ -134,41 +209,30 @@ class RefineRunConfig(ConfigMixin):
     generator_options: Dict[str, Any] = field(default_factory=dict)
     per_class: int = 100
     classifier: Optional[str] = None
-    train: bool = False
-    model: str = "small_cnn"
-    epochs: int = 30
-    folds: int = 4
-    rounds: int = 1
-    encoder: Optional[str] = None
-    clip_model: str = DEFAULT_CLIP_MODEL
     features: Optional[str] = None
     anchor_features: Optional[str] = None
     anchor_labels: Optional[str] = None
     class_names: Optional[str] = None
-    refiner: str = DEFAULT_REFINER
-    alpha: float = 0.5
-    threshold: float = 0.6
-    calibrate: bool = True
-    target_precision: Optional[float] = None
-    on_model_check_failure: str = "confident-learning"
-    neighbor_graph: str = "auto"
+    evidence: EvidenceSpec = field(default_factory=EvidenceSpec)
+    refiner: RefinerSpec = field(default_factory=RefinerSpec)
     image_size: Optional[int] = None
     skip_bad: bool = False
     seed: int = 0
     batch_size: int = 64
     workers: int = 2
     chunk_size: int = 4096
-    evidence: str = "frozen"
     finetune_epochs: int = FINETUNE_DEFAULTS["finetune_epochs"]
     finetune_size: int = FINETUNE_DEFAULTS["finetune_size"]
     finetune_lr: float = FINETUNE_DEFAULTS["finetune_lr"]
     anchor_weight: float = FINETUNE_DEFAULTS["anchor_weight"]
 
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "RefineRunConfig":
+        if not isinstance(d, dict):
+            raise InputError(f"{cls.config_name}: expected a JSON object, got {type(d).__name__}")
+        return super().from_dict(nest_options(d))
+
     def __post_init__(self) -> None:
-        if self.features is not None and self.encoder is None and self.features in FEATURE_EXTRACTORS \
-                and not Path(self.features).exists():
-            # a config.json of synref <= 0.1.0 named the encoder "features"
-            self.encoder, self.features = self.features, None
         if self.features is not None:
             for name in ("anchor_features", "anchor_labels"):
                 if getattr(self, name) is None:
@@ -176,11 +240,13 @@ class RefineRunConfig(ConfigMixin):
             if self.labels is None and not str(self.data).strip():
                 raise InputError("--features needs --labels (the given labels of its rows) or --data")
             for flag, value in (("--anchors", self.anchors), ("--generate", self.generator),
-                                ("--classifier", self.classifier), ("--train", self.train or None),
-                                ("--encoder", self.encoder)):
+                                ("--classifier", self.classifier)):
                 if value is not None:
                     raise InputError(f"{flag} does not apply with --features (the embeddings are given: no "
                                      "encoder runs, the anchors come from --anchor-features)")
+            if self.evidence.encoder != GIVEN_ENCODER:
+                raise InputError(f"--features: the evidence's encoder is {GIVEN_ENCODER!r} (the given embeddings), "
+                                 f"not {self.evidence.encoder!r}")
         else:
             for name in ("anchor_features", "anchor_labels", "class_names"):
                 if getattr(self, name) is not None:
@@ -190,6 +256,8 @@ class RefineRunConfig(ConfigMixin):
                                  " or --features FEATURES.npy with --labels")
             if (self.anchors is None) == (self.generator is None):
                 raise InputError("give exactly one of --anchors DIR or --generate (with --generator)")
+            if self.evidence.encoder == GIVEN_ENCODER:
+                raise InputError(f"evidence encoder {GIVEN_ENCODER!r} needs --features FEATURES.npy")
         # files are stored absolute: OUT/config.json names the same files when re-run from elsewhere
         if str(self.data).strip() and str(self.data).strip().lower() != "digits":
             self.data = absolute_path(self.data)
@@ -198,10 +266,12 @@ class RefineRunConfig(ConfigMixin):
                 setattr(self, name, absolute_path(getattr(self, name)))
         if self.generator_options.get("root") is not None:
             self.generator_options = {**self.generator_options, "root": absolute_path(self.generator_options["root"])}
-        if self.classifier is not None and self.train:
+        if self.classifier is not None and self.evidence.trains_networks:
             raise InputError("give at most one of --classifier CKPT or --train (neither: pretrained evidence)")
-        if self.encoder is not None:
-            check_space_name(self.encoder, "--encoder")
+        if (self.classifier is not None) != (self.evidence.source == "classifier"):
+            raise InputError("evidence source classifier goes with --classifier CKPT (and only with it)")
+        if self.evidence_mode == "classifier" and int(self.refiner.options.get("rounds", 1)) > 1:
+            raise InputError("rounds does not apply with --classifier (a saved classifier is not refit)")
         if self.evidence_mode == "pretrained":
             if self.space == "classifier":
                 raise InputError("--encoder classifier needs --classifier CKPT or --train; without them the "
@@ -209,22 +279,20 @@ class RefineRunConfig(ConfigMixin):
             if self.space == "ssl":
                 raise InputError("--encoder ssl trains a SimCLR encoder on the images in memory: use it with "
                                  "--train (the default evidence uses a frozen pretrained encoder)")
-            if not getattr(FEATURE_EXTRACTORS.get(self.space), "label_free", False):
-                raise InputError(f"--encoder {self.encoder} sees labels; pretrained evidence needs a "
+            if not is_label_free(self.space):
+                raise InputError(f"--encoder {self.space} sees labels; pretrained evidence needs a "
                                  "label-free encoder")
-        for name in ("alpha", "threshold"):
-            value = float(getattr(self, name))
-            if not 0.0 <= value <= 1.0:
-                raise InputError(f"--{name} must be in [0, 1], got {value}")
-        for name, minimum in (("folds", 2), ("rounds", 1), ("per_class", 1), ("epochs", 1), ("batch_size", 1),
-                              ("workers", 0), ("chunk_size", 1)):
+            if self.image_size is not None:
+                raise InputError("image_size: pretrained evidence decodes the images at the encoder's input side, "
+                                 "evidence.encoder_size")
+        elif self.evidence.encoder_size is not None and self.evidence.encoder == "classifier":
+            raise InputError("evidence encoder_size applies to a pretrained encoder")
+        for name, minimum in (("per_class", 1), ("batch_size", 1), ("workers", 0), ("chunk_size", 1)):
             if int(getattr(self, name)) < minimum:
                 raise InputError(f"--{name.replace('_', '-')} must be at least {minimum}, got {getattr(self, name)}")
-        if self.image_size is not None and int(self.image_size) < MIN_IMAGE_SIZE:
-            raise InputError(f"--image-size must be at least {MIN_IMAGE_SIZE}, got {self.image_size}")
-        if self.refiner not in REFINERS:
-            raise InputError(f"unknown --refiner {self.refiner!r}; choose one of: {', '.join(REFINERS.choices())}")
-        self.refiner_for_run()  # the refiner options go through the refiner's own config class
+        for size in (self.image_size, self.evidence.encoder_size):
+            if size is not None and int(size) < MIN_IMAGE_SIZE:
+                raise InputError(f"--image-size must be at least {MIN_IMAGE_SIZE}, got {size}")
         check_evidence_options(self)
 
     @property
@@ -235,42 +303,17 @@ class RefineRunConfig(ConfigMixin):
             return "features"
         if self.classifier is not None:
             return "classifier"
-        return "train" if self.train else "pretrained"
-
-    def refiner_for_run(self) -> Refiner:
-        """The refiner with this run's options (``rounds`` not with ``classifier``: a saved
-        classifier cannot be refit)."""
-        accepted = refiner_option_names(self.refiner)
-        if self.target_precision is not None and "target_precision" not in accepted:
-            raise InputError(f"--target-precision applies to the posterior refiner, not --refiner {self.refiner}")
-        if self.neighbor_graph != "auto" and "neighbor_graph" not in accepted:
-            raise InputError(f"--neighbor-graph applies to the posterior refiner, not --refiner {self.refiner}")
-        if self.on_model_check_failure != "confident-learning" and "on_model_check_failure" not in accepted:
-            raise InputError(f"--on-model-check-failure applies to the posterior refiner, not --refiner {self.refiner}")
-        options = {"alpha": self.alpha, "threshold": self.threshold, "calibrate": self.calibrate,
-                   "rounds": 1 if self.evidence_mode == "classifier" else self.rounds, "seed": self.seed,
-                   "keep_scores": True, "target_precision": self.target_precision,
-                   "on_model_check_failure": self.on_model_check_failure, "neighbor_graph": self.neighbor_graph}
-        return create_refiner(self.refiner, **{k: v for k, v in options.items() if k in accepted})
-
-    def evidence_config(self) -> CrossFitEvidenceConfig:
-        """The cross-fitted evidence of ``train`` runs."""
-        train = TrainConfig(epochs=self.epochs, batch_size=64, lr=0.05,
-                            milestones=[self.epochs // 2, (self.epochs * 5) // 6], gamma=0.1, warmup_epochs=1,
-                            seed=self.seed)
-        return CrossFitEvidenceConfig(folds=self.folds, head="network", model=self.model, train=train,
-                                      features="classifier" if self.space == "classifier" else "ssl", seed=self.seed)
+        return "train" if self.evidence.trains_networks else "pretrained"
 
     @property
     def space(self) -> str:
-        """The canonical feature extractor name of ``encoder`` (or of the mode's default;
-        ``given`` for embeddings brought with ``features``)."""
-        if self.features is not None:
-            return "given"
-        name = self.encoder
-        if name is None:
-            name = DEFAULT_ENCODER if self.evidence_mode == "pretrained" else "classifier"
-        return FEATURE_EXTRACTORS.canonical(name)
+        """The canonical name of the evidence's feature space (``given`` for embeddings brought
+        with ``features``)."""
+        return self.evidence.encoder
+
+    def encoder_side(self) -> int:
+        """Pretrained evidence: the encoder's input side (image files are decoded straight to it)."""
+        return int(self.evidence.encoder_size) if self.evidence.encoder_size is not None else PRETRAINED_SIZE
 
 
 # ----------------------------------------------------------------------------- steps
@@ -324,7 +367,7 @@ def _working_size_check(config: RefineRunConfig, num_classes: int) -> Callable[[
             model = create_model(name, num_classes=max(int(header.get("num_classes", 2)), 2), in_channels=channels)
             need += min(n, 512) * activation_bytes(model, hw, channels)
         else:
-            name, what = config.model, f"training {config.model}"
+            name, what = config.evidence.model, f"training {config.evidence.model}"
             model = create_model(name, num_classes=max(num_classes, 2), in_channels=channels)
             need += estimate_fit_bytes(model, hw, channels, min(n, 64))
         check_memory(need, f"working at {hw[0]}x{hw[1]} px ({n} images, {anchors} anchors, {what})",
@@ -359,113 +402,67 @@ def load_anchors(directory: Path, dataset: LabeledImages, *, decode: bool) -> Tu
                                 channels=dataset.images.shape[-1])
 
 
-def fixed_space(config: RefineRunConfig, dataset: LabeledImages, anchors: LabeledImages, cache: Path,
-                model: Any = None) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """``train`` / ``classifier`` runs: (features (N, D), anchor features (M, D)) in one fixed
-    space, cached; None when the features come from each cross-fitted fold model
-    (``classifier`` without a saved one)."""
-    if config.space == "classifier" and model is None:
-        return None
-    context = ExtractorContext(images=dataset.images, extra_images=anchors.images, ssl_config={"seed": config.seed},
-                               size=PRETRAINED_SIZE, clip_model=config.clip_model, model=model)
-    extractor = extractor_from_context(config.space, context)
-    features = np.asarray(cached_features(extractor, dataset.images, cache_dir=cache))
-    anchor_features = np.asarray(cached_features(extractor, anchors.images, cache_dir=cache))
-    return features, anchor_features
-
-
-def pretrained_features(config: RefineRunConfig, dataset: LabeledImages, anchors: LabeledImages, cache: Path, *,
-                        process_index: int = 0, num_processes: int = 1,
-                        barrier: Optional[Callable[[], Any]] = None, device: Optional[str] = None
-                        ) -> Dict[str, Any]:
-    """Pretrained evidence's features: ``{"features": (N, D) float32 memory-mapped from the
-    cache, "anchor_features": (M, D), "skipped": [{index, file, reason}], "resumed": bool,
-    "seconds", "image_size": [H, W] | None, "file": the cache file}``.
-
-    The encoder's input side is ``image_size`` (default: an ``hf:`` model's own, read from its
-    image processor; else :data:`PRETRAINED_SIZE`). Path-backed
-    sets (image folder, CSV manifest, anchor sets) are streamed, decoded straight to that size
-    with 3 channels; arrays go to the encoder as they are (it resizes them). Call it in every process of a multi-process launch (the cache's chunks
-    are split between them); every process gets the same memory-mapped arrays."""
-    side = int(config.image_size) if config.image_size is not None else PRETRAINED_SIZE
-    context = ExtractorContext(size=side, clip_model=config.clip_model, device=device)
-    extractor = extractor_from_context(config.space, context)
-    if config.image_size is None and extractor.input_side:   # an hf: model's own input size
-        side = int(extractor.input_side)
-    options = dict(cache_dir=cache, process_index=process_index, num_processes=num_processes, barrier=barrier,
-                   batch_size=config.batch_size, chunk_size=config.chunk_size, num_workers=config.workers)
-
-    def geometry(images: LabeledImages) -> Dict[str, Any]:
-        return {"size": (side, side), "channels": 3} if images.is_path_backed else {}
-
-    started = time.time()
-    data = compute_features(extractor, dataset, skip_bad=config.skip_bad, **geometry(dataset), **options)
-    seconds = time.time() - started
-    anchor_set = compute_features(extractor, anchors, **geometry(anchors), **options)
-    path = Path(getattr(data.features, "filename", "") or "")
-    resumed = path.is_file() and path.stat().st_mtime < started
-    return {"features": data.features, "anchor_features": anchor_set.features, "skipped": data.skipped,
-            "resumed": bool(resumed), "seconds": round(seconds, 3), "file": str(path),
-            "image_size": [side, side] if dataset.is_path_backed else None, "extractor": config.space}
-
-
-def build_evidence(config: RefineRunConfig, dataset: LabeledImages, anchors: LabeledImages, cache: Path
-                   ) -> Tuple[Evidence, Dict[str, Any]]:
+def _evidence(config: RefineRunConfig, dataset: LabeledImages, anchors: LabeledImages, cache: Path
+              ) -> Tuple[Evidence, Dict[str, Any]]:
     """``train`` / ``classifier`` runs: the evidence (a saved classifier's, or cross-fitted) and
     a description of it."""
     num_classes = dataset.num_classes
-    if config.classifier is not None:
-        model = load_classifier(config.classifier)
-        if model.num_classes != num_classes:
-            raise InputError(f"--classifier {config.classifier} has {model.num_classes} classes, "
-                             f"the data has {num_classes}")
-        if model.in_channels != dataset.images.shape[-1]:  # type: ignore[union-attr]
-            raise InputError(f"--classifier {config.classifier} takes {model.in_channels}-channel images, "
-                             f"the data has {dataset.images.shape[-1]}")  # type: ignore[union-attr]
-        space = fixed_space(config, dataset, anchors, cache, model)
-        assert space is not None
-        evidence = classifier_evidence(model, dataset.images, dataset.labels, None, anchors.labels, features=space[0],
-                                       anchor_features=space[1], class_names=dataset.class_names, seed=config.seed)
-        return evidence, {"classifier": str(config.classifier)}
-    space = fixed_space(config, dataset, anchors, cache)
-    evidence = crossfit_evidence(dataset.images, dataset.labels, anchors.images, anchors.labels,
-                                 num_classes=num_classes, config=config.evidence_config(), fixed_features=space,
-                                 class_names=dataset.class_names)
-    return evidence, {"classifier": f"{config.folds}-fold cross-fitted {config.model}, {config.rounds} round(s)"}
+    if config.classifier is None:
+        evidence = build_evidence(config.evidence, dataset, anchors, cache, seed=config.seed)
+        return evidence, {"classifier": f"{config.evidence.folds}-fold cross-fitted {config.evidence.model}, "
+                                        f"{config.refiner.options.get('rounds', 1)} round(s)"}
+    model = load_classifier(config.classifier)
+    if model.num_classes != num_classes:
+        raise InputError(f"--classifier {config.classifier} has {model.num_classes} classes, "
+                         f"the data has {num_classes}")
+    if model.in_channels != dataset.images.shape[-1]:  # type: ignore[union-attr]
+        raise InputError(f"--classifier {config.classifier} takes {model.in_channels}-channel images, "
+                         f"the data has {dataset.images.shape[-1]}")  # type: ignore[union-attr]
+    evidence = build_evidence(config.evidence, dataset, anchors, cache, seed=config.seed, classifier=model)
+    return evidence, {"classifier": str(config.classifier)}
+
+
+def _refiner(config: RefineRunConfig) -> Refiner:
+    """The run's refiner (a saved classifier is not refit: one round)."""
+    return build_refiner(config.refiner, **({"rounds": 1} if config.evidence_mode == "classifier" and
+                                            "rounds" in refiner_used_options(config.refiner.name) else {}))
 
 
 def _score(config: RefineRunConfig, dataset: LabeledImages, anchors: LabeledImages,
            cache: Path) -> Tuple[RefinementResult, Dict[str, Any]]:
     """``train`` / ``classifier`` runs: the refinement (cross-fitted runs cached per
     configuration and data)."""
-    refiner = config.refiner_for_run()
+    refiner = _refiner(config)
     if config.classifier is not None:
-        evidence, info = build_evidence(config, dataset, anchors, cache)
+        evidence, info = _evidence(config, dataset, anchors, cache)
         result = refine(evidence, refiner)
         info.update(temperatures=result.info.get("temperatures", []))
         return result, info
     # Cross-fitted classifiers trained here: cache the refinement per configuration and data.
-    key = digest(dataset.labels, dataset.images, anchors.images, anchors.labels, config.evidence_config().to_dict(),
-                 refiner.name, refiner.options.to_dict(), config.space,
-                 config.clip_model if config.space == "clip" else None)
+    key = digest(dataset.labels, dataset.images, anchors.images, anchors.labels, config.evidence.to_dict(),
+                 config.seed, refiner.name, refiner.options.to_dict())
     evidence_file = cache / f"crossfit-{key}.npz"
+    saved_info: Dict[str, Any] = {}
     if evidence_file.is_file():
         with np.load(evidence_file) as saved:
             scores, refined = saved["scores"], saved["refined_labels"]
-            info = json.loads(str(saved["info"]))
+            saved_info = json.loads(str(saved["info"]))
+    if "decision" in saved_info:  # (a file of an older synref without it is recomputed)
+        info = saved_info
         rows = np.arange(len(scores))
         best = scores.argmax(axis=1)
+        # the decision as the run that computed it recorded it (what decided, the model check)
         result = RefinementResult(labels=dataset.labels, refined_labels=refined, best_class=best,
                                   best_score=scores[rows, best], given_score=scores[rows, dataset.labels],
-                                  alpha=float(info["alpha"]), threshold=float(info["threshold"]), scores=scores)
+                                  decision=Decision.from_dict(info.pop("decision")), scores=scores)
         info["resumed"] = True
         return result, info
-    evidence, info = build_evidence(config, dataset, anchors, cache)
+    evidence, info = _evidence(config, dataset, anchors, cache)
     result = refine(evidence, refiner)
-    info.update(temperatures=result.info.get("temperatures", []), rounds=result.info.get("rounds", []),
-                alpha=result.alpha, threshold=result.threshold)
+    info.update(temperatures=result.info.get("temperatures", []), rounds=result.info.get("rounds", []))
     with atomic_open(evidence_file, "wb") as handle:
-        np.savez(handle, scores=result.scores, refined_labels=result.refined_labels, info=np.array(json.dumps(info)))
+        np.savez(handle, scores=result.scores, refined_labels=result.refined_labels,
+                 info=np.array(json.dumps({**info, "decision": result.decision.to_dict()})))
     return result, info
 
 
@@ -525,17 +522,15 @@ def _skip_rows(dataset: LabeledImages, features: np.ndarray, skipped: List[Dict[
     return dataset.subset(keep), UnitRows(features, index=keep), listed
 
 
-def _refine_features(config: RefineRunConfig, features: Any, labels: np.ndarray, anchor_features: np.ndarray,
-                     anchor_labels: np.ndarray, class_names: List[str], encoder: str
+def _refine_features(config: RefineRunConfig, data: Any, anchors: Any, features: Tuple[Any, np.ndarray]
                      ) -> Tuple[RefinementResult, Dict[str, Any]]:
-    """The refinement over fixed features (N, D) (memory-mapped or a row view) with cross-fitted
-    linear heads (computed only if the refiner reads them), in every process of a launch (the
-    refiner shares the rows between them). Returns the result and its timings."""
+    """The refinement over fixed ``features`` ((N, D) memory-mapped or a row view, (M, D) of the
+    anchors) with cross-fitted linear heads (computed only if the refiner reads them), in every
+    process of a launch (the refiner shares the rows between them). Returns the result and its
+    timings."""
     t0 = time.time()
-    evidence = linear_head_evidence(features, labels, anchor_features, anchor_labels,
-                                    num_classes=len(class_names), folds=config.folds, seed=config.seed,
-                                    class_names=class_names, description={"features": encoder})
-    result = refine(evidence, config.refiner_for_run())
+    evidence = build_evidence(config.evidence, data, anchors, seed=config.seed, features=features)
+    result = refine(evidence, _refiner(config))
     stages = list(result.info.get("stages") or [])
     timings = {"refine": round(time.time() - t0, 3), **{r["stage"]: r["seconds"] for r in stages}}
     return result, {"timings": timings, "stages": stages}
@@ -547,37 +542,36 @@ def _run_pretrained(config: RefineRunConfig, dataset: LabeledImages, out: Path, 
     """Pretrained evidence: streamed features (every process) -> the refinement (every process
     takes its share of the rows) -> process 0 writes. Returns None in the other processes."""
     # the encoder's model is found (its folder / the hub cache) before any anchor is generated
-    extractor_from_context(config.space, ExtractorContext(size=PRETRAINED_SIZE, clip_model=config.clip_model,
+    extractor_from_context(config.space, ExtractorContext(size=PRETRAINED_SIZE, clip_model=config.evidence.clip_model,
                                                           device="cpu")).fingerprint()
-    side = int(config.image_size) if config.image_size is not None else PRETRAINED_SIZE
-    check_pretrained_memory(side, num_images=len(dataset), batch_size=config.batch_size, chunk_size=config.chunk_size,
-                            workers=config.workers)
+    check_pretrained_memory(config.encoder_side(), num_images=len(dataset), batch_size=config.batch_size,
+                            chunk_size=config.chunk_size, workers=config.workers)
     loader_skipped = [{"file": str(s["file"]), "reason": str(s["reason"])} for s in dataset.skipped]
     directory, anchor_info = anchor_dir(config, dataset.class_names, out, process_index=rank, num_processes=world,
                                         barrier=barrier)
     anchors, extra = load_anchors(directory, dataset, decode=not dataset.is_path_backed)
     check_anchor_classes(anchors.labels, dataset.num_classes, dataset.class_names)
-    space = pretrained_features(config, dataset, anchors, cache, process_index=rank, num_processes=world,
-                                barrier=barrier, device=device)
-    dataset, features, skipped = _skip_rows(dataset, space["features"], space["skipped"])
-    result, facts = _refine_features(config, features, dataset.labels, space["anchor_features"], anchors.labels,
-                                     dataset.class_names, space["extractor"])
+    space = encode(config.evidence, dataset, anchors, cache, rank=rank, world=world, barrier=barrier, device=device,
+                   skip_bad=config.skip_bad, batch_size=config.batch_size, workers=config.workers,
+                   chunk_size=config.chunk_size)
+    dataset, features, skipped = _skip_rows(dataset, space.features, space.skipped)
+    result, facts = _refine_features(config, dataset, anchors, (features, space.anchor_features))
     tuned = None
-    if config.evidence == "finetune":  # the frozen pass's scores are the targets of a fine-tuned backbone
-        result, tuned = finetune_refinement(config, dataset, anchors, features, space["anchor_features"], result,
-                                            config.refiner_for_run(), cache, device=device)
+    if config.evidence.tuning == "finetune":  # the frozen pass's scores are the targets of a fine-tuned backbone
+        result, tuned = finetune_refinement(config, dataset, anchors, features, space.anchor_features, result,
+                                            _refiner(config), cache, device=device)
     if rank != 0:
         return None
-    info = {"classifier": f"{config.folds}-fold cross-fitted linear heads on {space['extractor']} features",
+    info = {"classifier": f"{config.evidence.folds}-fold cross-fitted linear heads on {config.space} features",
             "anchors": {**anchor_info, "num_anchors": len(anchors), "ignored_anchor_classes": extra},
-            "num_anchors": len(anchors), "skipped": loader_skipped + skipped, "resumed": space["resumed"],
-            "image_size": space["image_size"], "channels": 3 if dataset.is_path_backed else None,
+            "num_anchors": len(anchors), "skipped": loader_skipped + skipped, "resumed": space.resumed,
+            "image_size": space.image_size, "channels": 3 if dataset.is_path_backed else None,
             "temperatures": result.info.get("temperatures", []), "rounds": result.info.get("rounds", []),
-            "evidence": {"mode": "pretrained", "encoder": space["extractor"],
-                         "feature_file": str(Path(space["file"]).relative_to(out.resolve()))
-                         if Path(space["file"]).is_relative_to(out.resolve()) else space["file"],
-                         "feature_shape": list(space["features"].shape), "processes": world},
-            "timings": {"features": space["seconds"], **facts["timings"]}, "stages": facts["stages"]}
+            "evidence": {"mode": "pretrained", "encoder": config.space,
+                         "feature_file": str(Path(space.file).relative_to(out.resolve()))
+                         if Path(space.file).is_relative_to(out.resolve()) else space.file,
+                         "feature_shape": list(space.features.shape), "processes": world},
+            "timings": {"features": space.seconds, **facts["timings"]}, "stages": facts["stages"]}
     return dataset, result, info if tuned is None else add_finetune_info(info, tuned)
 
 
@@ -651,10 +645,10 @@ def _run_given_features(config: RefineRunConfig, out: Path, *, rank: int
     check_anchor_classes(anchor_labels, len(names), names)
     rows = FeatureRows(labels, names, paths=dataset.paths if dataset is not None else None,
                        ids=dataset.ids if dataset is not None else None)
-    result, facts = _refine_features(config, features, labels, anchor_features, anchor_labels, names, "given")
+    result, facts = _refine_features(config, rows, FeatureRows(anchor_labels, names), (features, anchor_features))
     if rank != 0:
         return None
-    info = {"classifier": f"{config.folds}-fold cross-fitted linear heads on the given features",
+    info = {"classifier": f"{config.evidence.folds}-fold cross-fitted linear heads on the given features",
             "anchors": {"features": str(Path(config.anchor_features).resolve()),  # type: ignore[arg-type]
                         "labels": str(Path(config.anchor_labels).resolve()), "num_anchors": len(anchor_labels)},  # type: ignore[arg-type]
             "num_anchors": len(anchor_labels), "skipped": [], "resumed": False, "image_size": None, "channels": None,
@@ -711,7 +705,7 @@ def _run_refine_locked(config: RefineRunConfig, out: Path, started: float, *, ra
     if rank == 0:
         replaced_results_notice(out, config)
     if world > 1 and config.evidence_mode not in ("pretrained", "features"):
-        raise InputError(f"--{'train' if config.train else 'classifier'} runs in one process; a multi-process "
+        raise InputError(f"--{'train' if config.evidence_mode == 'train' else 'classifier'} runs in one process; a multi-process "
                          "launch splits the pretrained encoder's features (leave out --train / --classifier)")
     cache = out / "cache"
     if config.evidence_mode == "features":
@@ -732,13 +726,6 @@ def _run_refine_locked(config: RefineRunConfig, out: Path, started: float, *, ra
     return _write_results(config, dataset, result, info, out, started)
 
 
-def _neighbor_graphs(info: Dict[str, Any]) -> Any:
-    """The ``neighbor_graph`` facts of a refinement (one space: a dict; per-fold spaces: a list)."""
-    if "spaces" in info:
-        return [space.get("neighbor_graph") for space in info["spaces"]]
-    return info.get("neighbor_graph")
-
-
 def _write_results(config: RefineRunConfig, dataset: Any, result: RefinementResult,
                    info: Dict[str, Any], out: Path, started: float) -> Dict[str, Any]:
     num_classes = dataset.num_classes
@@ -755,24 +742,21 @@ def _write_results(config: RefineRunConfig, dataset: Any, result: RefinementResu
         "num_samples": len(dataset), "num_classes": num_classes, "class_names": dataset.class_names,
         "image_size": image_size, "channels": channels, "path_backed": dataset.is_path_backed,
         "anchors": info["anchors"], "num_anchors": info["num_anchors"], "features": config.space,
-        "evidence": info.get("evidence"), "classifier": info.get("classifier"), "refiner": config.refiner,
-        "refiner_options": config.refiner_for_run().options.to_dict(),
-        # the score rule's alpha / threshold (the posterior refiner: no alpha; threshold = the
-        # lowest posterior among the changes)
-        "alpha": None if np.isnan(result.alpha) else float(result.alpha), "threshold": float(result.threshold),
+        "evidence": info.get("evidence"), "classifier": info.get("classifier"), "refiner": config.refiner.name,
+        "refiner_options": _refiner(config).options.to_dict(),
+        # the score rule's alpha / threshold (None when no score rule decided: the posterior)
+        "alpha": result.alpha, "threshold": result.threshold,
         "temperature": float(np.mean(temperatures)) if temperatures else None,
         "num_changed": int(changed.sum()),
-        # the posterior refiner's decision: model check, what decided, estimated precision of the changes
-        "decision": {key: result.info[key] for key in ("model_check", "model_fit", "decided_by", "minimum_evidence",
-                                                       "estimated_precision", "target_precision")
-                     if key in result.info},
+        # how the changes were decided: what decided, the model check, estimated precision, graph
+        "decision": result.decision.to_dict(),
         "counts_before": np.bincount(result.labels, minlength=num_classes).tolist(),
         "counts_after": np.bincount(result.refined_labels, minlength=num_classes).tolist(),
         "transitions": transitions.tolist(), "skipped": info.get("skipped", []), "rounds": info.get("rounds", []),
         "resumed": bool(info.get("resumed", False)), "timings": info.get("timings", {}),
         # the kNN graph the refiner built (exact or approximate, with its measured recall) and
         # each stage's wall time, peak RSS and feature bytes read
-        "neighbor_graph": _neighbor_graphs(result.info), "stages": info.get("stages", []),
+        "neighbor_graph": result.decision.neighbor_graph, "stages": info.get("stages", []),
         "synref_version": __version__,
     }
     write_npy(out / "scores.npy", result.scores)
@@ -788,16 +772,16 @@ def _write_results(config: RefineRunConfig, dataset: Any, result: RefinementResu
 def format_refine_summary(summary: Dict[str, Any], out: Path) -> str:
     evidence = summary.get("evidence") or {}
     where = f" on {evidence['processes']} processes" if evidence.get("processes", 1) > 1 else ""
+    decision = Decision.from_dict(summary["decision"])
+    rule = "" if decision.rule is None else f", threshold {decision.rule.threshold:.3g}"
     lines = [f"{summary['num_changed']} of {summary['num_samples']} labels changed "
              f"({100 * summary['num_changed'] / max(summary['num_samples'], 1):.1f} %), "
-             f"features {summary['features']}{where}, refiner {summary['refiner']}, "
-             f"threshold {summary['threshold']:.3g}"]
-    check = (summary.get("decision") or {}).get("model_check", "passed")
-    if check != "passed":
-        lines.append(f"model check {check}")
-    evidence = (summary.get("decision") or {}).get("minimum_evidence", "met")
-    if evidence != "met":
-        lines.append(evidence)
+             f"encoder {summary['features']}{where}, refiner {summary['refiner']}, "
+             f"decided by {decision.decided_by}{rule}"]
+    if not decision.model_check_passed:
+        lines.append(f"model check {decision.model_check}")
+    if decision.minimum_evidence != "met":
+        lines.append(decision.minimum_evidence)
     if summary["skipped"]:
         lines.append(f"skipped {len(summary['skipped'])} files (unreadable images, special, hidden or non-image "
                      f"files, linked folders; listed in summary.json)")

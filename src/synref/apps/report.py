@@ -9,7 +9,8 @@ few anchors per shown class from the anchor set (``summary["anchors"]["dir"]``).
 
 The page is a single self-contained file -- inline CSS, every image a base64 ``data:`` PNG, no
 script and no external request -- with: the run's settings, the counts per class before and
-after, the given -> suggested transition heatmap, score histograms with the threshold marked,
+after, the given -> suggested transition heatmap, score histograms with how the run decided (a score
+rule's threshold marked; the posterior's decision explained, :mod:`~synref.apps.report_decision`),
 and a gallery of the changed samples (most confident first) beside anchors of their given and
 suggested classes. Every class name, path and id is HTML-escaped.
 """
@@ -31,6 +32,7 @@ from .. import __version__
 from ..errors import InputError, one_line
 from ..io import check_output_file, npy_problem, read_csv_text, read_json_object, write_text
 from ..validation import check_count
+from .report_decision import DecisionStory, anchors_text, decision_story
 
 PathLike = Union[str, os.PathLike]
 #: ``index -> (H, W, C) uint8 image`` or None when it cannot be read (shown as a placeholder).
@@ -706,14 +708,6 @@ def _fmt_seconds(value: Any) -> str:
     return f"{int(h)} h {int(m)} min"
 
 
-def _threshold(summary: Mapping[str, Any]) -> Optional[float]:
-    try:
-        value = float(summary.get("threshold"))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 def _header(summary: Mapping[str, Any], n: int, c: int, num_changed: int, version: str) -> str:
     pct = 100.0 * num_changed / n if n else 0.0
     size = summary.get("image_size")
@@ -721,21 +715,16 @@ def _header(summary: Mapping[str, Any], n: int, c: int, num_changed: int, versio
                  else _fmt_setting(size))
     if summary.get("channels") is not None:
         size_text += f" \u00d7 {summary.get('channels')} ch"
-    temp = summary.get("temperature")
     decision = summary.get("decision") if isinstance(summary.get("decision"), Mapping) else {}
     facts = [
         ("samples (N)", f"{n:,}", True),
         ("classes (C)", f"{c:,}", True),
         ("labels changed", f"{num_changed:,} ({pct:.1f}%)", True),
-        ("threshold", _fmt_setting(summary.get("threshold")), True),
-        ("alpha", _fmt_setting(summary.get("alpha")), False),
-        ("decided by", _fmt_setting(decision.get("decided_by", summary.get("refiner"))), False),
-        ("estimated precision of the changes", "\u2014" if decision.get("estimated_precision") is None
-         else f"{float(decision['estimated_precision']):.3f}", False),
-        ("temperature", "none" if temp is None else _fmt_setting(temp), False),
-        ("features", _fmt_setting(summary.get("features")), False),
+        ("refiner", _fmt_setting(summary.get("refiner")), False),
+        *decision_story(summary).facts,  # what decided: the score rule's settings, or the posterior's
+        ("encoder", _fmt_setting(summary.get("features")), False),
         ("classifier", _fmt_setting(summary.get("classifier")), False),
-        ("anchors", _fmt_setting(summary.get("anchors")), False),
+        ("anchors", anchors_text(summary.get("anchors")), False),
         ("anchor images", _fmt_setting(summary.get("num_anchors")), False),
         ("labels file", _fmt_setting(summary.get("labels_file")), False),
         ("working image size", size_text, False),
@@ -755,7 +744,7 @@ def _header(summary: Mapping[str, Any], n: int, c: int, num_changed: int, versio
         more = f"<li>\u2026 and {len(skipped) - 50} more</li>" if len(skipped) > 50 else ""
         skipped_html = (f'<details class="warn" style="margin-top:12px"><summary>{len(skipped)} input '
                         f'file(s) skipped</summary><ul>{items}{more}</ul></details>')
-    check = decision.get("model_check", "passed")
+    check = decision.get("model_check") or "passed"
     check_html = ("" if check == "passed" else
                   f'<p class="warn" style="margin-top:12px">model check {_e(check)}</p>')
     if decision.get("minimum_evidence", "met") != "met":
@@ -812,16 +801,16 @@ def _transitions_section(names: Sequence[str], transitions: np.ndarray) -> str:
             f'{_plot_and_table(img, table, wide=len(names) > ANNOTATE_MAX_CLASSES)}</section>')
 
 
-def _scores_section(best: np.ndarray, given: np.ndarray, changed: np.ndarray,
-                    threshold: Optional[float]) -> str:
-    h1 = _plot_hist(best, changed, threshold, title="Best score (all samples)", xlabel="best score")
-    h2 = _plot_hist(given, changed, threshold, title="Score of the given label", xlabel="given-label score")
-    thr = "not recorded" if threshold is None else f"{threshold:g}"
-    return (f'<section id="scores"><h2>Scores</h2><p class="note">A label is changed to the best class when '
-            f'its score reaches the threshold (<b class="threshold">{_e(thr)}</b>, dashed line) and the best '
-            f'class differs from the given one.</p><div class="hists">'
-            f'<img class="plot" alt="best score histogram" src="{h1}">'
-            f'<img class="plot" alt="given-label score histogram" src="{h2}"></div></section>')
+def _scores_section(best: np.ndarray, given: np.ndarray, changed: np.ndarray, story: DecisionStory) -> str:
+    """The histograms of the best and the given label's score, with how the run decided (a score
+    rule's threshold as a dashed line; the posterior's decision in words)."""
+    name = story.score_name
+    h1 = _plot_hist(best, changed, story.threshold, title=f"Best {name} (all samples)", xlabel=f"best {name}")
+    h2 = _plot_hist(given, changed, story.threshold, title=f"{name.capitalize()} of the given label",
+                    xlabel=f"given-label {name}")
+    return (f'<section id="scores"><h2>Scores</h2><p class="note">{_e(story.note)}</p><div class="hists">'
+            f'<img class="plot" alt="best {name} histogram" src="{h1}">'
+            f'<img class="plot" alt="given-label {name} histogram" src="{h2}"></div></section>')
 
 
 def _gallery_section(order: List[Dict[str, Any]], num_changed: int, names: Sequence[str],
@@ -989,7 +978,6 @@ def render_report(summary: Mapping[str, Any], rows: Union[ResultRows, Sequence[M
     if isinstance(summary.get("num_samples"), int) and summary["num_samples"] != n:
         warnings.append(f"summary.json says {summary['num_samples']} samples, refined_labels.csv has {n}")
 
-    threshold = _threshold(summary)
     best, given_scores = table.best_score, table.given_score
     version = str(summary.get("synref_version") or __version__)
     dataset = _fmt_setting(summary.get("data"))
@@ -1001,7 +989,7 @@ def render_report(summary: Mapping[str, Any], rows: Union[ResultRows, Sequence[M
         _header(summary, n, c, num_changed, version),
         _counts_section(names, before, after, "; ".join(warnings)),
         _transitions_section(names, transitions),
-        _scores_section(best, given_scores, changed, threshold),
+        _scores_section(best, given_scores, changed, decision_story(summary)),
         _gallery_section(order, num_changed, names, image_of, strips, scores_arr),
         f"<footer>Generated by synref {_e(__version__)} from the results of synref "
         f"{_e(version)}. Self-contained: no external resources.</footer>",

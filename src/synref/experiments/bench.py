@@ -38,7 +38,7 @@ from .recipes import (DATASETS, GIVEN, NOISE_SETTINGS, is_user_dataset, noise_fi
 from .results import read_cells
 from .runner import Experiment, parse_noise_settings
 
-__all__ = ["BenchConfig", "bench_config", "run_bench"]
+__all__ = ["BenchConfig", "bench_config", "run_bench", "check_bench_options", "BENCH_OPTION_RULES"]
 
 
 @dataclass
@@ -122,22 +122,60 @@ def user_methods(methods: Optional[str]) -> List[str]:
     return chosen
 
 
+#: ``synref bench`` options that apply to some runs only: option -> (applies(dataset, methods,
+#: protocol)?, what it applies to).
+BENCH_OPTION_RULES: Dict[str, Tuple[Callable[[str, Sequence[str], Protocol], bool], str]] = {
+    **{name: ((lambda dataset, methods, protocol: is_user_dataset(dataset)), "your own data (--dataset DIR_OR_CSV)")
+       for name in ("labels", "clean_labels", "split", "test_split")},
+    "data": ((lambda dataset, methods, protocol: dataset in ("cifar10", "cifar100")),
+             "--dataset cifar10 / cifar100 (the official python layout; digits ship with scikit-learn, your own "
+             "data is --dataset)"),
+    "clip_model": ((lambda dataset, methods, protocol: protocol.evidence.encoder == "clip" or
+                    any(m.startswith("lra-clip") for m in methods)), "the lra-clip rows and --encoder clip"),
+}
+
+
+def check_bench_options(dataset: str, methods: Sequence[str], protocol: Protocol, given: Dict[str, str]) -> None:
+    """InputError naming the first option of ``given`` (option -> the flag the user wrote) that
+    this bench run would not use, and what it applies to."""
+    for option, flag in given.items():
+        rule = BENCH_OPTION_RULES.get(option)
+        if rule is not None and not rule[0](dataset, methods, protocol):
+            what = "your own data" if is_user_dataset(dataset) else f"--dataset {dataset}"
+            raise InputError(f"{flag} does not apply to {what} with methods {','.join(methods)}; it applies to "
+                             f"{rule[1]}")
+
+
+def _set_options(given: Optional[Dict[str, str]], **values: Any) -> Dict[str, str]:
+    """``given``, or (a library call) the options whose value differs from the command's default."""
+    if given is not None:
+        return given
+    defaults = {"split": "train", "test_split": "test"}
+    return {k: "--" + k.replace("_", "-") for k, v in values.items() if v is not None and v != defaults.get(k)}
+
+
 def bench_config(*, dataset: str = "digits", protocol: str = "digits", data: Optional[str] = None,
                  methods: Optional[str] = None, noise: Optional[str] = None, seeds: Sequence[int] = (0,),
                  noise_files: Sequence[str] = (), anchors: Optional[str] = None, device: Optional[str] = None,
                  clip_model: Optional[str] = None,
                  protocol_overrides: Optional[Callable[[Protocol], None]] = None, split: str = "train",
                  labels: Optional[str] = None, clean_labels: Optional[str] = None,
-                 test_split: Optional[str] = "test", encoder: Optional[str] = None) -> BenchConfig:
+                 test_split: Optional[str] = "test", encoder: Optional[str] = None,
+                 given: Optional[Dict[str, str]] = None) -> BenchConfig:
     """The :class:`BenchConfig` of command-line style arguments: the named protocol (edited by
     ``protocol_overrides``; ``encoder``: the refinement's frozen space, e.g. ``hf:ID_OR_FOLDER``),
     methods in table order, the noise settings (the paper's five unless only label files are
-    given, then theirs; ``given`` on the user's data) and the label files found."""
+    given, then theirs; ``given`` on the user's data) and the label files found. An option that
+    this run would not use is refused (:func:`check_bench_options`; ``given``: the options the
+    user set -> their flags, default those with a value other than the command's default)."""
+    given = _set_options(given, data=data, labels=labels, clean_labels=clean_labels, split=split,
+                         test_split=test_split, clip_model=clip_model)
     if is_user_dataset(dataset):
         check_user_dataset(dataset)
         proto = protocol_for(protocol, user_dataset_name(dataset), protocol_overrides)
         if encoder is not None:
             proto = with_refine_encoder(proto, encoder)
+        check_bench_options(dataset, user_methods(methods), proto, given)
         settings = parse_noise_settings(noise, (GIVEN,))
         seeds = [int(s) for s in seeds]
         return BenchConfig(dataset=dataset, protocol=proto, methods=tuple(user_methods(methods)),
@@ -148,6 +186,7 @@ def bench_config(*, dataset: str = "digits", protocol: str = "digits", data: Opt
     if encoder is not None:
         proto = with_refine_encoder(proto, encoder)
     method_list = parse_methods(methods, proto.encoders)
+    check_bench_options(dataset, method_list, proto, given)
     settings = parse_noise_settings(noise, NOISE_SETTINGS) if (noise is not None or not noise_files) else []
     seeds = [check_split_seed(s, "--seeds") for s in seeds]
     if not seeds:

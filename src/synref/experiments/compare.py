@@ -15,7 +15,8 @@ Every method gets the *same* out-of-sample evidence (k-fold cross-fitting, clean
 ``refine-crossfit``, ``refine-posterior``) under a protocol (digits: the demo's data and
 evidence; CIFAR: the cpu protocol's data and pretrained evidence: frozen
 ``efficientnet-lite-ensemble`` features and a cross-fitted linear head).
-:func:`compare_with_cleanlab` / :func:`compare_crossfit_spaces` are the same rows over arrays.
+:func:`correction_rows` (:func:`compare_with_cleanlab`, :func:`compare_crossfit_spaces`) runs the
+same correctors on evidence given as arrays.
 """
 from __future__ import annotations
 
@@ -30,14 +31,15 @@ from ..hashing import PathLike
 from ..io import check_output_dir
 from ..evidence import Evidence
 from ..optional import require
-from ..refiners import DEFAULT_ALPHA, DEFAULT_THRESHOLD, refine, relabel, score_matrix
-from ..refiners.confident import confident_learning_correction
-from .methods import COMPARE_COLUMNS, correction_row, refiner_row_name
+from ..pipeline import RefinerSpec, fold_schedule
+from ..refiners import DEFAULT_ALPHA, DEFAULT_THRESHOLD
+from .methods import COMPARE_COLUMNS, correction_row, create_method
 from .protocol import Protocol, protocol_for, with_refine_encoder
 from .recipes import cpu_cifar_schedule
 from .runner import Experiment
 
-__all__ = ["compare_with_cleanlab", "compare_crossfit_spaces", "compare_on_evidence", "correction_row",
+__all__ = ["compare_with_cleanlab", "compare_crossfit_spaces", "correction_rows", "correction_row",
+           "check_compare_options", "COMPARE_OPTION_RULES",
            "format_compare_table", "run_compare", "compare_protocol", "COLUMNS", "COMPARE_METHODS"]
 
 #: Row keys, in table order (plus ``method``).
@@ -47,65 +49,43 @@ COMPARE_METHODS = ("given", "argmax", "prototype", "cleanlab", "refine-paper", "
                    "refine-posterior")
 
 
-def compare_on_evidence(evidence: Evidence, true_labels: np.ndarray, *, alpha: float = DEFAULT_ALPHA,
-                        threshold: float = DEFAULT_THRESHOLD, calibrate: bool = True, include_given: bool = True,
-                        similarity: Optional[np.ndarray] = None,
-                        cleanlab_kwargs: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
-    """Rows (dicts with ``method`` and :data:`COLUMNS`) of cleanlab and synref's refiners on the
-    same ``evidence`` (its ``pred_probs`` are cleanlab's input). ``similarity`` (N, C), when
-    given, replaces the calibrated row's similarity term (e.g. a precomputed calibrated one)."""
-    require("cleanlab.filter", "comparing with cleanlab")
-    noisy, true = evidence.labels, np.asarray(true_labels, dtype=np.int64)
-    probs = evidence.resolve_pred_probs()
-    if probs is None or len(true) != len(noisy):
-        raise InputError(f"{len(noisy)} noisy labels, {len(true)} true labels, pred_probs "
-                         f"{None if probs is None else probs.shape}")
+def correction_rows(evidence: Evidence, true_labels: np.ndarray, methods: Sequence[str],
+                    refiners: Optional[Dict[str, RefinerSpec]] = None) -> List[Dict[str, Any]]:
+    """Rows (dicts with ``method`` = the row's title and :data:`COLUMNS`) of the correction
+    ``methods`` (``given``, ``cleanlab``, ``argmax``, ``prototype``, ``refine-<refiner>``) on the
+    same ``evidence``: the correctors of ``synref compare`` / ``bench``'s cells, over arrays.
+    ``refiners``: refiner name -> the spec of its ``refine-<refiner>`` row (default: its defaults)."""
+    true = np.asarray(true_labels, dtype=np.int64)
+    if len(true) != len(evidence.labels):
+        raise InputError(f"{len(evidence.labels)} noisy labels, {len(true)} true labels")
     rows: List[Dict[str, Any]] = []
-    if include_given:
-        rows.append(correction_row("given labels (no correction)", noisy, true, noisy, np.zeros(len(noisy), bool), 0.0))
-    t0 = time.perf_counter()
-    corrected, mask = confident_learning_correction(noisy, probs, **(cleanlab_kwargs or {}))
-    rows.append(correction_row("cleanlab find_label_issues + argmax", noisy, true, corrected, mask,
-                               time.perf_counter() - t0))
-    runs = [("paper", {})]
-    if similarity is None and calibrate:
-        runs.append(("crossfit", {"rounds": 1}))
-    runs.append(("posterior", {}))
-    for name, extra in runs:
+    for name in methods:
+        method = create_method(name)
+        if method.correct is None:
+            raise InputError(f"method {name} trains a network; correction_rows runs the correction methods")
+        spec = (refiners or {}).get(name[len("refine-"):]) if name.startswith("refine-") else None
         t0 = time.perf_counter()
-        if name == "posterior":
-            result = refine(evidence, name, keep_scores=False)
-        else:
-            result = refine(evidence, name, alpha=alpha, threshold=threshold, keep_scores=False, **extra)
-        rows.append(correction_row(refiner_row_name(name, alpha, threshold), noisy, true, result.refined_labels,
-                                   result.changed, time.perf_counter() - t0))
-    if similarity is not None:
-        t0 = time.perf_counter()
-        given = relabel(noisy, score_matrix(np.asarray(probs, dtype=np.float32), np.asarray(similarity),
-                                            alpha=alpha), threshold=threshold, alpha=alpha, keep_scores=False)
-        rows.append(correction_row(refiner_row_name("crossfit", alpha, threshold), noisy, true, given.refined_labels,
-                                   given.changed, time.perf_counter() - t0))
+        title, corrected, flagged = method.correct(evidence, spec)
+        rows.append(correction_row(title, evidence.labels, true, corrected, flagged, time.perf_counter() - t0))
     return rows
 
 
 def compare_with_cleanlab(labels_noisy: np.ndarray, true_labels: np.ndarray, pred_probs: np.ndarray,
                           features: np.ndarray, anchor_features: np.ndarray, anchor_labels: np.ndarray, *,
-                          alpha: float = DEFAULT_ALPHA, threshold: float = DEFAULT_THRESHOLD,
-                          similarity: Optional[np.ndarray] = None, calibrate: bool = True,
-                          include_given: bool = True,
-                          cleanlab_kwargs: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
-    """:func:`compare_on_evidence` over arrays in one feature space.
+                          alpha: float = DEFAULT_ALPHA, threshold: float = DEFAULT_THRESHOLD, calibrate: bool = True,
+                          include_given: bool = True, fold_ids: Optional[np.ndarray] = None) -> List[Dict[str, Any]]:
+    """cleanlab next to synref's refiners on the same out-of-sample ``pred_probs``, over arrays
+    (:func:`correction_rows` of ``given``, ``cleanlab``, ``refine-paper``, ``refine-crossfit``,
+    ``refine-posterior``).
 
     Args:
         labels_noisy: (N,) given labels; true_labels: (N,) clean labels (for the metrics only).
         pred_probs: (N, C) out-of-sample softmax, shared by every method.
-        features: (N, D); anchor_features: (M, D) in the same space; anchor_labels: (M,).
-        alpha, threshold: synref's score rule (both synref rows).
-        similarity: optional (N, C) calibrated similarity for the calibrated row; otherwise, with
-            ``calibrate`` (default), the temperature is fitted on held-out anchors.
-            ``calibrate=False`` and no ``similarity``: no such row.
+        features: (N, D); anchor_features: (M, D) in the same space (or (K, M, D) with
+            ``fold_ids`` (N,): row i in the space of fold ``fold_ids[i]``); anchor_labels: (M,).
+        alpha, threshold: the score rule of the ``paper`` and ``crossfit`` rows.
+        calibrate: the ``crossfit`` row (the similarity as anchor-calibrated probabilities).
         include_given: a first row for the given labels, uncorrected.
-        cleanlab_kwargs: passed to ``cleanlab.filter.find_label_issues``.
     Raises MissingDependencyError when cleanlab is not installed.
     """
     require("cleanlab.filter", "comparing with cleanlab")
@@ -115,25 +95,23 @@ def compare_with_cleanlab(labels_noisy: np.ndarray, true_labels: np.ndarray, pre
         raise InputError(f"{len(noisy)} noisy labels, {len(true_labels)} true labels, "
                          f"pred_probs of shape {probs.shape}")
     evidence = Evidence(noisy, probs.shape[1], anchor_labels, features=features, anchor_features=anchor_features,
-                        pred_probs=probs)
-    return compare_on_evidence(evidence, true_labels, alpha=alpha, threshold=threshold, calibrate=calibrate,
-                               include_given=include_given, similarity=similarity, cleanlab_kwargs=cleanlab_kwargs)
+                        pred_probs=probs, fold_ids=fold_ids)
+    rule = {"alpha": alpha, "threshold": threshold}
+    methods = (["given"] if include_given else []) + ["cleanlab", "refine-paper"] + \
+        (["refine-crossfit"] if calibrate else []) + ["refine-posterior"]
+    return correction_rows(evidence, true_labels, methods,
+                           {"paper": RefinerSpec("paper", rule), "crossfit": RefinerSpec("crossfit", rule)})
 
 
 def compare_crossfit_spaces(labels_noisy: np.ndarray, true_labels: np.ndarray, pred_probs: np.ndarray,
                             features: np.ndarray, fold_of: np.ndarray, anchor_features: np.ndarray,
                             anchor_labels: np.ndarray, *, alpha: float = DEFAULT_ALPHA,
                             threshold: float = DEFAULT_THRESHOLD) -> List[Dict[str, Any]]:
-    """:func:`compare_with_cleanlab` when every fold model has its own feature space.
-
-    Args:
-        features: (N, D), row i in the space of the fold model that held sample i out
-            (``fold_of[i]``); anchor_features: (folds, M, D), the anchors in each fold's space.
-    """
-    probs = np.asarray(pred_probs, dtype=np.float32)
-    evidence = Evidence(np.asarray(labels_noisy, dtype=np.int64), probs.shape[1], anchor_labels, features=features,
-                        anchor_features=anchor_features, pred_probs=probs, fold_ids=fold_of)
-    return compare_on_evidence(evidence, true_labels, alpha=alpha, threshold=threshold)
+    """:func:`compare_with_cleanlab` when every fold model has its own feature space
+    (``features`` (N, D), row i in the space of fold ``fold_of[i]``; ``anchor_features`` (folds,
+    M, D))."""
+    return compare_with_cleanlab(labels_noisy, true_labels, pred_probs, features, anchor_features, anchor_labels,
+                                 alpha=alpha, threshold=threshold, fold_ids=fold_of)
 
 
 def format_compare_table(rows: Sequence[Dict[str, Any]], title: Optional[str] = None) -> str:
@@ -149,26 +127,54 @@ def format_compare_table(rows: Sequence[Dict[str, Any]], title: Optional[str] = 
     return "\n".join(lines)
 
 
-def compare_protocol(dataset: str, *, subset: int = 10000, epochs: int = 15, anchors_per_class: int = 100,
-                     encoder: Optional[str] = None) -> Protocol:
+#: ``synref compare`` options -> (applies to the run?, what it applies to), given the dataset and
+#: the options set; the others apply to every run.
+COMPARE_OPTION_RULES = {
+    "data": (lambda dataset, given: dataset != "digits", "--dataset cifar10 / cifar100 (the official python layout)"),
+    "subset": (lambda dataset, given: dataset != "digits", "--dataset cifar10 / cifar100"),
+    "epochs": (lambda dataset, given: dataset == "digits",
+               "--dataset digits (its fold networks; CIFAR's evidence trains no network: frozen features and "
+               "linear heads)"),
+    "noise": (lambda dataset, given: "noise_file" not in given, "runs without --noise-file (generated noise)"),
+}
+
+
+def check_compare_options(dataset: str, given: Dict[str, str]) -> None:
+    """InputError naming the first option of ``given`` (option -> the flag the user wrote) that
+    ``synref compare --dataset dataset`` would not use, and what it applies to."""
+    for option, flag in given.items():
+        rule = COMPARE_OPTION_RULES.get(option)
+        if rule is not None and not rule[0](dataset, given):
+            raise InputError(f"{flag} does not apply to --dataset {dataset}"
+                             f"{' with --noise-file' if option == 'noise' else ''}; it applies to {rule[1]}")
+
+
+def compare_protocol(dataset: str, *, subset: int = 10000, epochs: Optional[int] = None,
+                     anchors_per_class: int = 100, encoder: Optional[str] = None) -> Protocol:
     """The protocol of ``synref compare``: digits = the demo's (SimCLR space, a cross-fitted small
-    CNN, the clean validation split picking each fold's epoch); CIFAR = the cpu protocol's data
-    (first ``subset`` images, real-anchor stand-in) and its pretrained evidence (the frozen
-    encoder's features, a cross-fitted linear head; ``epochs`` is the Standard model's, which
-    no correction row trains). ``encoder`` (``--encoder``, e.g. ``hf:ID_OR_FOLDER``) replaces
-    the refinement's space; the protocol's name then carries it."""
+    CNN, the clean validation split picking each fold's epoch; ``epochs``: the fold networks'
+    epochs, default the protocol's); CIFAR = the cpu protocol's data (first ``subset`` images,
+    real-anchor stand-in) and its pretrained evidence (the frozen encoder's features, a
+    cross-fitted linear head: no network is trained, ``epochs`` does not apply). ``encoder``
+    (``--encoder``, e.g. ``hf:ID_OR_FOLDER``) replaces the refinement's space; the protocol's name
+    then carries it."""
     if dataset == "digits":
         protocol = dataclasses.replace(protocol_for("digits", "digits"), anchors_per_class=anchors_per_class)
+        if epochs is not None:
+            protocol.evidence = dataclasses.replace(protocol.evidence, train=fold_schedule(int(epochs)))
     else:
+        if epochs is not None:
+            raise InputError(f"--epochs does not apply to --dataset {dataset}; it applies to "
+                             f"{COMPARE_OPTION_RULES['epochs'][1]}")
         if not 8 <= subset <= 45000:
             raise InputError(f"--subset must be in [8, 45000], got {subset}")
         protocol = dataclasses.replace(protocol_for("cpu", dataset), train_size=subset,
-                                       standard=cpu_cifar_schedule(epochs, 0.05), anchors_per_class=anchors_per_class)
+                                       standard=cpu_cifar_schedule(15, 0.05), anchors_per_class=anchors_per_class)
     return protocol if encoder is None else with_refine_encoder(protocol, encoder, rename=True)
 
 
 def run_compare(dataset: str = "digits", *, noise: str = "pmd-0.7", seed: int = 0, data: Optional[str] = None,
-                noise_file: Optional[str] = None, subset: int = 10000, epochs: int = 15,
+                noise_file: Optional[str] = None, subset: int = 10000, epochs: Optional[int] = None,
                 protocol: Optional[Protocol] = None, out: Optional[PathLike] = None,
                 encoder: Optional[str] = None) -> List[Dict[str, Any]]:
     """The comparison table's rows (:data:`COMPARE_METHODS`) on ``dataset`` with noise ``noise``

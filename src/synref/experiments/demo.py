@@ -25,7 +25,8 @@ from ..noise import format_noise_spec, parse_noise_spec
 from ..refiners import relabel_metrics
 from ..train import TrainConfig
 from ..validation import check_split_seed
-from .protocol import Protocol, digits_protocol
+from ..pipeline import RefinerSpec
+from .protocol import PAPER_EVIDENCE, Protocol, digits_protocol
 from .recipes import ExperimentData, digits_paper_finetune
 from .runner import Experiment, SharedSteps
 
@@ -74,7 +75,8 @@ class DemoConfig(ConfigMixin):
     def protocols(self) -> Dict[str, Protocol]:
         """The protocol of each preset row, named by its content (so a changed demo never reuses
         another's cells)."""
-        paper = dataclasses.replace(self.protocol, refine="paper", refiner="paper", finetune=self.paper_finetune)
+        paper = dataclasses.replace(self.protocol, evidence=PAPER_EVIDENCE, refiner=RefinerSpec("paper"),
+                                    finetune=self.paper_finetune)
         out = {"paper": paper, "synref": self.protocol}
         return {name: dataclasses.replace(p, name=f"demo-{name}-{digest(p.to_dict(), length=8)}")
                 for name, p in out.items() if name in self.presets}
@@ -116,7 +118,8 @@ def run_demo(config: Optional[DemoConfig] = None, *, out: Optional[Path] = None)
         refined = run.refined()
         row: Dict[str, Any] = relabel_metrics(run.noisy(), refined, run.runner.data.train.labels)
         row.update(standard_test_acc=by["standard"]["test_acc"], refined_test_acc=by["ours"]["test_acc"],
-                   control_test_acc=by["control"]["test_acc"], alpha=protocol.alpha, threshold=protocol.threshold,
+                   control_test_acc=by["control"]["test_acc"], refiner=protocol.refiner.name,
+                   **{k: run.refine_info[k] for k in ("alpha", "threshold") if k in run.refine_info},
                    seconds=round(time.time() - t0, 2))
         if run.refine_info.get("rounds") and protocol.refine == "synref":
             row["rounds"] = run.refine_info["rounds"]

@@ -14,20 +14,25 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import InputError
+from ..evidence import Evidence
 from ..features import label_free_extractors
 from ..models import create_model, evaluate_accuracy
+from ..pipeline import RefinerSpec, build_refiner
 from ..refiners import REFINERS, refine, refiner_option_names
 from ..refiners.confident import confident_learning_correction
 from ..registry import Registry
 from ..train import fine_tune, fit, predict_lra, train_lra, train_plc
 
+if TYPE_CHECKING:  # the runner imports this module
+    from .runner import NoiseRun, Runner
+
 __all__ = ["METHODS", "Method", "create_method", "method_base", "parse_methods", "BASE_METHODS",
-           "correction_row", "COMPARE_COLUMNS", "method_names"]
+           "correction_row", "COMPARE_COLUMNS", "method_names", "method_title", "row_refiner"]
 
 #: the paper's rows before the LRA ones, in table order.
 BASE_METHODS = ("standard", "ours", "plc", "plc+ours")
@@ -35,23 +40,31 @@ BASE_METHODS = ("standard", "ours", "plc", "plc+ours")
 COMPARE_COLUMNS = ("label_acc_after_correction", "flagged", "flagged_precision", "flagged_recall", "fix_precision",
                    "seconds")
 
+#: ``correct(evidence, refiner) -> (row title, corrected labels (N,), flagged (N,) bool)``: a
+#: correction on the evidence alone (``refiner``: the spec of a ``refine-<refiner>`` row).
+Corrector = Callable[[Evidence, Optional[RefinerSpec]], Tuple[str, np.ndarray, np.ndarray]]
+
 
 @dataclass(frozen=True)
 class Method:
     """One row of a table. ``kind``: ``train`` (a test accuracy) or ``correct`` (correction
-    metrics). ``refined``: trains on the refined labels (a ``+ ours`` row)."""
+    metrics). ``refined``: trains on the refined labels (a ``+ ours`` row). ``title``: its name
+    in the results tables. ``correct``: a correction row's correction on the evidence alone
+    (what ``synref compare``'s rows over arrays run too)."""
 
     name: str
     kind: str
     refined: bool
-    run: Callable[[Any, Any], Dict[str, Any]]
+    run: Callable[["Runner", "NoiseRun"], Dict[str, Any]]
+    title: str
+    correct: Optional[Corrector] = None
 
 
 METHODS: Registry[Method] = Registry("method")
 
 
 # ------------------------------------------------------------------------------ training rows
-def _train_row(runner: Any, run: Any, method: str, refined: bool) -> Dict[str, Any]:
+def _train_row(runner: "Runner", run: "NoiseRun", method: str, refined: bool) -> Dict[str, Any]:
     d = runner.data
     labels = run.refined() if refined else run.noisy()
     return {"dataset": runner.dataset, "protocol": runner.protocol.name, "method": method, "noise": run.noise,
@@ -59,7 +72,8 @@ def _train_row(runner: Any, run: Any, method: str, refined: bool) -> Dict[str, A
             "anchors": d.anchor_source}
 
 
-def _finish(row: Dict[str, Any], res: Any, test_acc: float, t0: float, run: Any, refined: bool) -> Dict[str, Any]:
+def _finish(row: Dict[str, Any], res: Any, test_acc: float, t0: float, run: "NoiseRun",
+            refined: bool) -> Dict[str, Any]:
     row.update(val_acc=res.best_val_acc, best_epoch=res.best_epoch)
     row["test_acc"] = float(test_acc)
     row["seconds"] = round(time.time() - t0, 2)
@@ -69,7 +83,7 @@ def _finish(row: Dict[str, Any], res: Any, test_acc: float, t0: float, run: Any,
 
 @METHODS.register("standard")
 def _standard() -> Method:
-    def run_(runner: Any, run: Any) -> Dict[str, Any]:
+    def run_(runner: "Runner", run: "NoiseRun") -> Dict[str, Any]:
         p, d, seed = runner.protocol, runner.data, run.seed
         row = _train_row(runner, run, "standard", False)
         t0 = time.time()
@@ -89,21 +103,21 @@ def _standard() -> Method:
         row["refine_seconds"] = None
         return row
 
-    return Method("standard", "train", False, run_)
+    return Method("standard", "train", False, run_, "Standard")
 
 
-def row_labels(run: Any, refined: bool) -> np.ndarray:
+def row_labels(run: "NoiseRun", refined: bool) -> np.ndarray:
     """The labels a row trains on: the refined ones (a ``+ ours`` row) or the noisy ones."""
     return run.refined() if refined else run.noisy()
 
 
 #: ``train(runner, run, labels) -> (result with best_val_acc / best_epoch, test accuracy, extra row fields)``.
-Trainer = Callable[[Any, Any, np.ndarray], Tuple[Any, float, Dict[str, Any]]]
+Trainer = Callable[["Runner", "NoiseRun", np.ndarray], Tuple[Any, float, Dict[str, Any]]]
 
 
-def _trained(name: str, refined: bool, train: Trainer) -> Method:
+def _trained(name: str, title: str, refined: bool, train: Trainer) -> Method:
     """A training row: ``train`` on the row's labels, timed on its own (shared steps excluded)."""
-    def run_(runner: Any, run: Any) -> Dict[str, Any]:
+    def run_(runner: "Runner", run: "NoiseRun") -> Dict[str, Any]:
         row = _train_row(runner, run, name, refined)
         labels = row_labels(run, refined)
         t0 = time.time()
@@ -114,10 +128,10 @@ def _trained(name: str, refined: bool, train: Trainer) -> Method:
         row.update(extra)
         return row
 
-    return Method(name, "train", refined, run_)
+    return Method(name, "train", refined, run_, title)
 
 
-def _finetune_standard(runner: Any, run: Any, labels: np.ndarray) -> Tuple[Any, float, Dict[str, Any]]:
+def _finetune_standard(runner: "Runner", run: "NoiseRun", labels: np.ndarray) -> Tuple[Any, float, Dict[str, Any]]:
     """Fine-tune the Standard model (the paper's "+ Ours" step; ``control`` on the noisy labels)."""
     p, d = runner.protocol, runner.data
     standard = run.standard_model()
@@ -127,7 +141,7 @@ def _finetune_standard(runner: Any, run: Any, labels: np.ndarray) -> Tuple[Any, 
     return res, evaluate_accuracy(res.model, d.test.images, d.test.labels), {"t0": t0}
 
 
-def _plc_train(runner: Any, run: Any, labels: np.ndarray) -> Tuple[Any, float, Dict[str, Any]]:
+def _plc_train(runner: "Runner", run: "NoiseRun", labels: np.ndarray) -> Tuple[Any, float, Dict[str, Any]]:
     """PLC from scratch on ``labels``."""
     p, d, seed = runner.protocol, runner.data, run.seed
     model = create_model(p.model, num_classes=d.num_classes, in_channels=d.train.images.shape[-1], seed=seed)
@@ -138,16 +152,20 @@ def _plc_train(runner: Any, run: Any, labels: np.ndarray) -> Tuple[Any, float, D
             {"corrected_label_acc": float(np.mean(res.corrected_labels == d.train.labels))})
 
 
-METHODS.register("ours")(lambda: _trained("ours", True, _finetune_standard))
-METHODS.register("control")(lambda: _trained("control", False, _finetune_standard))
-METHODS.register("plc")(lambda: _trained("plc", False, _plc_train))
-METHODS.register("plc+ours")(lambda: _trained("plc+ours", True, _plc_train))
+METHODS.register("ours")(lambda: _trained("ours", "Ours (re-labeled)", True, _finetune_standard))
+METHODS.register("control")(lambda: _trained("control", "Control (fine-tuned on the noisy labels)", False,
+                                             _finetune_standard))
+METHODS.register("plc")(lambda: _trained("plc", "PLC", False, _plc_train))
+METHODS.register("plc+ours")(lambda: _trained("plc+ours", "PLC + Ours", True, _plc_train))
+
+#: how the LRA rows name their encoders.
+_ENCODER_TITLES = {"simclr": "SimCLR", "ssl": "SimCLR", "clip": "CLIP", "efficientnet-lite0": "EfficientNet-Lite0"}
 
 
 @METHODS.register("lra")
 def _lra(encoder: str, refined: bool = False) -> Method:
     """``lra-<encoder>`` (``+ours``: on the refined labels): LRA-diffusion on the frozen encoder."""
-    def train(runner: Any, run: Any, labels: np.ndarray) -> Tuple[Any, float, Dict[str, Any]]:
+    def train(runner: "Runner", run: "NoiseRun", labels: np.ndarray) -> Tuple[Any, float, Dict[str, Any]]:
         p, d, seed = runner.protocol, runner.data, run.seed
         feats = runner.features(encoder, seed)
         t0 = time.time()  # encoder features are shared by every cell (listed separately)
@@ -156,7 +174,8 @@ def _lra(encoder: str, refined: bool = False) -> Method:
                         val_features=feats["val"], val_labels=d.val.labels)
         return res, float(np.mean(predict_lra(res.model, feats["test"]) == d.test.labels)), {"t0": t0}
 
-    return _trained(f"lra-{encoder}" + ("+ours" if refined else ""), refined, train)
+    title = f"LRA ({_ENCODER_TITLES.get(encoder, encoder)})" + (" + Ours" if refined else "")
+    return _trained(f"lra-{encoder}" + ("+ours" if refined else ""), title, refined, train)
 
 
 # ------------------------------------------------------------------------------ correction rows
@@ -190,100 +209,99 @@ def correction_row(method: str, labels_noisy: np.ndarray, true_labels: np.ndarra
     }
 
 
-def refiner_row_name(refiner: str, alpha: float, threshold: float) -> str:
+def refiner_row_name(spec: RefinerSpec) -> str:
     """The table name of a ``refine-<refiner>`` row."""
-    if refiner == "paper":
-        return f"synref paper rule (alpha {alpha:g}, thr {threshold:g})"
-    if refiner == "crossfit":
+    if spec.name == "paper":
+        return f"synref paper rule (alpha {spec.value('alpha'):g}, thr {spec.value('threshold'):g})"
+    if spec.name == "crossfit":
         return "synref calibrated similarity"
-    return f"synref {refiner}"
+    return f"synref {spec.name}"
 
 
-def _correction_row(runner: Any, run: Any, name: str, row: Dict[str, Any], corrected: np.ndarray) -> Dict[str, Any]:
+def row_refiner(refiner: str, protocol_refiner: Optional[RefinerSpec]) -> RefinerSpec:
+    """The spec of a ``refine-<refiner>`` row: the protocol's own when it names that refiner
+    (its options), else the refiner's defaults."""
+    if protocol_refiner is not None and protocol_refiner.name == REFINERS.canonical(refiner):
+        return protocol_refiner
+    return RefinerSpec(refiner)
+
+
+def _correction_cell(runner: "Runner", run: "NoiseRun", name: str, row: Dict[str, Any],
+                     corrected: np.ndarray) -> Dict[str, Any]:
     """A correction cell: the metrics of :func:`correction_row`, ``label_acc`` (= accuracy after
     correction) and, on a user dataset with a clean test split, ``test_acc`` of a linear probe
     trained on the corrected labels (:meth:`~synref.experiments.runner.Runner.probe_accuracy`)."""
-    probe = getattr(runner, "probe_accuracy", None)
-    test_acc = probe(corrected, run.seed) if probe is not None else None
+    test_acc = runner.probe_accuracy(corrected, run.seed)
     return {"dataset": runner.dataset, "protocol": runner.protocol.name, "method": name, "noise": run.noise,
             "seed": run.seed, "noise_rate": run.noise_rate, "anchors": runner.data.anchor_source,
             **{k: v for k, v in row.items() if k != "method"}, "title": row["method"],
-            "label_acc": row["label_acc_after_correction"], "test_acc": test_acc}
+            "label_acc": row["label_acc_after_correction"], "test_acc": test_acc,
+            "evidence_seconds": None if run.evidence_seconds is None else round(run.evidence_seconds, 2)}
 
 
-@METHODS.register("given")
-def _given() -> Method:
-    def run_(runner: Any, run: Any) -> Dict[str, Any]:
-        noisy = run.noisy()
-        row = correction_row("given labels (no correction)", noisy, runner.data.train.labels, noisy,
-                             np.zeros(len(noisy), bool), 0.0)
-        return _correction_row(runner, run, "given", row, noisy)
-
-    return Method("given", "correct", False, run_)
-
-
-#: ``correct(runner, run, evidence) -> (corrected labels (N,), flagged (N,) bool)``.
-Corrector = Callable[[Any, Any, Any], Tuple[np.ndarray, np.ndarray]]
-
-
-def _correction(name: str, title: Callable[[Any], str], correct: Corrector) -> Method:
-    """A correction row on the shared out-of-sample evidence (built before the clock starts:
-    ``seconds`` is the correction's own time)."""
-    def run_(runner: Any, run: Any) -> Dict[str, Any]:
-        evidence = run.evidence()
+def _correction(name: str, title: str, correct: Corrector, refiner: Optional[str] = None) -> Method:
+    """A correction row on the shared out-of-sample evidence (built, its ``pred_probs`` included,
+    before the clock starts: ``seconds`` is the correction's own time, the evidence's is
+    ``evidence_seconds``, shared by the rows of one noise setting and seed)."""
+    def run_(runner: "Runner", run: "NoiseRun") -> Dict[str, Any]:
+        evidence = run.shared_evidence()
+        spec = None if refiner is None else row_refiner(refiner, runner.protocol.refiner)
         t0 = time.perf_counter()
-        corrected, flagged = correct(runner, run, evidence)
-        row = correction_row(title(runner), run.noisy(), runner.data.train.labels, corrected, flagged,
+        row_title, corrected, flagged = correct(evidence, spec)
+        row = correction_row(row_title, run.noisy(), runner.data.train.labels, corrected, flagged,
                              time.perf_counter() - t0)
-        return _correction_row(runner, run, name, row, corrected)
+        return _correction_cell(runner, run, name, row, corrected)
 
-    return Method(name, "correct", False, run_)
-
-
-@METHODS.register("cleanlab")
-def _cleanlab() -> Method:
-    return _correction("cleanlab", lambda runner: "cleanlab find_label_issues + argmax",
-                       lambda runner, run, evidence: confident_learning_correction(run.noisy(), evidence.resolve_pred_probs()))
+    return Method(name, "correct", False, run_, title, correct)
 
 
-def _argmax_correction(runner: Any, run: Any, evidence: Any) -> Tuple[np.ndarray, np.ndarray]:
+def _given_correction(evidence: Evidence, refiner: Optional[RefinerSpec]) -> Tuple[str, np.ndarray, np.ndarray]:
+    return "given labels (no correction)", evidence.labels, np.zeros(len(evidence.labels), bool)
+
+
+def _cleanlab_correction(evidence: Evidence, refiner: Optional[RefinerSpec]) -> Tuple[str, np.ndarray, np.ndarray]:
+    corrected, flagged = confident_learning_correction(evidence.labels, evidence.resolve_pred_probs())
+    return "cleanlab find_label_issues + argmax", corrected, flagged
+
+
+def _argmax_correction(evidence: Evidence, refiner: Optional[RefinerSpec]) -> Tuple[str, np.ndarray, np.ndarray]:
     corrected = np.asarray(evidence.resolve_pred_probs()).argmax(axis=1)
-    return corrected, corrected != run.noisy()
+    return "argmax of pred_probs", corrected, corrected != evidence.labels
 
 
-def _prototype_correction(runner: Any, run: Any, evidence: Any) -> Tuple[np.ndarray, np.ndarray]:
+def _prototype_correction(evidence: Evidence, refiner: Optional[RefinerSpec]) -> Tuple[str, np.ndarray, np.ndarray]:
     best = refine(evidence, "paper", alpha=1.0, threshold=0.0, keep_scores=False).best_class
-    return best, best != run.noisy()
+    return "nearest anchor prototype", best, best != evidence.labels
 
 
-@METHODS.register("argmax")
-def _argmax() -> Method:
-    """Every label replaced by the argmax of the out-of-sample ``pred_probs``."""
-    return _correction("argmax", lambda runner: "argmax of pred_probs", _argmax_correction)
-
-
-@METHODS.register("prototype")
-def _prototype() -> Method:
-    """Every label replaced by its nearest anchor prototype (cosine; the anchors alone)."""
-    return _correction("prototype", lambda runner: "nearest anchor prototype", _prototype_correction)
+METHODS.register("given")(lambda: _correction("given", "Given labels", _given_correction))
+METHODS.register("cleanlab")(lambda: _correction("cleanlab", "cleanlab", _cleanlab_correction))
+METHODS.register("argmax")(lambda: _correction("argmax", "argmax of pred_probs", _argmax_correction))
+METHODS.register("prototype")(lambda: _correction("prototype", "Nearest anchor prototype", _prototype_correction))
 
 
 @METHODS.register("refine")
 def _refine(refiner: str) -> Method:
-    """``refine-<refiner>``: the refiner, one round, on the shared out-of-sample evidence."""
-    REFINERS.canonical(refiner)
+    """``refine-<refiner>``: the refiner, one round, on the shared out-of-sample evidence (the
+    protocol's options when the protocol refines with it)."""
+    name = REFINERS.canonical(refiner)
 
-    def correct(runner: Any, run: Any, evidence: Any) -> Tuple[np.ndarray, np.ndarray]:
-        p = runner.protocol
-        options: Dict[str, Any] = {"alpha": p.alpha, "threshold": p.threshold, "keep_scores": False}
-        if "rounds" in refiner_option_names(refiner):
-            options["rounds"] = 1
-        result = refine(evidence, refiner, **options)
-        return result.refined_labels, result.changed
+    def correct(evidence: Evidence, spec: Optional[RefinerSpec]) -> Tuple[str, np.ndarray, np.ndarray]:
+        spec = spec if spec is not None else RefinerSpec(name)
+        one_round = {"rounds": 1} if "rounds" in refiner_option_names(name) else {}
+        result = refine(evidence, build_refiner(spec, keep_scores=False, **one_round))
+        return refiner_row_name(spec), result.refined_labels, result.changed
 
-    return _correction(f"refine-{refiner}",
-                       lambda runner: refiner_row_name(refiner, runner.protocol.alpha, runner.protocol.threshold),
-                       correct)
+    return _correction(f"refine-{name}", f"Refined ({name})", correct, refiner=name)
+
+
+def method_title(method: str) -> str:
+    """The results tables' name of ``method`` (its own title: ``argmax of pred_probs``,
+    ``LRA (SimCLR) + Ours``, ...)."""
+    try:
+        return create_method(method).title
+    except InputError:
+        return method
 
 
 # ------------------------------------------------------------------------------ names

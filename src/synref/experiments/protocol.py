@@ -12,25 +12,66 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from ..config import ConfigMixin
+from ..config import ConfigMixin, check_value_type
 from ..errors import InputError
-from ..evidence import FEATURE_SPACES, HEADS, CrossFitEvidenceConfig
 from ..features import DEFAULT_ENCODER, FEATURE_EXTRACTORS, check_space_name, is_label_free
 from ..hashing import digest
 from ..models import MODELS
 from ..noise import PMD_NOISE_TYPES
-from ..refiners import (DEFAULT_ALPHA, DEFAULT_REFINER, DEFAULT_THRESHOLD, Refiner, create_refiner,
-                        refiner_option_names)
+from ..pipeline import EvidenceSpec, RefinerSpec, describe_evidence
+from ..refiners import DEFAULT_REFINER, REFINERS, refiner_used_options
 from ..registry import Registry
 from ..train import LRAConfig, PLCConfig, SSLConfig, TrainConfig
 from ..validation import check_unit_interval
 from .recipes import DATASETS, cpu_cifar_schedule, digits_standard, digits_synref_finetune, is_user_dataset
 
-__all__ = ["Protocol", "PROTOCOLS", "REFINE_RECIPES", "protocol_for", "protocol_names", "with_refine_encoder"]
+__all__ = ["Protocol", "PROTOCOLS", "REFINE_RECIPES", "PAPER_EVIDENCE", "protocol_for", "protocol_names",
+           "with_refine_encoder", "FLAT_PROTOCOL_OPTIONS"]
 
 #: how a protocol gets its refined labels: ``paper`` = the paper's rule on the Standard model's
-#: own (in-sample) features and softmax; ``synref`` = cross-fitted evidence + ``refiner``.
+#: own (in-sample) features and softmax; ``synref`` = cross-fitted evidence + a refiner.
 REFINE_RECIPES = ("paper", "synref")
+#: the paper's evidence: the Standard model's own softmax and penultimate features (in-sample).
+PAPER_EVIDENCE = EvidenceSpec(source="classifier", encoder="classifier")
+#: the protocol options of the flat layout (bench records and config.json files of synref <= 0.4)
+#: that now live in :class:`~synref.pipeline.EvidenceSpec` / :class:`~synref.pipeline.RefinerSpec`.
+FLAT_PROTOCOL_OPTIONS: Dict[str, Any] = {
+    "refine": str, "refine_encoder": Optional[str], "refine_features": str, "refine_head": str, "refine_folds": int,
+    "refine_rounds": int, "alpha": float, "threshold": float,
+}
+
+
+def _nest_protocol(values: Dict[str, Any]) -> Dict[str, Any]:
+    """A :class:`Protocol` dict of the flat layout: ``refine``, ``refine_encoder``,
+    ``refine_features``, ``refine_head``, ``refine_folds`` become its ``evidence``; ``refiner``
+    (a name), ``refine_rounds``, ``alpha``, ``threshold`` its ``refiner`` (the options the
+    refiner uses)."""
+    d = dict(values)
+    flat = {k: d.pop(k) for k in list(d) if k in FLAT_PROTOCOL_OPTIONS}
+    if isinstance(d.get("refiner"), str):
+        flat["refiner"] = d.pop("refiner")
+    if not flat:
+        return d
+    for name, value in flat.items():
+        check_value_type(Protocol.config_name, name, value, FLAT_PROTOCOL_OPTIONS.get(name, str))
+    if flat.get("refine", "synref") not in REFINE_RECIPES:
+        raise InputError(f"bench protocol: refine must be one of {', '.join(REFINE_RECIPES)}, got {flat['refine']!r}")
+    if flat.get("refine") == "paper":
+        evidence: Dict[str, Any] = PAPER_EVIDENCE.to_dict()
+        name = "paper"
+    else:
+        encoder = flat.get("refine_encoder", "efficientnet-lite0") or flat.get("refine_features", "ssl")
+        evidence = {"encoder": encoder, "head": flat.get("refine_head", "linear"),
+                    "folds": flat.get("refine_folds", 4)}
+        name = flat.get("refiner", DEFAULT_REFINER)
+    if name not in REFINERS:
+        raise InputError(f"protocol: unknown refiner {name!r}; choose one of: {', '.join(REFINERS.choices())}")
+    used = refiner_used_options(name)
+    defaults = REFINERS.get(name).Options()  # type: ignore[attr-defined]
+    flat["rounds"] = flat.get("refine_rounds", 3)
+    options = {k: flat[k] for k in ("alpha", "threshold", "rounds")
+               if k in flat and k in used and flat[k] != getattr(defaults, k)}
+    return {**d, "evidence": d.get("evidence", evidence), "refiner": d.get("refiner", {"name": name, "options": options})}
 
 
 @dataclass
@@ -44,23 +85,24 @@ class Protocol(ConfigMixin):
         standard, finetune: training recipes of Standard and of the fine-tuning on refined labels
             (``ours``; ``control`` fine-tunes on the noisy labels with the same recipe).
         plc, lra: the robust trainers' recipes.
-        refine: ``paper`` (the paper's rule, :data:`REFINE_RECIPES`) or ``synref`` (cross-fitted
-            evidence and the refiner ``refiner``).
-        refiner: the :data:`~synref.refiners.REFINERS` entry of the ``synref`` recipe.
-        refine_encoder: the ``synref`` recipe's fixed feature space: a feature extractor name
-            (features cached), or None for ``refine_features``.
-        refine_features: without an encoder: ``ssl`` (a SimCLR encoder trained on the training
-            images + anchors) or ``classifier`` (each fold network's own space).
-        refine_head: ``network`` (a ``model`` per fold, ``standard``'s recipe) or ``linear`` (a
-            linear softmax head per fold on the fixed features).
-        refine_folds, refine_rounds: the cross-fitting and the refiner's rounds. alpha,
-            threshold: the score rule (both recipes).
+        evidence: the refinement's evidence (:class:`~synref.pipeline.EvidenceSpec`): source
+            ``crossfit`` (synref's recipe: a frozen encoder's features, or ``ssl`` / the fold
+            networks' own, and cross-fitted heads; fold networks use ``model`` and, unless it names
+            its own, the ``standard`` recipe) or :data:`PAPER_EVIDENCE` (the paper's recipe: the
+            Standard model's own softmax and features).
+        refiner: the refiner and its options (:class:`~synref.pipeline.RefinerSpec`; the paper's
+            recipe: ``paper``).
         encoders: the ``lra-<encoder>`` rows run by default. encoder_size: input side of
-            pretrained CNN encoders. ssl, ssl_model: the SimCLR encoder's recipe.
+            pretrained CNN encoders (LRA's and, unless the evidence names its own, the
+            refinement's). ssl, ssl_model: the SimCLR recipe (LRA's ``simclr`` and the evidence's
+            ``ssl`` unless it names its own).
         eta_model, eta: network / recipe of the clean-label model whose softmax drives
             generated PMD noise (None: :func:`~synref.experiments.recipes.eta_schedule`).
             pmd_type: PMD type I / II / III of generated noise.
         anchors_per_class: stand-in anchors (CIFAR) or glyph anchors (digits) per class.
+
+    ``from_dict`` also reads the flat layout of older records (``refine``, ``refine_encoder``,
+    ``refine_head``, ``alpha``, ...).
     """
 
     config_name = "protocol"
@@ -75,15 +117,8 @@ class Protocol(ConfigMixin):
     finetune: TrainConfig = field(default_factory=TrainConfig.paper_finetune)
     plc: PLCConfig = field(default_factory=PLCConfig.paper)
     lra: LRAConfig = field(default_factory=LRAConfig.paper)
-    refine: str = "synref"
-    refiner: str = DEFAULT_REFINER
-    refine_encoder: Optional[str] = "efficientnet-lite0"
-    refine_features: str = "ssl"
-    refine_head: str = "linear"
-    refine_folds: int = 4
-    refine_rounds: int = 3
-    alpha: float = DEFAULT_ALPHA
-    threshold: float = DEFAULT_THRESHOLD
+    evidence: EvidenceSpec = field(default_factory=lambda: EvidenceSpec(encoder="efficientnet-lite0"))
+    refiner: RefinerSpec = field(default_factory=RefinerSpec)
     encoders: Tuple[str, ...] = ("simclr", "efficientnet-lite0")
     encoder_size: int = 224
     ssl: SSLConfig = field(default_factory=SSLConfig)
@@ -93,55 +128,57 @@ class Protocol(ConfigMixin):
     pmd_type: int = 1
     anchors_per_class: int = 100
 
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Protocol":
+        if not isinstance(d, dict):
+            raise InputError(f"{cls.config_name}: expected a JSON object, got {type(d).__name__}")
+        return super().from_dict(_nest_protocol(d))
+
     def __post_init__(self) -> None:
         self.encoders = tuple(self.encoders)
-        if self.refine not in REFINE_RECIPES:
-            raise InputError(f"bench protocol: refine must be one of {', '.join(REFINE_RECIPES)}, got {self.refine!r}")
-        if self.refine_head not in HEADS:
-            raise InputError(f"bench protocol: refine_head must be network or linear, got {self.refine_head!r}")
-        if self.refine_features not in FEATURE_SPACES:
-            raise InputError(f"protocol: refine_features must be one of {', '.join(FEATURE_SPACES)}, "
-                             f"got {self.refine_features!r}")
         for name in ("model", "eta_model", "ssl_model"):
             if getattr(self, name) not in MODELS:
                 raise InputError(f"protocol: unknown {name} {getattr(self, name)!r}; choose one of: "
                                  f"{', '.join(MODELS.names())}")
         for encoder in self.encoders:
             FEATURE_EXTRACTORS.canonical(encoder)
-        if self.refine_encoder:
-            check_space_name(self.refine_encoder, "protocol refine_encoder")
+        if self.evidence.encoder == "given":
+            raise InputError("protocol: the evidence's encoder computes the features (not 'given')")
+        if self.evidence.source == "classifier" and self.evidence.encoder != "classifier":
+            raise InputError("protocol: the paper's evidence is the Standard model's own (encoder classifier)")
         if self.pmd_type not in PMD_NOISE_TYPES:
             raise InputError(f"--pmd-type must be one of 1, 2, 3, got {self.pmd_type}")
         if int(self.anchors_per_class) < 1:
             raise InputError(f"--anchors-per-class must be at least 1, got {self.anchors_per_class}")
         check_unit_interval("val_fraction", self.val_fraction)
         check_unit_interval("test_fraction", self.test_fraction)
-        if self.refine_folds < 2:
-            raise InputError(f"protocol: refine_folds must be at least 2, got {self.refine_folds}")
-        self.refiner_for_run()  # the refinement options go through the refiner's own config class
 
     # -- refinement ---------------------------------------------------------------------
-    def refiner_name(self) -> str:
-        """The refiner of the run: ``paper`` for the paper's recipe, else ``refiner``."""
-        return "paper" if self.refine == "paper" else self.refiner
+    @property
+    def refine(self) -> str:
+        """The refinement recipe (:data:`REFINE_RECIPES`): ``paper`` for the Standard model's own
+        evidence, else ``synref``."""
+        return "paper" if self.evidence.source == "classifier" else "synref"
 
-    def refiner_options(self) -> Dict[str, Any]:
-        """alpha, threshold and, when the refiner has them, ``rounds``: validated by the
-        refiner's ``Options`` class in :meth:`refiner_for_run`."""
-        options: Dict[str, Any] = {"alpha": self.alpha, "threshold": self.threshold}
-        if "rounds" in refiner_option_names(self.refiner_name()):
-            options["rounds"] = self.refine_rounds
-        return options
+    def evidence_spec(self) -> EvidenceSpec:
+        """The evidence with the protocol's defaults filled in: fold networks train with the
+        ``standard`` recipe, ``ssl`` with the ``ssl`` recipe, encoders at ``encoder_size``."""
+        e = self.evidence
+        return dataclasses.replace(e, train=e.train or self.standard, ssl=e.ssl or self.ssl,
+                                   encoder_size=e.encoder_size or self.encoder_size)
 
-    def refiner_for_run(self, **overrides: Any) -> Refiner:
-        """The refiner this protocol refines with (its options through the refiner's config class)."""
-        return create_refiner(self.refiner_name(), **{**self.refiner_options(), **overrides})
-
-    def evidence_config(self, seed: int, device: Optional[str] = None) -> CrossFitEvidenceConfig:
-        """The cross-fitted evidence of the ``synref`` recipe for ``seed``."""
-        train = dataclasses.replace(self.standard, seed=seed, device=device or self.standard.device)
-        return CrossFitEvidenceConfig(folds=self.refine_folds, head=self.refine_head, model=self.model, train=train,
-                                      features=self.refine_features, ssl=self.ssl, seed=seed)
+    def describe_refinement(self) -> str:
+        """One line: how this protocol refines the labels."""
+        if self.refine == "paper":
+            return ("the paper's rule: Standard model's softmax + cosine to the anchor prototypes in its penultimate "
+                    f"features, alpha {self.refiner.value('alpha'):g}, threshold {self.refiner.value('threshold'):g}, "
+                    "one pass")
+        text = f"synref {self.refiner.name} refiner on {describe_evidence(self.evidence_spec())}"
+        if "rounds" in refiner_used_options(self.refiner.name):
+            text += (f", alpha {self.refiner.value('alpha'):g}, threshold {self.refiner.value('threshold'):g}, "
+                     f"{self.refiner.value('rounds')} rounds (round r trains on round r-1's labels, re-scores the "
+                     "given ones)")
+        return text
 
 
 # ------------------------------------------------------------------------------ named protocols
@@ -155,7 +192,7 @@ def paper_protocol() -> Protocol:
     return Protocol(
         name="paper", model="resnet34", train_size=None, test_size=None,
         standard=TrainConfig.paper_standard(), finetune=TrainConfig.paper_finetune(),
-        plc=PLCConfig.paper(), lra=LRAConfig.paper(), refine="paper", refine_encoder=None,
+        plc=PLCConfig.paper(), lra=LRAConfig.paper(), evidence=PAPER_EVIDENCE, refiner=RefinerSpec("paper"),
         encoders=("simclr", "clip"), encoder_size=224,
         ssl=SSLConfig(epochs=200, batch_size=512, hflip=True), ssl_model="resnet18",
         eta_model="preact_resnet34",
@@ -182,9 +219,9 @@ def cpu_protocol() -> Protocol:
         plc=PLCConfig(train=plc_train, warmup_epochs=5, window=5, delta_start=0.3, delta_step=0.1,
                       delta_max=0.9, min_change_fraction=0.001),
         # LRA as the paper but 50 epochs (200 take ~4 min per cell here), cosine over those 50
-        lra=dataclasses.replace(LRAConfig.paper(), epochs=50, cosine_epochs=None), refine="synref",
+        lra=dataclasses.replace(LRAConfig.paper(), epochs=50, cosine_epochs=None),
         # refinement space chosen on the clean validation split (efficientnet-lite-ensemble's docstring)
-        refine_encoder="efficientnet-lite-ensemble", refine_head="linear", refine_rounds=5,
+        evidence=EvidenceSpec(encoder="efficientnet-lite-ensemble", head="linear"),
         encoders=("simclr", "efficientnet-lite0"), encoder_size=160,
         ssl=SSLConfig(epochs=20, batch_size=256, hflip=True), ssl_model="small_cnn",
         eta_model="small_cnn", eta=None, anchors_per_class=100)
@@ -199,8 +236,8 @@ def digits_protocol() -> Protocol:
         name="digits", model="small_cnn", train_size=None, test_size=None, val_fraction=0.10, test_fraction=0.25,
         standard=standard, finetune=digits_synref_finetune(),
         plc=PLCConfig(train=dataclasses.replace(standard, nesterov=True), warmup_epochs=8, window=5),
-        lra=dataclasses.replace(LRAConfig.paper(), batch_size=100), refine="synref", refine_encoder=None,
-        refine_features="ssl", refine_head="network", refine_rounds=3,
+        lra=dataclasses.replace(LRAConfig.paper(), batch_size=100),
+        evidence=EvidenceSpec(encoder="ssl", head="network"),
         encoders=("simclr", "efficientnet-lite0"), encoder_size=64,
         ssl=SSLConfig(), ssl_model="small_cnn", eta_model="small_cnn", eta=None, anchors_per_class=100)
 
@@ -211,8 +248,8 @@ def pretrained_protocol() -> Protocol:
     :data:`~synref.features.DEFAULT_ENCODER` at 160 px, features streamed from the files, 4-fold
     cross-fitted linear heads (what ``synref refine`` does by default); no network is trained."""
     return Protocol(
-        name="pretrained", model="small_cnn", train_size=None, test_size=None, refine="synref",
-        refine_encoder=DEFAULT_ENCODER, refine_head="linear", refine_folds=4, refine_rounds=1,
+        name="pretrained", model="small_cnn", train_size=None, test_size=None,
+        evidence=EvidenceSpec(encoder=DEFAULT_ENCODER, head="linear", folds=4),
         encoders=(), encoder_size=160)
 
 
@@ -227,7 +264,7 @@ def with_refine_encoder(protocol: Protocol, encoder: str, *, rename: bool = Fals
     name = check_space_name(encoder, "--encoder")
     if not is_label_free(name):
         raise InputError(f"--encoder {encoder} sees the labels; the refinement's fixed space must be label-free")
-    changed = dataclasses.replace(protocol, refine_encoder=name)
+    changed = dataclasses.replace(protocol, evidence=dataclasses.replace(protocol.evidence, encoder=name))
     if rename:
         base, value = FEATURE_EXTRACTORS.split(name)
         changed.name = f"{protocol.name}-{base}" + ("" if value is None else f"-{digest(name, length=8)}")

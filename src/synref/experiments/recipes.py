@@ -19,6 +19,7 @@ from ..hashing import digest, images_hash
 from ..errors import InputError
 from ..models import create_model, predict_proba
 from ..noise import NOISE_MODELS, format_noise_spec, parse_noise_spec
+from ..pipeline import fold_schedule
 from ..train import TrainConfig, fit
 from ..validation import check_classes_present
 
@@ -45,9 +46,10 @@ COMMUNITY_FILES: Dict[str, str] = {
 # ------------------------------------------------------------------------------ schedules
 def digits_standard() -> TrainConfig:
     """The paper's recipe (SGD, momentum 0.9, wd 5e-4, multistep, 1 warm-up epoch, crop pad) scaled
-    to 1,200 8x8 images: 30 epochs, batch 64, lr 0.05, x0.1 at 15 and 25; no flips (digits)."""
-    return TrainConfig(epochs=30, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
-                       milestones=[15, 25], gamma=0.1, warmup_epochs=1, hflip=False)
+    to 1,200 8x8 images: 30 epochs, batch 64, lr 0.05, x0.1 at 15 and 25; no flips (digits):
+    :func:`~synref.pipeline.fold_schedule` (30), the recipe of ``synref refine --train``'s fold
+    networks too."""
+    return fold_schedule(30)
 
 
 def digits_paper_finetune() -> TrainConfig:
@@ -56,7 +58,7 @@ def digits_paper_finetune() -> TrainConfig:
 
 
 def digits_synref_finetune() -> TrainConfig:
-    """synref's fine-tuning: lr 1e-2 (measured better than 1e-3 on digits: see README)."""
+    """synref's fine-tuning: lr 1e-2 (measured better than 1e-3 on digits: see docs/benchmarks.md)."""
     return TrainConfig(epochs=30, batch_size=64, lr=0.01, momentum=0.9, weight_decay=1e-4,
                        milestones=[15, 25], gamma=0.1, warmup_epochs=0, hflip=False)
 

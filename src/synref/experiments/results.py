@@ -12,14 +12,15 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import csv_text, write_text
-from .methods import BASE_METHODS, method_base, parse_methods
+from .methods import BASE_METHODS, create_method, method_base, method_title, parse_methods
 from .recipes import NOISE_SETTINGS
 
 __all__ = ["RESULT_COLUMNS", "PUBLISHED_CIFAR10", "cell_name", "safe_name", "read_cells", "write_results", "format_results_md",
            "write_all"]
 
 RESULT_COLUMNS: Tuple[str, ...] = ("dataset", "protocol", "method", "noise", "seed", "test_acc", "label_acc",
-                                   "seconds", "noise_rate", "val_acc", "best_epoch", "refine_seconds", "anchors")
+                                   "seconds", "noise_rate", "val_acc", "best_epoch", "refine_seconds", "anchors",
+                                   "evidence_seconds")
 #: the paper's CIFAR-10 test accuracies (%) (../docs/method.md section 5), for the gain column.
 PUBLISHED_CIFAR10: Dict[str, Tuple[float, ...]] = {
     "standard": (80.81, 40.32, 77.12, 67.92, 77.40),
@@ -85,17 +86,13 @@ def _noise_title(setting: str) -> str:
     return " + ".join(parts)
 
 
-def _method_title(method: str) -> str:
-    titles = {"standard": "Standard", "ours": "Ours (re-labeled)", "plc": "PLC", "plc+ours": "PLC + Ours",
-              "control": "Control (fine-tuned on the noisy labels)", "given": "Given labels", "cleanlab": "cleanlab"}
-    if method in titles:
-        return titles[method]
-    if method.startswith("refine-"):
-        return f"Refined ({method[len('refine-'):]})"
-    base = method_base(method) or method
-    encoder = base[4:]
-    pretty = {"simclr": "SimCLR", "clip": "CLIP", "efficientnet-lite0": "EfficientNet-Lite0"}.get(encoder, encoder)
-    return f"LRA ({pretty})" + (" + Ours" if method.endswith("+ours") else "")
+def _seconds(values: Sequence[float]) -> str:
+    """Mean wall time: whole seconds from 10 s, else two significant digits (a correction takes
+    milliseconds: never shown as 0)."""
+    if not values:
+        return "-"
+    mean = float(np.mean(values))
+    return f"{mean:.0f}" if mean >= 10 else f"{mean:.2g}"
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -123,14 +120,21 @@ def format_results_md(rows: Sequence[Dict[str, Any]], note: Dict[str, Any]) -> s
         return {int(r["seed"]): float(r[key]) for r in rows
                 if r["method"] == method and r["noise"] == noise and r.get(key) not in (None, "")}
 
+    kinds = {m: create_method(m).kind for m in methods}
+    trained = [m for m in methods if any(values(m, n) for n in noises)]
     lines = [f"## {dataset}, protocol `{protocol}`", ""]
-    lines.append(f"Test accuracy (%) of the best clean-validation epoch; mean ± std over seeds "
-                 f"{', '.join(map(str, seeds))}; a \"+ Ours\" cell gives (in brackets) its gain over the row it "
-                 f"refines.")
-    for key in ("anchors", "data", "refinement", "encoders"):
+    if any(kinds[m] == "train" for m in trained):
+        lines.append(f"Test accuracy (%) of the best clean-validation epoch; mean ± std over seeds "
+                     f"{', '.join(map(str, seeds))}; a \"+ Ours\" cell gives (in brackets) its gain over the row it "
+                     f"refines.")
+    elif trained:
+        lines.append(f"Test accuracy (%) of a linear probe trained on each method's corrected labels (the clean "
+                     f"test split); mean ± std over seeds {', '.join(map(str, seeds))}.")
+    else:
+        lines.append(f"Seeds {', '.join(map(str, seeds))}.")
+    for key in ("anchors", "data", "evidence", "refinement", "encoders"):
         if note.get(key):
             lines.append(f"- {key}: {note[key]}")
-    trained = [m for m in methods if any(values(m, n) for n in noises)]
     if not trained:
         lines += ["", "No test accuracies: these rows correct labels only (no clean test split to probe them on)."]
     lines += ["", "| Method | " + " | ".join(_noise_title(n) for n in noises) + " |",
@@ -148,7 +152,7 @@ def format_results_md(rows: Sequence[Dict[str, Any]], note: Dict[str, Any]) -> s
                     gain = 100 * float(np.mean([v[s] - b[s] for s in common]))
                     text += f" ({gain:+.2f})"
             cells.append(text)
-        lines.append(f"| {_method_title(method)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method_title(method)} | " + " | ".join(cells) + " |")
 
     if dataset == "cifar10" and any(m in PUBLISHED_CIFAR10 for m in methods):
         lines += ["", "Published gains of \"+ Ours\" (ResNet-34, CIFAR-10, paper protocol), for comparison:", "",
@@ -165,7 +169,7 @@ def format_results_md(rows: Sequence[Dict[str, Any]], note: Dict[str, Any]) -> s
                     cells.append(f"{PUBLISHED_CIFAR10[method][i] - PUBLISHED_CIFAR10[base][i]:+.2f}")
                 else:
                     cells.append("-")
-            lines.append(f"| {_method_title(method)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {method_title(method)} | " + " | ".join(cells) + " |")
 
     lines += ["", "Accuracy (%) of the training labels each method starts from (vs the clean labels):", "",
               "| Labels | " + " | ".join(_noise_title(n) for n in noises) + " |", "|---|" + "---:|" * len(noises)]
@@ -194,22 +198,30 @@ def format_results_md(rows: Sequence[Dict[str, Any]], note: Dict[str, Any]) -> s
                 cells.append(_mean_std(list(acc.values())) + (
                     f" ({np.mean(list(prec.values())):.2f} / {np.mean(list(rec.values())):.2f})"
                     if prec and rec and method != "given" else ""))
-            lines.append(f"| {_method_title(method)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {method_title(method)} | " + " | ".join(cells) + " |")
 
-    lines += ["", "Wall time (s) per cell, mean over seeds (a \"+ Ours\" cell excludes the shared refinement, "
-              "listed separately):", "", "| Method | " + " | ".join(_noise_title(n) for n in noises) + " |",
+    lines += ["", "Wall time (s) per cell, mean over seeds (a \"+ Ours\" cell excludes the shared refinement, a "
+              "correction cell the evidence the correction rows share; both listed separately):", "", "| Method | " + " | ".join(_noise_title(n) for n in noises) + " |",
               "|---|" + "---:|" * len(noises)]
     for method in methods:
-        lines.append(f"| {_method_title(method)} | " + " | ".join(
-            (f"{np.mean(list(values(method, n, 'seconds').values())):.0f}" if values(method, n, 'seconds') else "-")
-            for n in noises) + " |")
+        lines.append(f"| {method_title(method)} | " + " | ".join(
+            _seconds(list(values(method, n, "seconds").values())) for n in noises) + " |")
     refine = {n: [float(r["refine_seconds"]) for r in rows if r["noise"] == n and r.get("refine_seconds")
                   not in (None, "") and r["method"] == "ours"] for n in noises}
     if any(refine.values()):
-        lines.append("| refinement | " + " | ".join(f"{np.mean(refine[n]):.0f}" if refine[n] else "-"
-                                                    for n in noises) + " |")
-    total = sum(float(r["seconds"]) for r in rows) + sum(sum(v) for v in refine.values())
-    lines += ["", f"Total of the cells' and refinements' wall times: {total / 60:.1f} min "
+        lines.append("| refinement | " + " | ".join(_seconds(refine[n]) for n in noises) + " |")
+    # the evidence the correction rows share (built once per noise setting and seed)
+    shared = {n: [max(float(r["evidence_seconds"]) for r in rows if r["noise"] == n and int(r["seed"]) == seed
+                      and r.get("evidence_seconds") not in (None, ""))
+                  for seed in seeds if any(r["noise"] == n and int(r["seed"]) == seed
+                                           and r.get("evidence_seconds") not in (None, "") for r in rows)]
+              for n in noises}
+    if any(shared.values()):
+        lines.append("| shared evidence of the correction rows | " + " | ".join(_seconds(shared[n]) for n in noises)
+                     + " |")
+    total = (sum(float(r["seconds"]) for r in rows) + sum(sum(v) for v in refine.values())
+             + sum(sum(v) for v in shared.values()))
+    lines += ["", f"Total of the cells', refinements' and shared evidence's wall times: {total / 60:.1f} min "
                   f"(plus shared encoder features: {note.get('encoder_seconds', 0) / 60:.1f} min)."]
     return "\n".join(lines)
 

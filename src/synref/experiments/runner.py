@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..arrays import l2_normalize
-from ..evidence import Evidence, classifier_evidence, crossfit_evidence
+from ..evidence import Evidence
 from ..errors import InputError
 from ..features import ExtractorContext, encode_sets, extractor_from_context
 from ..hashing import digest, sha256_file
@@ -27,7 +27,8 @@ from ..io import check_output_dir, remove_stale_temp_files, write_json, write_np
 from ..models import load_classifier, save_classifier
 from ..noise import format_noise_spec, parse_noise_spec
 from ..progress import progress as progress_bar
-from ..refiners import RefinementResult, refine, refiner_option_names
+from ..pipeline import build_evidence, build_refiner, describe_evidence
+from ..refiners import RefinementResult, refine
 from ..train import TrainConfig, checkpoint_folder, clear_checkpoints
 from .methods import create_method
 from .protocol import Protocol
@@ -76,6 +77,8 @@ class NoiseRun:
         self.noise_info: Dict[str, Any] = {}
         self._standard = None
         self._evidence: Optional[Evidence] = None
+        #: wall time (s) of building the evidence (and its pred_probs, once asked for) in this process
+        self.evidence_seconds: Optional[float] = None
         self._refined: Optional[np.ndarray] = None
         self.refine_info: Dict[str, Any] = {}
         self.refine_seconds: Optional[float] = None
@@ -145,8 +148,20 @@ class NoiseRun:
     def evidence(self) -> Evidence:
         """The out-of-sample evidence of the protocol's refinement (round 0; in memory)."""
         if self._evidence is None:
+            t0 = time.perf_counter()
             self._evidence = self.runner.evidence(self)
+            self.evidence_seconds = time.perf_counter() - t0
         return self._evidence
+
+    def shared_evidence(self) -> Evidence:
+        """:meth:`evidence` with its ``pred_probs`` computed (when it has them): what the
+        correction rows share, built before any of them is timed (``evidence_seconds``)."""
+        evidence = self.evidence()
+        if evidence.pred_probs is None and evidence.has_pred_probs:
+            t0 = time.perf_counter()
+            evidence.resolve_pred_probs()
+            self.evidence_seconds = (self.evidence_seconds or 0.0) + time.perf_counter() - t0
+        return evidence
 
     def refined(self) -> np.ndarray:
         if self._refined is None:
@@ -157,8 +172,8 @@ class NoiseRun:
                 self.refine_seconds = float(self.refine_info["seconds"])
             else:
                 r, p = self.runner, self.runner.protocol
-                if p.refine == "synref" and p.refine_encoder is not None:
-                    r.features(p.refine_encoder, self.seed, sets=("train", "anchors"))  # shared encoder time, counted apart
+                if p.refine == "synref" and p.evidence.frozen_encoder:
+                    r.features(p.evidence.encoder, self.seed, sets=("train", "anchors"))  # shared encoder time, counted apart
                 t0 = time.time()
                 self._refined, info = r.refine(self)
                 self.refine_seconds = time.time() - t0
@@ -223,33 +238,30 @@ class Runner:
         return {name: memo[name] for name in sets if name in memo}
 
     def evidence(self, run: NoiseRun) -> Evidence:
-        """Round-0 evidence of ``run``'s noisy labels: the Standard model's own (the paper's
-        recipe) or cross-fitted (synref's)."""
+        """Round-0 evidence of ``run``'s noisy labels (:func:`~synref.pipeline.build_evidence` of
+        the protocol's evidence: the Standard model's own for the paper's recipe, else
+        cross-fitted; a frozen encoder's features come from this runner's cache)."""
         p, d = self.protocol, self.data
-        noisy = run.noisy()
-        if p.refine == "paper":
-            return classifier_evidence(run.standard_model(), d.train.images, noisy, d.anchors.images,
-                                       d.anchors.labels, class_names=d.class_names, seed=run.seed)
+        spec = p.evidence_spec()
         fixed = None
-        if p.refine_encoder is not None:
-            feats = self.features(p.refine_encoder, run.seed, sets=("train", "anchors"))
+        if spec.source == "crossfit" and spec.frozen_encoder:
+            feats = self.features(spec.encoder, run.seed, sets=("train", "anchors"))
             fixed = (feats["train"], feats["anchors"])
-        return crossfit_evidence(d.train.images, noisy, d.anchors.images, d.anchors.labels,
-                                 num_classes=d.num_classes, config=p.evidence_config(run.seed, self.device),
-                                 val_images=d.val.images, val_labels=d.val.labels, fixed_features=fixed,
-                                 class_names=d.class_names)
+        return build_evidence(spec, d.train, d.anchors, seed=run.seed, labels=run.noisy(), features=fixed,
+                              classifier=run.standard_model() if spec.source == "classifier" else None, val=d.val,
+                              device=self.device)
 
     def probe_accuracy(self, labels: np.ndarray, seed: int) -> Optional[float]:
         """Test accuracy of a linear head fitted on the training features with ``labels``: how
         good a classifier the labels give (user datasets with a clean test split; else None)."""
         p, d = self.protocol, self.data
-        if d.given is None or p.refine_encoder is None or len(d.test) == 0:
+        if d.given is None or not p.evidence.frozen_encoder or len(d.test) == 0:
             return None
         import torch
 
         from ..train import fit_linear_head
 
-        feats = self.features(p.refine_encoder, seed)
+        feats = self.features(p.evidence.encoder, seed)
         head = fit_linear_head(feats["train"], labels, d.num_classes)
         with torch.no_grad():
             predicted = head(torch.as_tensor(np.ascontiguousarray(feats["test"]))).argmax(1).numpy()
@@ -258,13 +270,16 @@ class Runner:
     def refine(self, run: NoiseRun) -> Tuple[np.ndarray, Dict[str, Any]]:
         """Refined labels of ``run``'s noisy labels with the protocol's recipe, and what was done."""
         p = self.protocol
-        info: Dict[str, Any] = {"rule": p.refine, "alpha": p.alpha, "threshold": p.threshold}
-        result: RefinementResult = refine(run.evidence(), p.refiner_for_run(keep_scores=False),
+        result: RefinementResult = refine(run.evidence(), build_refiner(p.refiner, keep_scores=False),
                                           true_labels=self.data.train.labels)
+        info: Dict[str, Any] = {"rule": p.refine, "refiner": p.refiner.name,
+                                "decision": result.decision.to_dict()}
+        if result.decision.rule is not None:
+            info.update(alpha=result.alpha, threshold=result.threshold)
         if p.refine == "synref":
-            encoder = p.refine_encoder or ("simclr (trained on train + anchors)" if p.refine_features == "ssl"
-                                           else "each fold network's own features")
-            info.update(refiner=p.refiner, encoder=encoder, head=p.refine_head, rounds=result.info.get("rounds"),
+            encoder = {"ssl": "simclr (trained on train + anchors)",
+                       "classifier": "each fold network's own features"}.get(p.evidence.encoder, p.evidence.encoder)
+            info.update(encoder=encoder, head=p.evidence.head, rounds=result.info.get("rounds"),
                         temperatures=result.info.get("temperatures"))
         return result.refined_labels, info
 
@@ -304,6 +319,10 @@ def _check_protocol_record(out: Path, dataset: str, protocol: Protocol, anchors:
             old = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             old = {}
+        try:  # read through Protocol: a record of an older layout (or version) compares in today's
+            old["protocol"] = Protocol.from_dict(old["protocol"]).to_dict()
+        except (InputError, KeyError, TypeError):
+            pass
         changed = [k for k in record if k in old and old[k] != record[k] and k != "noise_files"]
         if isinstance(old.get("noise_files"), dict) and isinstance(record.get("noise_files"), dict):
             if any(old["noise_files"].get(s, h) != h for s, h in record["noise_files"].items()):
@@ -318,32 +337,24 @@ def _check_protocol_record(out: Path, dataset: str, protocol: Protocol, anchors:
     write_json(path, {**old, **record, **(data_note or {})})
 
 
-def _data_note(d: ExperimentData, p: Protocol) -> Dict[str, Any]:
-    if p.refine == "paper":
-        refinement = (f"the paper's rule: Standard model's softmax + cosine to the anchor prototypes in its "
-                      f"penultimate features, alpha {p.alpha:g}, threshold {p.threshold:g}, one pass")
-    else:
-        if p.refine_encoder:
-            space = f"frozen {p.refine_encoder} features" + (f" ({p.encoder_size} px)" if p.refine_encoder !=
-                                                             "simclr" else "")
-        elif p.refine_features == "ssl":
-            space = "a SimCLR encoder trained on the training images + anchors"
-        else:
-            space = "each fold network's own features"
-        head = "a linear softmax head" if p.refine_head == "linear" else f"a {p.model}"
-        evidence = f"{space} + {p.refine_folds}-fold cross-fitted softmax of {head}"
-        if "rounds" in refiner_option_names(p.refiner):
-            refinement = (f"synref {p.refiner} refiner: anchor-calibrated cosine in {evidence}, alpha {p.alpha:g}, "
-                          f"threshold {p.threshold:g}, {p.refine_rounds} rounds (round r trains on round r-1's "
-                          f"labels, re-scores the given ones)")
-        else:
-            refinement = f"synref {p.refiner} refiner on {evidence}"
-    return {"anchors": d.anchor_source,
-            "data": f"{len(d.train)} train (noisy) / {len(d.val)} val (clean) / {len(d.test)} test, "
-                    f"model {p.model}",
-            "refinement": refinement,
-            "encoders": f"LRA conditioning encoders at {p.encoder_size} px (pretrained CNNs), SimCLR "
-                        f"{p.ssl_model} {p.ssl.epochs} epochs"}
+def _data_note(d: ExperimentData, p: Protocol, methods: Sequence[str]) -> Dict[str, Any]:
+    """The notes of a results table: what the grid's ``methods`` used (the network only when a row
+    trains one, the refinement only for "+ Ours" rows, the evidence for correction rows, the LRA
+    encoders for LRA rows)."""
+    built = [create_method(m) for m in methods]
+    trains = any(m.kind == "train" for m in built)
+    note: Dict[str, Any] = {"anchors": d.anchor_source,
+                            "data": f"{len(d.train)} train (noisy) / {len(d.val)} val (clean) / {len(d.test)} test"
+                                    + (f", model {p.model}" if trains else "")}
+    if any(m.kind == "correct" for m in built):
+        note["evidence"] = f"every correction row reads the same evidence: {describe_evidence(p.evidence_spec())}"
+    if any(m.refined for m in built):
+        note["refinement"] = p.describe_refinement()
+    lra = sorted({m[4:].replace("+ours", "") for m in methods if m.startswith("lra-")})
+    if lra:
+        note["encoders"] = f"LRA conditioning encoders {', '.join(lra)} at {p.encoder_size} px (pretrained CNNs)" + (
+            f", SimCLR {p.ssl_model} {p.ssl.epochs} epochs" if {"simclr", "ssl"} & set(lra) else "")
+    return note
 
 
 class Experiment:
@@ -451,7 +462,7 @@ class Experiment:
                 run = self.noise_run(setting, seed)
                 if out is not None and self.record and recorded != seed:
                     _check_protocol_record(out, self.dataset, self.protocol, self.anchors,
-                                           _data_note(run.runner.data, self.protocol), inputs=inputs)
+                                           _data_note(run.runner.data, self.protocol, methods), inputs=inputs)
                     recorded = seed
                 bar.set_postfix_str(f"{method} / {setting} / seed {seed}")
                 rows[(seed, setting, method)] = run.runner.run_cell(method, run)

@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from .base import (DEFAULT_ENCODER, DEFAULT_EXTRACTOR, FEATURE_EXTRACTORS, ExtractorContext, FeatureExtractor, create_extractor,
+from .base import (DEFAULT_ENCODER, FEATURE_EXTRACTORS, ExtractorContext, FeatureExtractor, create_extractor,
                    check_space_name, extractor_from_context, extractor_names, images_hash, is_label_free,
                    label_free_extractors)
 from .cache import (FeatureSet, cache_path, cached_features, compute_features, encode_sets,
@@ -22,7 +22,7 @@ from .hf import HF_POOLINGS, HFExtractor, hf_preprocess_config
 from .ssl import SSLExtractor
 
 __all__ = [
-    "FEATURE_EXTRACTORS", "DEFAULT_EXTRACTOR", "DEFAULT_ENCODER", "DEFAULT_CLIP_MODEL", "CLIP_MEAN", "CLIP_STD", "FeatureExtractor",
+    "FEATURE_EXTRACTORS", "DEFAULT_ENCODER", "DEFAULT_CLIP_MODEL", "CLIP_MEAN", "CLIP_STD", "FeatureExtractor",
     "ExtractorContext", "ClassifierExtractor", "ClipExtractor", "SSLExtractor", "EfficientNetExtractor",
     "create_extractor", "extractor_from_context", "extractor_names", "label_free_extractors", "is_label_free", "check_space_name",
     "HFExtractor", "HF_POOLINGS", "hf_preprocess_config", "clip_preprocess",

@@ -34,15 +34,16 @@ from ..registry import Registry
 from ..hashing import images_hash as hash_images
 from ..validation import as_image_array
 
-__all__ = ["FEATURE_EXTRACTORS", "DEFAULT_EXTRACTOR", "DEFAULT_ENCODER", "FeatureExtractor", "ExtractorContext", "create_extractor",
+__all__ = ["FEATURE_EXTRACTORS", "DEFAULT_ENCODER", "FeatureExtractor", "ExtractorContext", "create_extractor",
            "extractor_from_context", "extractor_names", "label_free_extractors", "is_label_free", "check_space_name", "images_hash", "pixels",
            "check_batch_size", "batched_bar", "ImagesLike", "PathLike"]
 
 PathLike = Union[str, os.PathLike]
 ImagesLike = Union[np.ndarray, LabeledImages]
 
-FEATURE_EXTRACTORS: Registry["FeatureExtractor"] = Registry("feature extractor")
-DEFAULT_EXTRACTOR = "classifier"
+#: every encoder (feature space) by name: the frozen pretrained ones, ``ssl`` (trained here) and
+#: ``classifier`` (a trained classifier's own penultimate features).
+FEATURE_EXTRACTORS: Registry["FeatureExtractor"] = Registry("encoder")
 #: the frozen pretrained encoder of ``synref refine`` / ``synref bench --dataset DIR`` when none
 #: is named (offline: its weights ship as a Python package). Lite2 gave better refined labels on
 #: CIFAR-10 (docs/posterior-refiner.md) but worse on the 90-image test folder of
@@ -154,9 +155,10 @@ class FeatureExtractor(ABC):
         return f"{type(self).__name__}(fingerprint={self.fingerprint()!r})"
 
 
-def create_extractor(name: str = DEFAULT_EXTRACTOR, **options: Any) -> FeatureExtractor:
-    """Build a registered extractor (``classifier``, ``clip``, ``ssl``, ``efficientnet-lite0``)
-    with its own options."""
+def create_extractor(name: str, **options: Any) -> FeatureExtractor:
+    """Build the registered encoder ``name`` (``classifier``, ``clip``, ``ssl``,
+    ``efficientnet-lite0``, ...: there is no default; ``synref refine``'s is
+    :data:`DEFAULT_ENCODER`) with its own options."""
     return FEATURE_EXTRACTORS.create(name, **options)
 
 

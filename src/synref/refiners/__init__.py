@@ -11,7 +11,7 @@
   class decides), ``paper`` (the published rule), ``crossfit`` (calibrated score rule, rounds).
 - ``kernel``: the streaming score / relabel kernel every refiner runs on;
   ``prototypes``, ``calibration``: anchor prototypes and the anchor-fitted temperature;
-  ``result``: :class:`RefinementResult`, :func:`relabel_metrics`.
+  ``result``: :class:`RefinementResult`, its :class:`Decision`, :func:`relabel_metrics`.
 """
 from __future__ import annotations
 
@@ -24,13 +24,14 @@ from .kernel import (DEFAULT_ALPHA, DEFAULT_THRESHOLD, prototype_accuracy, proto
 from .paper import PaperRefiner
 from .posterior import PosteriorOptions, PosteriorRefiner
 from .prototypes import class_prototypes, l2_normalize
-from .result import RefinementResult, relabel_metrics
+from .result import Decision, RefinementResult, ScoreRule, relabel_metrics
 
 __all__ = [
     "REFINERS", "DEFAULT_REFINER", "Refiner", "RefinerOptions", "create_refiner", "refine", "refiner_option_names",
     "refiner_used_options",
     "PaperRefiner", "PosteriorRefiner", "PosteriorOptions",
-    "CrossfitRefiner", "CrossfitOptions", "DEFAULT_ALPHA", "DEFAULT_THRESHOLD", "RefinementResult",
+    "CrossfitRefiner", "CrossfitOptions", "DEFAULT_ALPHA", "DEFAULT_THRESHOLD", "RefinementResult", "Decision",
+    "ScoreRule",
     "class_prototypes", "fit_similarity_temperature", "l2_normalize", "prototype_accuracy", "prototype_similarity",
     "refine_by_fold", "refine_labels", "refine_labels_chunked", "relabel", "relabel_metrics", "score_matrix",
     "similarity_to_probs",

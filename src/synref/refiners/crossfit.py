@@ -1,5 +1,5 @@
-"""``crossfit``: synref's default refiner: anchor-calibrated similarity + out-of-sample softmax,
-over several rounds.
+"""``crossfit``: the calibrated score rule: anchor-calibrated similarity + out-of-sample softmax,
+over several rounds (synref's default before ``posterior``, :data:`~synref.refiners.DEFAULT_REFINER`).
 
 The score rule is the paper's (``alpha * sim + (1 - alpha) * pred_probs``, relabel at
 ``threshold``) with better evidence:

@@ -28,7 +28,7 @@ from ..errors import InputError
 from ..validation import (CHUNK_ROWS, as_2d_float, check_finite, check_labels, check_unit_interval, chunks,
                           first_bad_row, infer_num_classes)
 from .prototypes import class_prototypes, l2_normalize
-from .result import RefinementResult
+from .result import Decision, RefinementResult
 
 DEFAULT_ALPHA = 0.5
 DEFAULT_THRESHOLD = 0.6
@@ -93,8 +93,8 @@ def relabel(labels: np.ndarray, scores: np.ndarray, *, threshold: float = DEFAUL
         given_score[sl] = block[rows, labels[sl]]
     refined = np.where(best_score >= threshold, best_class, labels)
     return RefinementResult(labels=labels, refined_labels=refined, best_class=best_class,
-                            best_score=best_score, given_score=given_score, alpha=float(alpha),
-                            threshold=threshold, scores=scores if keep_scores else None)
+                            best_score=best_score, given_score=given_score,
+                            decision=Decision.score_rule(alpha, threshold), scores=scores if keep_scores else None)
 
 
 def refine_labels(labels: np.ndarray, *, pred_probs: Optional[np.ndarray], features: np.ndarray,
@@ -334,8 +334,8 @@ def refine_labels_chunked(labels: np.ndarray, *, pred_probs: Optional[np.ndarray
     if similarity is not None:
         info["similarity"] = similarity
     return RefinementResult(labels=labels, refined_labels=refined, best_class=best_class,
-                            best_score=best_score, given_score=given_score, alpha=float(alpha),
-                            threshold=threshold, scores=scores, info=info)
+                            best_score=best_score, given_score=given_score,
+                            decision=Decision.score_rule(alpha, threshold), scores=scores, info=info)
 
 
 def refine_by_fold(labels: np.ndarray, *, pred_probs: Optional[np.ndarray], features: np.ndarray,
@@ -378,8 +378,8 @@ def refine_by_fold(labels: np.ndarray, *, pred_probs: Optional[np.ndarray], feat
             similarity[held] = part.info["similarity"]
     info: Dict[str, object] = {"similarity": similarity} if similarity is not None else {}
     return RefinementResult(labels=labels, refined_labels=refined, best_class=best_class, best_score=best_score,
-                            given_score=given_score, alpha=float(alpha), threshold=float(threshold), scores=scores,
-                            info=info)
+                            given_score=given_score, decision=Decision.score_rule(alpha, threshold),
+                            scores=scores, info=info)
 
 
 def _num_workers(num_threads: Optional[int], num_chunks: int) -> int:

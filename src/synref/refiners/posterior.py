@@ -9,12 +9,16 @@ the new label is right says so, with every piece of evidence in the role it can 
    (``sum_i p_i(c) [given_i = j]``, rows normalised). Re-estimating T from posteriors that
    already contain the labels (plain EM) inflates its diagonal and was measured to hurt.
 3. **Posterior.** ``log r_i(y) = log p_i(y) + log T[y, given_i]`` plus two more observations of
-   the same true class, each read through T:
+   the same true class:
    - the given labels of the ``neighbors`` nearest real images (kNN graph on the features):
-     ``neighbor_weight * mean_j log T[y, given_j]``; a neighbourhood labelled 30 % "cat" and
-     70 % "dog" fingerprints the row of T it came from;
+     ``neighbor_weight * mean_j log(purity * T[y, given_j] + (1 - purity) * q[given_j])``: a
+     neighbour shares the true class with probability ``purity`` (measured on the prior: how often
+     neighbours share the prior's class), else its label follows the labels' marginal ``q``; a
+     neighbourhood labelled 30 % "cat" and 70 % "dog" fingerprints the row of T it came from;
    - the out-of-sample ``pred_probs`` of a model trained on the given labels (a soft noisy
-     label): ``pred_probs_weight * sum_j pred_probs_i(j) log T[y, j]``.
+     label), read through the model's own transition ``G[c, j] = P(model says j | true c)``
+     (estimated by moments like T, from ``pred_probs`` instead of the given labels):
+     ``pred_probs_weight * sum_j pred_probs_i(j) log G[y, j]``.
 4. **Self-training** (``self_training_rounds``): heads fitted on the anchors plus the real images with their
    posteriors as soft targets (k-fold cross-fitted over images and anchors, so nothing judges
    itself; temperature refitted on the held-out anchors) replace the anchor-only prior; T stays.
@@ -57,7 +61,7 @@ from ..train.linear import HeadProblem, fit_heads_lbfgs, held_out_logits
 from .base import REFINERS, Refiner, RefinerOptions
 from .confident import FALLBACK_FILTER, confident_learning_correction
 from .minimum_evidence import MIN_ROWS_PER_CLASS, minimum_evidence
-from .result import RefinementResult
+from .result import Decision, RefinementResult
 
 __all__ = ["PosteriorOptions", "PosteriorRefiner", "MODEL_CHECK_FALLBACKS", "temper", "transition_matrix",
            "label_posterior", "choose_changes", "neighbor_label_agreement", "neighbor_purity", "anchor_head",
@@ -527,24 +531,26 @@ class PosteriorRefiner(Refiner):
             best = post.argmax(axis=1)
             rows_all = np.arange(len(labels))
             best_score = post[rows_all, best]
+        decision = Decision(
+            decided_by, model_check="passed" if model_ok else (
+                f"failed: neighbours share given labels {1 / min(fits):.1f}x more often than the "
+                f"model predicts (fit {min(fits):.2f} < min_model_fit {o.min_model_fit}); the "
+                f"anchors do not describe these images, " + (
+                    f"confident learning on the given labels and pred_probs changed "
+                    f"{int(mask.sum())} labels" if decided_by == "confident-learning" else
+                    "no label was changed")),
+            model_fit=min(fits) if fits else None, minimum_evidence=too_little or "met",
+            estimated_precision=float(best_score[mask].mean()) if mask.any() else None,
+            target_precision=o.target_precision, lowest_changed_score=threshold if mask.any() else None,
+            neighbor_graph=spaces[0].get("neighbor_graph") if len(spaces) == 1 else
+            [space.get("neighbor_graph") for space in spaces])
         result = RefinementResult(labels=labels, refined_labels=np.where(mask, best, labels), best_class=best,
-                                  best_score=best_score, given_score=post[rows_all, labels],
-                                  alpha=float("nan"), threshold=threshold,
+                                  best_score=best_score, given_score=post[rows_all, labels], decision=decision,
                                   scores=post if o.keep_scores else None)
         info: Dict[str, Any] = spaces[0] if len(spaces) == 1 else {"spaces": spaces}
         if truth is not None and len(spaces) > 1:
             info["argmax_label_acc"] = float(np.mean(best == truth))
         result.info.update(refiner=self.name, preset=self.name, **info, pred_probs_weight=float(weight),
-                           model_check="passed" if model_ok else (
-                               f"failed: neighbours share given labels {1 / min(fits):.1f}x more often than the "
-                               f"model predicts (fit {min(fits):.2f} < min_model_fit {o.min_model_fit}); the "
-                               f"anchors do not describe these images, " + (
-                                   f"confident learning on the given labels and pred_probs changed "
-                                   f"{int(mask.sum())} labels" if decided_by == "confident-learning" else
-                                   "no label was changed")),
-                           decided_by=decided_by, minimum_evidence=too_little or "met",
-                           target_precision=o.target_precision,
-                           estimated_precision=float(best_score[mask].mean()) if mask.any() else None,
                            pred_probs=evidence.pred_probs, stages=clock.records, **evidence.description)
         return result
 

@@ -1,15 +1,92 @@
-"""What a refiner decided, per sample (:class:`RefinementResult`), and how good it was
-against known clean labels (:func:`relabel_metrics`)."""
+"""What a refiner decided, per sample (:class:`RefinementResult`), how it decided
+(:class:`Decision`, :class:`ScoreRule`), and how good it was against known clean labels
+(:func:`relabel_metrics`)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["RefinementResult", "relabel_metrics"]
+__all__ = ["RefinementResult", "Decision", "ScoreRule", "DECIDED_BY", "relabel_metrics"]
+
+#: what can decide the changes: the score rule (``score >= threshold``), the posterior's most
+#: probable class, confident learning (the posterior's fallback when its model check fails), or
+#: nothing (do no harm: no label changed).
+DECIDED_BY = ("score threshold", "posterior", "confident-learning", "none")
+
+
+@dataclass(frozen=True)
+class ScoreRule:
+    """The score rule's parameters: a label changes to the best class when
+    ``alpha * similarity + (1 - alpha) * pred_probs`` reaches ``threshold``."""
+
+    alpha: float
+    threshold: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How a refiner decided which labels change (``summary.json``'s ``decision``).
+
+    Attributes:
+        decided_by: one of :data:`DECIDED_BY`.
+        rule: the score rule's alpha and threshold (score-rule refiners only; None otherwise).
+        model_check: ``"passed"``, ``"failed: <why>"``, or None when the refiner has no model
+            check (the score rules).
+        model_fit: the model check's measured fit (the lowest over the feature spaces), or None.
+        minimum_evidence: ``"met"``, or why nothing changed (too few given labels per class).
+        estimated_precision: the refiner's estimate of the fraction of its changes that are right
+            (the mean posterior of the changed labels), or None (nothing changed / not estimated).
+        target_precision: the estimated precision the changes had to keep, or None.
+        lowest_changed_score: the lowest decision score (posterior) among the changed labels, or
+            None (nothing changed, or a score rule: see ``rule.threshold``).
+        neighbor_graph: the kNN graph the refiner built (its facts: method, k, measured recall;
+            a list with one entry per feature space for per-fold spaces), or None.
+    """
+
+    decided_by: str
+    rule: Optional[ScoreRule] = None
+    model_check: Optional[str] = None
+    model_fit: Optional[float] = None
+    minimum_evidence: str = "met"
+    estimated_precision: Optional[float] = None
+    target_precision: Optional[float] = None
+    lowest_changed_score: Optional[float] = None
+    neighbor_graph: Any = None
+
+    def __post_init__(self) -> None:
+        if self.decided_by not in DECIDED_BY:
+            raise InputError(f"decision: decided_by must be one of {', '.join(DECIDED_BY)}, got {self.decided_by!r}")
+
+    @classmethod
+    def score_rule(cls, alpha: float, threshold: float) -> "Decision":
+        """The decision of a score rule with ``alpha`` and ``threshold``."""
+        return cls("score threshold", rule=ScoreRule(float(alpha), float(threshold)))
+
+    @property
+    def model_check_passed(self) -> bool:
+        """False only when a model check ran and failed."""
+        return self.model_check is None or self.model_check == "passed"
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-able dict (``summary.json``'s ``decision``; ``rule`` as ``{alpha, threshold}`` or None)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "Decision":
+        """The decision of :meth:`to_dict` (a cached result read back); unknown keys are refused."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise InputError(f"decision: unknown key(s) {', '.join(unknown)}")
+        values = dict(values)
+        if values.get("rule") is not None:
+            values["rule"] = ScoreRule(**values["rule"])
+        return cls(**values)
 
 
 @dataclass
@@ -23,7 +100,9 @@ class RefinementResult:
         best_class: (N,) argmax of the scores.
         best_score: (N,) the best score.
         given_score: (N,) the score of the given label.
-        alpha, threshold: the rule's parameters.
+        decision: how the changes were decided (:class:`Decision`; the score rule's alpha and
+            threshold are ``decision.rule``, also read as :attr:`alpha` / :attr:`threshold`).
+        info: what the refiner measured on the way (rounds, temperatures, stages, ...).
     """
 
     labels: np.ndarray
@@ -31,10 +110,19 @@ class RefinementResult:
     best_class: np.ndarray
     best_score: np.ndarray
     given_score: np.ndarray
-    alpha: float
-    threshold: float
+    decision: Decision
     scores: Optional[np.ndarray] = None
     info: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def alpha(self) -> Optional[float]:
+        """The score rule's alpha (None when no score rule decided)."""
+        return None if self.decision.rule is None else self.decision.rule.alpha
+
+    @property
+    def threshold(self) -> Optional[float]:
+        """The score rule's threshold (None when no score rule decided)."""
+        return None if self.decision.rule is None else self.decision.rule.threshold
 
     @property
     def changed(self) -> np.ndarray:
