@@ -49,7 +49,7 @@ def test_registry_lists_valid_names():
     with pytest.raises(InputError) as err:
         create_extractor("dinov9")
     msg = str(err.value)
-    assert "feature extractor" in msg and "'dinov9'" in msg
+    assert "unknown encoder" in msg and "'dinov9'" in msg
     for name in ("classifier", "clip", "ssl"):
         assert name in msg
     assert "\n" not in msg
