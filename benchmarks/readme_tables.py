@@ -149,7 +149,16 @@ RENDERERS: Dict[str, Callable[[Rows], str]] = {"compare": compare_table, "bench"
 
 
 def render(name: str) -> str:
-    """The markdown table of docs/results/``name``.csv (its kind: the name's first part)."""
+    """The markdown table of docs/results/``name``.csv (its kind: the name's first part); ``scale``:
+    the scaling table of docs/results/scale.json (benchmarks/scale_table.py)."""
+    if name == "scale":
+        import importlib.util
+        import json
+
+        spec = importlib.util.spec_from_file_location("scale_table", Path(__file__).with_name("scale_table.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        return module.scale_table(json.loads((RESULTS / "scale.json").read_text())) + "\n"
     return RENDERERS[name.split("-")[0]](read_rows(name))
 
 

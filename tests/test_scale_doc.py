@@ -14,3 +14,11 @@ def test_scale_doc_table_is_generated_from_the_results_file():
     table = module.scale_table(records)
     assert len(table.splitlines()) == 2 + len({(r["n"], r["d"], r["c"]) for r in records})
     assert table in (ROOT / "docs" / "scale.md").read_text()
+
+
+def test_readme_scale_table_is_the_generated_one():
+    spec = importlib.util.spec_from_file_location("scale_table", ROOT / "benchmarks" / "scale_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    table = module.scale_table(json.loads((ROOT / "docs" / "results" / "scale.json").read_text()))
+    assert table in (ROOT / "README.md").read_text()
