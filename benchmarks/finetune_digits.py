@@ -145,6 +145,12 @@ def _judge(frozen: Dict[str, Any], probs: np.ndarray, feats: Optional[np.ndarray
             "argmax agrees with given": round(float(np.mean(probs.argmax(axis=1) == labels)), 4)}
     _, flagged = confident_learning_correction(labels, probs, filter_by="both")
     rows["confident learning"] = acc(np.where(flagged, probs.argmax(axis=1), labels))
+    frozen_summary = json.loads((frozen["out"] / "summary.json").read_text())
+    if frozen_summary["decision"].get("decided_by") == "confident-learning":  # scores.npy: the linear heads' softmax
+        mean = 0.5 * (probs + np.load(frozen["out"] / "scores.npy"))
+        _, flagged = confident_learning_correction(labels, mean, filter_by="both")
+        rows["confident learning on the mean with the frozen heads' softmax"] = acc(
+            np.where(flagged, mean.argmax(axis=1), labels))
     for weight in (1.0, 3.0):
         evidence = Evidence(labels, c, anchors.labels, features=space["features"],
                             anchor_features=space["anchor_features"], pred_probs=probs, seed=seed,
@@ -183,6 +189,15 @@ def choose(root: Path, setting: str, options: Dict[str, Any]) -> None:
     scores = np.load(frozen["out"] / "scores.npy")
     targets = scores / scores.sum(axis=1, keepdims=True)  # the frozen pass decided (posterior or its fallback)
     assert summary["decision"]["decided_by"] in ("posterior", "confident-learning"), summary["decision"]
+    options = dict(options)
+    given = np.eye(frozen["dataset"].num_classes, dtype=np.float32)[frozen["dataset"].labels]
+    with open(frozen["out"] / "refined_labels.csv", newline="") as handle:
+        refined = np.array([int(r["suggested_label"]) for r in csv.DictReader(handle)])
+    refined = np.eye(frozen["dataset"].num_classes, dtype=np.float32)[refined]
+    # frozen (what --evidence finetune does), given, mix (half each), refined (the frozen pass's labels)
+    source = options.pop("targets", "frozen")
+    targets = {"frozen": targets, "given": given, "mix": 0.5 * (targets + given), "refined": refined,
+               "refined-mix": 0.5 * (targets + refined)}[source]
     config = FinetuneConfig(**options)
     size = (config.image_size, config.image_size)
     images = decode_images(frozen["dataset"], size=size, channels=3)[0].images
@@ -191,8 +206,12 @@ def choose(root: Path, setting: str, options: Dict[str, Any]) -> None:
     tuned = crossfit_finetune(images, targets, anchor_images, frozen["anchors"].labels,
                               num_classes=frozen["dataset"].num_classes, config=config)
     seconds = time.time() - started
+    kept = root / "choices" / f"{setting}-{'-'.join(f'{k}={v}' for k, v in sorted(options.items()))}-{source}.npz"
+    kept.parent.mkdir(exist_ok=True)
+    np.savez(kept, pred_probs=tuned.pred_probs, features=tuned.features, fold_of=tuned.fold_of,
+             anchor_features=tuned.anchor_features)
     best = [h["epochs"][h["best_epoch"]] for h in tuned.histories]
-    row = {"setting": setting, "options": options, "seconds": round(seconds, 1),
+    row = {"setting": setting, "options": {**options, "targets": source}, "seconds": round(seconds, 1),
            "best_epochs": [h["best_epoch"] for h in tuned.histories],
            "anchor_nll": round(float(np.mean([b["anchor_nll"] for b in best])), 4),
            "anchor_acc": round(float(np.mean([b["anchor_acc"] for b in best])), 4),

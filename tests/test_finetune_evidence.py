@@ -37,6 +37,8 @@ def test_summary_records_the_fine_tuning(folder, finetune_run):  # noqa: F811
     tuned = evidence["finetune"]
     assert tuned["config"]["image_size"] == 16 and tuned["config"]["epochs"] == 2 and tuned["config"]["folds"] == 2
     assert tuned["targets"] == "frozen posterior" and tuned["resumed"] is False
+    assert tuned["view"].startswith("the fine-tuned out-of-fold softmax")  # the frozen pass's model check passed
+    assert tuned["config"]["hflip"] is True
     assert [f["fold"] for f in tuned["per_fold"]] == [0, 1]
     for fold in tuned["per_fold"]:
         nlls = [e["anchor_nll"] for e in fold["epochs"]]
@@ -117,6 +119,7 @@ def test_killed_fine_tuning_resumes_to_the_same_labels(folder, finetune_run, tmp
 @pytest.mark.parametrize("extra, needle", [
     (["--finetune-epochs", "3"], "--finetune-epochs does not apply with --evidence frozen"),
     (["--anchor-weight", "2"], "--anchor-weight does not apply with --evidence frozen"),
+    (["--no-finetune-flip"], "--no-finetune-flip does not apply with --evidence frozen"),
     (["--evidence", "finetune", "--train"], "does not apply with --train"),
     (["--evidence", "finetune", "--refiner", "paper"], "does not apply to --refiner paper"),
     (["--evidence", "finetune", "--finetune-size", "8"], "--finetune-size must be an integer of at least 16"),
@@ -128,3 +131,32 @@ def test_bad_options_one_line(folder, tmp_path, capsys, extra, needle):  # noqa:
     code, io = _refine(["refine", "--data", folder[0], "--out", out, "--generate"] + extra, capsys)
     assert_one_line_error(code, io.err, needle)
     assert not out.exists() or not (out / "summary.json").exists()
+
+
+def test_view_probs_mean_the_two_views_only_when_confident_learning_decided():
+    """A failed model check (confident learning decided the frozen pass): the refiner gets the mean
+    of the frozen heads' and the fine-tuned softmax; a trusted posterior: the fine-tuned alone."""
+    from synref.apps.finetune_evidence import VIEWS, soft_targets, view_probs
+    from synref.refiners import RefinementResult
+    from synref.refiners.result import Decision
+
+    labels = np.array([0, 1, 1])
+    heads = np.array([[0.8, 0.2], [0.6, 0.4], [0.1, 0.9]], np.float32)
+    tuned = np.array([[0.4, 0.6], [0.2, 0.8], [0.3, 0.7]], np.float32)
+
+    def frozen(decided_by):
+        return RefinementResult(labels=labels, refined_labels=labels, best_class=labels, best_score=np.ones(3),
+                                given_score=np.ones(3), decision=Decision(decided_by), scores=heads)
+
+    probs, view = view_probs(frozen("confident-learning"), tuned)
+    np.testing.assert_allclose(probs, 0.5 * (heads + tuned))
+    assert view == "mean" and "model check failed" in VIEWS[view]
+    probs, view = view_probs(frozen("posterior"), tuned)
+    assert view == "separate" and probs is tuned
+    # soft targets: the frozen scores when something decided, the given labels when nothing could
+    targets, source = soft_targets(frozen("posterior"), 2)
+    np.testing.assert_allclose(targets, heads / heads.sum(axis=1, keepdims=True))
+    assert source == "frozen posterior"
+    targets, source = soft_targets(frozen("none"), 2)
+    np.testing.assert_array_equal(targets, np.eye(2)[labels])
+    assert source == "given labels"

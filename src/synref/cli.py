@@ -613,6 +613,9 @@ def _add_finetune_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--anchor-weight", type=float, default=d["anchor_weight"],
                    help=f"--evidence finetune: loss weight of an anchor relative to an image "
                         f"(default {d['anchor_weight']:g})")
+    g.add_argument("--no-finetune-flip", action="store_true",
+                   help="--evidence finetune: no mirrored training images (digits, text: whatever a mirror turns "
+                        "into another class)")
 
 
 def _saved_config(given: Dict[str, Any], parser: _Parser, cls: type) -> object:
@@ -649,7 +652,7 @@ def _run_refine(args: argparse.Namespace) -> int:
 #: ``synref refine`` options whose config field has another name.
 _REFINE_FIELDS = {"arch": "model", "generator_model": "generator_options.model",
                   "generator_root": "generator_options.root", "prompt": "generator_options.templates",
-                  "no_calibrate": "calibrate"}
+                  "no_calibrate": "calibrate", "no_finetune_flip": "finetune_flip"}
 
 
 def _refine_values(given: Dict[str, Any], flags: Dict[str, str]) -> Tuple[Dict[str, Any], Dict[str, str]]:
@@ -665,7 +668,7 @@ def _refine_values(given: Dict[str, Any], flags: Dict[str, str]) -> Tuple[Dict[s
         set_flags[field] = flags[dest]
         if isinstance(value, Path):
             value = str(value)
-        if field == "calibrate":
+        if field in ("calibrate", "finetune_flip"):  # --no-calibrate, --no-finetune-flip
             value = not value
         if field.startswith("generator_options."):
             if generate:

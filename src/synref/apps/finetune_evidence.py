@@ -6,8 +6,11 @@ fine-tuned k-fold (:func:`synref.train.finetune.crossfit_finetune`) on the image
 ``finetune_size``, with the anchors as clean samples and early stopping on held-out anchors, and
 the refiner runs again: same frozen features and anchors, plus the fine-tuned **out-of-fold
 softmax as a separate view** (``pred_probs``, ``description["pred_probs_view"] = "separate"``:
-the posterior refiner reads it through the estimated noise with its separate-view weight; when
-its model check fails, confident learning on the given labels and these ``pred_probs`` decides).
+the posterior refiner reads it through the estimated noise with its separate-view weight). When
+the frozen pass's model check failed (the anchors do not describe the images in the frozen space:
+the posterior is not trusted and confident learning on the given labels and ``pred_probs``
+decides), ``pred_probs`` is the mean of the frozen linear heads' and the fine-tuned out-of-fold
+softmax: two views whose errors differ (measured on the digits: docs/finetune.md).
 
 Soft targets: the frozen posterior when it decided; the out-of-sample softmax of the linear heads
 when confident learning decided (the model check failed: the posterior was not trusted); the
@@ -39,17 +42,22 @@ from ..train import checkpoint_folder, clear_checkpoints
 from ..train.finetune import FinetuneConfig, FinetuneResult, crossfit_finetune
 from ..validation import check_memory
 
-__all__ = ["EVIDENCE_CHOICES", "FINETUNE_DEFAULTS", "check_evidence_options", "finetune_config", "soft_targets",
-           "finetune_refinement", "add_finetune_info"]
+__all__ = ["EVIDENCE_CHOICES", "FINETUNE_DEFAULTS", "VIEWS", "check_evidence_options", "finetune_config",
+           "soft_targets", "view_probs", "finetune_refinement", "add_finetune_info"]
 
 #: ``--evidence``: ``frozen`` (the pretrained evidence as it is) or ``finetune`` (this module):
 #: the run's ``evidence.tuning``.
 EVIDENCE_CHOICES = TUNINGS
 #: the defaults of the ``--finetune-*`` / ``--anchor-weight`` options (FinetuneConfig's).
 FINETUNE_DEFAULTS = {"finetune_epochs": FinetuneConfig.epochs, "finetune_size": FinetuneConfig.image_size,
-                     "finetune_lr": FinetuneConfig.lr, "anchor_weight": FinetuneConfig.anchor_weight}
+                     "finetune_lr": FinetuneConfig.lr, "anchor_weight": FinetuneConfig.anchor_weight,
+                     "finetune_flip": FinetuneConfig.hflip}
 #: what the fine-tuned pred_probs are called in a results folder's summary.
 _ROLE = "separate view (pred_probs)"
+#: how the refiner reads the fine-tuned softmax (``evidence.finetune.view`` of the summary).
+VIEWS = {"separate": "the fine-tuned out-of-fold softmax as a separate view",
+         "mean": "the mean of the frozen heads' and the fine-tuned out-of-fold softmax (the frozen pass's model "
+                 "check failed: confident learning on it decides)"}
 
 
 def check_evidence_options(config: Any) -> None:
@@ -65,6 +73,8 @@ def check_evidence_options(config: Any) -> None:
         value = float(getattr(config, name))
         if not (value > 0 if strict else value >= 0) or not np.isfinite(value):
             raise InputError(f"--{name.replace('_', '-')} must be {'> 0' if strict else '>= 0'}, got {value}")
+    if not isinstance(config.finetune_flip, bool):
+        raise InputError(f"finetune_flip must be true or false, got {config.finetune_flip!r}")
     if tuning != "finetune":
         return
     if config.evidence_mode != "pretrained":
@@ -81,7 +91,8 @@ def finetune_config(config: Any, device: Optional[str] = None) -> FinetuneConfig
     process's device under a launch, else ``auto``)."""
     return FinetuneConfig(image_size=int(config.finetune_size), epochs=int(config.finetune_epochs),
                           lr=float(config.finetune_lr), anchor_weight=float(config.anchor_weight),
-                          folds=int(config.evidence.folds), seed=int(config.seed), device=device or "auto")
+                          hflip=bool(config.finetune_flip), folds=int(config.evidence.folds), seed=int(config.seed),
+                          device=device or "auto")
 
 
 def soft_targets(frozen: RefinementResult, num_classes: int) -> Tuple[np.ndarray, str]:
@@ -93,6 +104,16 @@ def soft_targets(frozen: RefinementResult, num_classes: int) -> Tuple[np.ndarray
         return scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-12), (
             "frozen posterior" if decided_by == "posterior" else "frozen linear heads' pred_probs")
     return np.eye(num_classes, dtype=np.float32)[frozen.labels], "given labels"
+
+
+def view_probs(frozen: RefinementResult, tuned: np.ndarray) -> Tuple[np.ndarray, str]:
+    """The ``pred_probs`` (N, C) the second refinement reads and which of :data:`VIEWS` they are:
+    ``tuned`` (the fine-tuned out-of-fold softmax), or, when confident learning decided the frozen
+    pass, its mean with the frozen linear heads' out-of-fold softmax."""
+    if frozen.decision.decided_by == "confident-learning" and frozen.scores is not None:
+        heads = np.asarray(frozen.scores, np.float32)  # the fallback's scores are the heads' pred_probs
+        return (0.5 * (heads + tuned)).astype(np.float32), "mean"
+    return tuned, "separate"
 
 
 def _images_at(images: LabeledImages, size: int, skip_bad: bool, what: str) -> np.ndarray:
@@ -166,8 +187,9 @@ def finetune_refinement(config: Any, dataset: LabeledImages, anchors: LabeledIma
     finetune_seconds = time.time() - t1
     del images, anchor_images
     t2 = time.time()
+    probs, view = view_probs(frozen, tuned.pred_probs)
     evidence = Evidence(dataset.labels, c, anchors.labels, features=features, anchor_features=anchor_features,
-                        pred_probs=tuned.pred_probs, class_names=dataset.class_names, seed=int(config.seed),
+                        pred_probs=probs, class_names=dataset.class_names, seed=int(config.seed),
                         description={"features": config.space, "pred_probs_view": "separate",
                                      "pred_probs_from": f"{ft.folds}-fold fine-tuned {ft.backbone}"})
     result = refine(evidence, refiner)
@@ -176,7 +198,7 @@ def finetune_refinement(config: Any, dataset: LabeledImages, anchors: LabeledIma
                                        "epochs": h["epochs"]} for h in tuned.histories]
     facts = {
         "finetune": {"config": {k: v for k, v in ft.to_dict().items() if not k.startswith("_")}, "targets": source,
-                     "role": _ROLE, "frozen_pass": {"decided_by": frozen.decision.decided_by,
+                     "role": _ROLE, "view": VIEWS[view], "frozen_pass": {"decided_by": frozen.decision.decided_by,
                                                     "num_changed": int(frozen.changed.sum())},
                      "per_fold": per_fold, "resumed": resumed,
                      "seconds": round(sum(f["seconds"] for f in per_fold), 3)},

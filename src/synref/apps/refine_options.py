@@ -60,7 +60,7 @@ RULES: Dict[str, Rule] = {
                                                      "on_model_check_failure", "neighbor_graph")},
     **{option: (lambda c: c.evidence.tuning == "finetune", lambda c: f"with --evidence {c.evidence.tuning}",
                 "--evidence finetune (the fine-tuned backbone)")
-       for option in ("finetune_epochs", "finetune_size", "finetune_lr", "anchor_weight")},
+       for option in ("finetune_epochs", "finetune_size", "finetune_lr", "anchor_weight", "finetune_flip")},
 }
 
 

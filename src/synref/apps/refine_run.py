@@ -190,9 +190,11 @@ class RefineRunConfig(ConfigMixin):
         batch_size, workers, chunk_size: pretrained evidence: images per encoder forward pass,
             decoding threads, rows per feature-cache chunk (the unit of resume and of work sharing
             between processes).
-        finetune_epochs, finetune_size, finetune_lr, anchor_weight: with ``evidence.tuning``
-            ``finetune`` (``--evidence finetune``: the pretrained evidence plus a cross-fitted
-            fine-tuned backbone's softmax as a separate view, :mod:`synref.apps.finetune_evidence`).
+        finetune_epochs, finetune_size, finetune_lr, anchor_weight, finetune_flip: with
+            ``evidence.tuning`` ``finetune`` (``--evidence finetune``: the pretrained evidence plus a
+            cross-fitted fine-tuned backbone's softmax as a separate view,
+            :mod:`synref.apps.finetune_evidence`; ``finetune_flip``: mirrored training images, off
+            for digits or text).
 
     ``from_dict`` also reads the flat layout of older ``config.json`` files (:func:`nest_options`).
     """
@@ -225,6 +227,7 @@ class RefineRunConfig(ConfigMixin):
     finetune_size: int = FINETUNE_DEFAULTS["finetune_size"]
     finetune_lr: float = FINETUNE_DEFAULTS["finetune_lr"]
     anchor_weight: float = FINETUNE_DEFAULTS["anchor_weight"]
+    finetune_flip: bool = FINETUNE_DEFAULTS["finetune_flip"]
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "RefineRunConfig":
