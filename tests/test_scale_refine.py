@@ -107,6 +107,31 @@ def test_head_engine_gradient_is_the_autograd_gradient():
                                    rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("steps", [1, 7, 20])
+def test_lbfgs_takes_torch_lbfgs_steps(steps):
+    """fit_heads_lbfgs (no optimiser object) ends where torch.optim.LBFGS with the strong Wolfe
+    line search ends from the same start: the same algorithm, the same arithmetic."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(300, 9)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    t = rng.dirichlet(np.ones(4), 300).astype(np.float32)
+    problem = HeadProblem(x, t, num_heads=2, num_classes=4, folds=rng.integers(0, 2, 300), scale=10.0, penalty=0.5)
+    init = (torch.randn(8, 9) * 0.1, torch.randn(8) * 0.1)
+    w, b = fit_heads_lbfgs(problem, steps, init=init)
+    wr, br = init[0].clone().requires_grad_(True), init[1].clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([wr, br], lr=1.0, max_iter=steps, history_size=10, line_search_fn="strong_wolfe")
+
+    def closure():
+        loss, gw, gb = problem.loss_and_grad(wr.detach(), br.detach())
+        wr.grad, br.grad = gw, gb
+        return torch.tensor(loss, dtype=torch.float32)
+
+    opt.step(closure)
+    assert not torch.equal(w, init[0])  # it moved
+    torch.testing.assert_close(w, wr.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(b, br.detach(), atol=1e-6, rtol=1e-5)
+
+
 def _files(tmp_path: Path, n=2000, d=24, c=5, nan_row=None):
     rng = np.random.default_rng(1)
     means = rng.normal(size=(c, d))
@@ -230,8 +255,7 @@ def test_self_training_heads_on_principal_components_when_the_full_heads_cost_to
     ev = Evidence(given, c, ya, features=x, anchor_features=a)
     full = refine(ev, "posterior", self_training_rounds=1, min_rows_per_class=0)
     assert '"head_space"' not in json.dumps(full.info, default=str)
-    monkeypatch.setattr(posterior, "HEAD_PROJECTION_WORK", 1000)  # any run is "too costly" now
-    monkeypatch.setattr(posterior, "HEAD_PROJECTION_DIMS", 48)
+    monkeypatch.setattr(posterior, "HEAD_PROJECTIONS", ((10 ** 9, 16), (1000, 48)))  # any run is "too costly" now
     projected = refine(ev, "posterior", self_training_rounds=1, min_rows_per_class=0)
     facts = json.dumps(projected.info, default=str)
     assert '"head_space": {"dims": 48' in facts
@@ -239,3 +263,34 @@ def test_self_training_heads_on_principal_components_when_the_full_heads_cost_to
     assert acc_proj > np.mean(given == y) + 0.15 and abs(acc_full - acc_proj) < 0.03, (acc_full, acc_proj)
     explicit = refine(ev, "posterior", self_training_rounds=1, min_rows_per_class=0, head_dims=0)
     np.testing.assert_array_equal(explicit.refined_labels, full.refined_labels)
+
+
+def test_graph_and_heads_projections_share_one_eigendecomposition(monkeypatch):
+    """The approximate graph's 128 and the heads' projection read one cached eigendecomposition:
+    the leading components are the same columns, and eigh runs once per refinement."""
+    import synref.refiners.posterior as posterior
+    from synref import neighbors
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 40)).astype(np.float32)
+    rows = UnitRows(x)
+    cache = {}
+    mean, small = neighbors.pca_basis(rows, 8, 0, cache=cache)
+    calls = []
+    real_eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda m: calls.append(1) or real_eigh(m))
+    mean2, large = neighbors.pca_basis(rows, 20, 0, cache=cache)
+    assert calls == [] and large.shape == (40, 20)
+    np.testing.assert_array_equal(large[:, :8], small)
+    np.testing.assert_array_equal(mean2, mean)
+    np.testing.assert_array_equal(neighbors.pca_basis(rows, 8, 0)[1], small)  # uncached: the same basis
+    assert len(calls) == 1
+    # a refinement with an approximate graph and projected heads: one eigendecomposition
+    calls.clear()
+    y = rng.integers(0, 4, 600)
+    x[:, :4] += 3 * np.eye(4, dtype=np.float32)[y]
+    ev = Evidence(y, 4, np.repeat(np.arange(4), 6), features=x, anchor_features=np.repeat(np.eye(4, 40), 6, axis=0).astype(np.float32))
+    monkeypatch.setattr(posterior, "HEAD_PROJECTIONS", ((1000, 24),))
+    result = refine(ev, "posterior", neighbor_graph="hnsw", min_rows_per_class=0, self_training_rounds=1)
+    assert result.info["neighbor_graph"]["method"] == "hnsw" and result.info["head_space"]["dims"] == 24
+    assert len(calls) == 1

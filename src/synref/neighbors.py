@@ -41,7 +41,7 @@ __all__ = ["NeighborGraph", "knn_graph", "exact_knn", "ann_knn", "graph_recall",
            "ivf_settings", "APPROXIMATE_METHOD", "HNSW_DEFAULTS", "pca_basis"]
 
 KNN_METHODS = ("auto", "exact", "hnsw", "ivf")
-#: ``auto`` builds the exact graph up to this many rows and the IVF graph above (docs/scale.md).
+#: ``auto`` builds the exact graph up to this many rows and the approximate one above (docs/scale.md).
 EXACT_MAX_ROWS = 20_000
 #: the approximate index ``auto`` uses above :data:`EXACT_MAX_ROWS`.
 APPROXIMATE_METHOD = "hnsw"
@@ -138,23 +138,34 @@ def ivf_settings(n: int) -> Dict[str, int]:
     return {"nlist": nlist, "nprobe": nprobe, "train_rows": int(min(n, 40 * nlist))}
 
 
-def pca_basis(rows: UnitRows, dims: int, seed: int, sample: int = 20_000) -> Tuple[np.ndarray, np.ndarray]:
+def pca_basis(rows: UnitRows, dims: int, seed: int, sample: int = 20_000,
+              cache: Optional[Dict[Any, Tuple[np.ndarray, np.ndarray]]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """(mean (D,), components (D, dims)) of a sample of ``rows``: the leading eigenvectors of its
-    covariance (float32 products, float64 eigensolver)."""
+    covariance (float32 products, float64 eigensolver). ``cache`` (a dict the caller keeps for one
+    set of rows): every eigenvector is kept there, so a later call for any ``dims`` of the same
+    rows, seed and sample reads them instead of computing again (the neighbour graph's and the
+    self-training heads' projections share one eigendecomposition)."""
+    key = (len(rows), rows.dim, int(seed), int(sample))
+    if cache is not None and key in cache:
+        mean, vectors = cache[key]
+        return mean, np.ascontiguousarray(vectors[:, :dims])
     pick = np.sort(np.random.default_rng(seed).choice(len(rows), min(len(rows), sample), replace=False))
     x = as_tensor(rows.take(pick))
     mean = x.mean(dim=0)
     centred = x - mean
     values, vectors = torch.linalg.eigh((centred.T @ centred).double() / max(len(pick) - 1, 1))
-    order = torch.argsort(values, descending=True)[:dims]
-    return mean.numpy(), np.ascontiguousarray(vectors[:, order].float().numpy())
+    order = torch.argsort(values, descending=True)
+    ordered = vectors[:, order].float().numpy()
+    if cache is not None:
+        cache[key] = (mean.numpy(), ordered)
+    return mean.numpy(), np.ascontiguousarray(ordered[:, :dims])
 
 
 def ann_knn(x: Union[UnitRows, np.ndarray], k: int, *, span: Optional[slice] = None, seed: int = 0,
             index: str = "hnsw", dims: Optional[int] = HNSW_DEFAULTS["dims"], rerank: int = HNSW_DEFAULTS["rerank"],
             nlist: Optional[int] = None, nprobe: Optional[int] = None, train_rows: Optional[int] = None, m: int = HNSW_DEFAULTS["m"],
             ef_construction: int = HNSW_DEFAULTS["ef_construction"], ef_search: Optional[int] = None,
-            storage: str = HNSW_DEFAULTS["storage"]
+            storage: str = HNSW_DEFAULTS["storage"], pca_cache: Optional[Dict[Any, Any]] = None
             ) -> Tuple[np.ndarray, Dict[str, Any]]:
     """Approximate (q, k) neighbours of the rows ``span`` (default all) of ``x``; returns (indices,
     settings). One faiss index over all rows (``hnsw``: a graph, ``ivf``: k-means cells), on the
@@ -162,7 +173,7 @@ def ann_knn(x: Union[UnitRows, np.ndarray], k: int, *, span: Optional[slice] = N
     built in process 0 and shared; each query takes its ``rerank * k`` nearest candidates from
     it and keeps the k most cosine-similar by the full rows (an exact re-ranking; ``rerank=0``:
     the index's own k nearest, no full row is read again). The defaults (:data:`HNSW_DEFAULTS`) were
-    chosen by measured recall and time (docs/scale.md)."""
+    chosen by measured recall and time (docs/scale.md). ``pca_cache``: see :func:`pca_basis`."""
     from .optional import require
 
     faiss = require("faiss", "the approximate neighbour graph (faiss-cpu)")
@@ -189,7 +200,7 @@ def ann_knn(x: Union[UnitRows, np.ndarray], k: int, *, span: Optional[slice] = N
     clock: Dict[str, float] = {}
     t0 = time.perf_counter()
     if rank == 0:
-        projection = pca_basis(rows, dims, seed) if dims is not None else None
+        projection = pca_basis(rows, dims, seed, cache=pca_cache) if dims is not None else None
 
         def project(block: np.ndarray) -> np.ndarray:
             if projection is None:
@@ -197,8 +208,10 @@ def ann_knn(x: Union[UnitRows, np.ndarray], k: int, *, span: Optional[slice] = N
             return np.ascontiguousarray((block - projection[0]) @ projection[1])
 
         width = dims or d
-        train = project(rows.take(np.sort(np.random.default_rng(seed).choice(
-            n, min(n, settings.get("train_rows", 20_000)), replace=False))))
+        train = None  # a sample of the projected rows: the IVF cells' k-means, the 8-bit ranges (not HNSW-flat)
+        if index == "ivf" or storage != "flat":
+            train = project(rows.take(np.sort(np.random.default_rng(seed).choice(
+                n, min(n, settings.get("train_rows", 20_000)), replace=False))))
         if index == "hnsw":
             built = faiss.IndexHNSWFlat(width, settings["m"], faiss.METRIC_L2) if storage == "flat" else \
                 faiss.IndexHNSWSQ(width, faiss.ScalarQuantizer.QT_8bit, settings["m"], faiss.METRIC_L2)

@@ -83,13 +83,15 @@ MODEL_CHECK_FALLBACKS = ("confident-learning", "keep")
 SEPARATE_VIEW_WEIGHT = 3.0
 #: L-BFGS iterations of the anchor-only head (each penalty of the grid).
 ANCHOR_HEAD_STEPS = 60
-#: ``head_dims=None``: the self-training heads read the rows projected on their leading
-#: :data:`HEAD_PROJECTION_DIMS` principal components when one pass of the full heads would cost
-#: more than N * folds * C * D = :data:`HEAD_PROJECTION_WORK` multiply-adds (e.g. 10^5 rows x
-#: 1000 classes x 1280 dims: 50 passes would take 25 min on 2 cores; 50,000 x 100 x 1280 and
-#: 10^6 x 10 x 1280 stay full).
-HEAD_PROJECTION_WORK = 1 << 38
-HEAD_PROJECTION_DIMS = 256
+#: ``head_dims=None``: the self-training heads read the rows projected on their leading principal
+#: components when one pass of the full heads would cost more than N * folds * C * D multiply-adds:
+#: ``(work, dims)`` pairs, the first whose work is exceeded applies. 512 components above 2^31
+#: (about 42,000 rows x 4 folds x 10 classes x 1280 dims: the full heads are about twice the
+#: cost, and on real CIFAR-10 Lite0 features, 10,000 rows, six noise settings, 512 components
+#: refined as well as the full rows: mean +0.08 points, worst -0.04; 256: mean -0.09, worst -0.28;
+#: docs/scale.md); 256 above 2^38 (e.g. 10^5 rows x 1000 classes, where 50 passes of the full
+#: heads would take 25 min on 2 cores).
+HEAD_PROJECTIONS = ((1 << 38, 256), (1 << 31, 512))
 
 
 @dataclass
@@ -140,8 +142,8 @@ class PosteriorOptions(RefinerOptions):
         min_rows_per_class: do no harm on small sets: when a class has fewer given labels (in a
             space T is estimated in), nothing changes (:mod:`~synref.refiners.minimum_evidence`).
         head_dims: the self-training heads read the rows projected on this many leading
-            principal components (0: the full rows; None: :data:`HEAD_PROJECTION_DIMS` when the
-            full heads' pass would cost more than :data:`HEAD_PROJECTION_WORK`, else full).
+            principal components (0: the full rows; None: chosen by the work of one pass of the full
+            heads, :data:`HEAD_PROJECTIONS`).
         seed: anchor halves and folds (None: ``evidence.seed``).
     """
 
@@ -208,18 +210,20 @@ def temper(post: np.ndarray, temperature: float) -> np.ndarray:
     return out
 
 
-def head_rows(x: UnitRows, anchors: np.ndarray, num_classes: int, folds: int, dims: Optional[int], seed: int
-              ) -> Tuple[UnitRows, np.ndarray, Optional[Dict[str, Any]]]:
+def head_rows(x: UnitRows, anchors: np.ndarray, num_classes: int, folds: int, dims: Optional[int], seed: int,
+              pca_cache: Optional[Dict[Any, Any]] = None) -> Tuple[UnitRows, np.ndarray, Optional[Dict[str, Any]]]:
     """The rows the self-training heads read: ``x`` (N, D) and ``anchors`` (M, D) themselves, or
     both projected on the ``dims`` leading principal components of ``x`` (see
     :attr:`PosteriorOptions.head_dims`) as (N, dims) / (M, dims) unit rows, with the facts of
-    the projection (None when not projected). The projection is the same in every process."""
+    the projection (None when not projected). The projection is the same in every process;
+    ``pca_cache``: the eigendecomposition the neighbour graph already made (:func:`pca_basis`)."""
     n, d = len(x), x.dim
     if dims is None:
-        dims = HEAD_PROJECTION_DIMS if n * folds * num_classes * d > HEAD_PROJECTION_WORK else 0
+        work = n * folds * num_classes * d
+        dims = next((size for limit, size in HEAD_PROJECTIONS if work > limit), 0)
     if not dims or dims >= d:
         return x, anchors, None
-    _, basis = pca_basis(x, int(dims), seed)                                          # (D, dims)
+    _, basis = pca_basis(x, int(dims), seed, cache=pca_cache)                          # (D, dims)
     projected = np.empty((n, int(dims)), np.float32)
     for start, stop, block in x.blocks():
         projected[start:stop] = block @ basis
@@ -570,6 +574,7 @@ class PosteriorRefiner(Refiner):
         clock = clock if clock is not None else StageClock()
         n = len(x)
         share = row_share(n, *process_group())
+        pca_cache: Dict[Any, Any] = {}  # one eigendecomposition for the graph's and the heads' projections
         with clock.stage("anchor head"):
             head, temperature, penalty, confusion = broadcast_object(
                 anchor_head(a, anchor_labels, c, penalty=o.penalty, seed=seed))
@@ -584,7 +589,8 @@ class PosteriorRefiner(Refiner):
         if o.neighbors > 0 and n > 1:
             with clock.stage("neighbours"):
                 if graph is None:
-                    built = knn_graph(x, o.neighbors, method=o.neighbor_graph, span=share, seed=seed)
+                    built = knn_graph(x, o.neighbors, method=o.neighbor_graph, span=share, seed=seed,
+                                      pca_cache=pca_cache)
                     graph_info = built.describe()
                     graph = all_gather_rows(built.indices, n)
                 purity = neighbor_purity(prior, graph[share], rows=share)
@@ -614,7 +620,7 @@ class PosteriorRefiner(Refiner):
         x_heads, a_heads, head_space = (x, a, None)
         if o.self_training_rounds > 0:
             with clock.stage("self-training"):
-                x_heads, a_heads, head_space = head_rows(x, a, c, int(o.folds), o.head_dims, seed)
+                x_heads, a_heads, head_space = head_rows(x, a, c, int(o.folds), o.head_dims, seed, pca_cache)
         fold = _folds(n, o.folds, seed)
         anchor_fold = _folds(len(a), o.folds, seed + 1)
         for r in progress_bar(range(1, o.self_training_rounds + 1), desc="posterior rounds", unit="round",

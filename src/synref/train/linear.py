@@ -17,7 +17,7 @@ temperature), so one learning rate works for any encoder.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -182,23 +182,84 @@ class HeadProblem:
         return torch.zeros(kc, self.dim), torch.zeros(kc)
 
 
+def lbfgs_minimize(evaluate: Callable[[torch.Tensor], Tuple[float, torch.Tensor]], x0: torch.Tensor,
+                   max_iter: int, *, history_size: int = 10, lr: float = 1.0, tolerance_grad: float = 1e-7,
+                   tolerance_change: float = 1e-9) -> torch.Tensor:
+    """Minimise a smooth function of the flat vector ``x0`` (P,) by L-BFGS with the strong Wolfe
+    line search: the steps of ``torch.optim.LBFGS(lr, max_iter, history_size,
+    line_search_fn="strong_wolfe").step`` (at most ``max_iter * 5 // 4`` evaluations, the same
+    stopping rules, the same arithmetic), without the optimiser object, whose first construction
+    in a process imports ``torch._dynamo`` (about 2 s). ``evaluate(x)`` returns (loss, gradient (P,)).
+    Returns the last point (P,)."""
+    from torch.optim.lbfgs import _strong_wolfe  # the line search itself, a plain function
+
+    max_eval = int(max_iter) * 5 // 4
+    x = x0.detach().clone()
+    loss, grad = evaluate(x)
+    evals = 1
+    if grad.abs().max() <= tolerance_grad:
+        return x
+    dirs: List[torch.Tensor] = []
+    steps: List[torch.Tensor] = []
+    rho: List[torch.Tensor] = []
+    alphas: List[Any] = [None] * history_size
+    direction, step, h_diag, prev_grad = grad.neg(), None, 1.0, None
+    for it in range(1, int(max_iter) + 1):
+        if it > 1:  # the two-loop recursion over the kept curvature pairs
+            change = grad.sub(prev_grad)
+            moved = direction.mul(step)
+            curvature = change.dot(moved)
+            if curvature > 1e-10:
+                if len(dirs) == history_size:
+                    dirs.pop(0), steps.pop(0), rho.pop(0)
+                dirs.append(change)
+                steps.append(moved)
+                rho.append(1.0 / curvature)
+                h_diag = curvature / change.dot(change)
+            q = grad.neg()
+            for i in range(len(dirs) - 1, -1, -1):
+                alphas[i] = steps[i].dot(q) * rho[i]
+                q.add_(dirs[i], alpha=-alphas[i])
+            direction = r = torch.mul(q, h_diag)
+            for i in range(len(dirs)):
+                beta = dirs[i].dot(r) * rho[i]
+                r.add_(steps[i], alpha=alphas[i] - beta)
+        prev_grad = grad.clone()
+        prev_loss = loss
+        step = min(1.0, 1.0 / grad.abs().sum()) * lr if it == 1 else lr
+        slope = grad.dot(direction)
+        if slope > -tolerance_change:
+            break
+
+        def along(start: List[torch.Tensor], t: Any, d: torch.Tensor) -> Tuple[float, torch.Tensor]:
+            return evaluate(start[0].add(d, alpha=t))
+
+        loss, grad, step, used = _strong_wolfe(along, [x], step, direction, loss, grad, slope,
+                                               max_ls=max_eval - evals)
+        x = x.add(direction, alpha=step)
+        evals += used
+        if it == max_iter or evals >= max_eval or grad.abs().max() <= tolerance_grad:
+            break
+        if direction.mul(step).abs().max() <= tolerance_change or abs(loss - prev_loss) < tolerance_change:
+            break
+    return x
+
+
 def fit_heads_lbfgs(problem: HeadProblem, steps: int, init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
                     ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """All heads of ``problem`` by full-batch L-BFGS (strong Wolfe line search, history 10) from
-    ``init`` (default zero): the heads' losses are summed (they share no parameter). Returns
-    W (K*C, D) and b (K*C,) (W unscaled: logits are ``scale * x @ W^T + b``)."""
+    """All heads of ``problem`` by full-batch L-BFGS (:func:`lbfgs_minimize`: strong Wolfe line
+    search, history 10) from ``init`` (default zero): the heads' losses are summed (they share no
+    parameter). Returns W (K*C, D) and b (K*C,) (W unscaled: logits are ``scale * x @ W^T + b``)."""
     w0, b0 = init if init is not None else problem.zeros()
-    w = w0.detach().clone().requires_grad_(True)
-    b = b0.detach().clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=int(steps), history_size=10, line_search_fn="strong_wolfe")
+    shape, size = w0.shape, w0.numel()
 
-    def closure() -> torch.Tensor:
-        loss, gw, gb = problem.loss_and_grad(w.detach(), b.detach())
-        w.grad, b.grad = gw, gb
-        return torch.tensor(loss, dtype=torch.float32)
+    def evaluate(flat: torch.Tensor) -> Tuple[float, torch.Tensor]:
+        loss, gw, gb = problem.loss_and_grad(flat[:size].view(shape), flat[size:])
+        # the loss as float32, as torch.optim.LBFGS reads a closure's float32 tensor
+        return float(torch.tensor(loss, dtype=torch.float32)), torch.cat([gw.reshape(-1), gb.reshape(-1)])
 
-    opt.step(closure)
-    return w.detach(), b.detach()
+    flat = lbfgs_minimize(evaluate, torch.cat([w0.detach().reshape(-1), b0.detach().reshape(-1)]), int(steps))
+    return flat[:size].view(shape).clone(), flat[size:].clone()
 
 
 def fit_heads_adam(problem: HeadProblem, steps: int, lr: float) -> Tuple[torch.Tensor, torch.Tensor]:
