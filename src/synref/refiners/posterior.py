@@ -50,7 +50,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from ..arrays import UnitRows, l2_normalize, row_chunks
+from ..arrays import UnitRows, l2_normalize, row_chunks, row_norms
 from ..distributed import all_gather_rows, all_reduce_sum, broadcast_object, process_group, row_share
 from ..errors import InputError
 from ..evidence import Evidence
@@ -228,6 +228,8 @@ def head_rows(x: UnitRows, anchors: np.ndarray, num_classes: int, folds: int, di
     for start, stop, block in x.blocks():
         projected[start:stop] = block @ basis
     kept = float(np.mean(np.sum(projected[:min(n, 20_000)] ** 2, axis=1)))  # unit rows: the share of their length kept
+    for rows in row_chunks(n, int(dims)):  # unit rows once, not scaled again in every pass of the heads
+        projected[rows] /= np.maximum(row_norms(projected[rows]), 1e-12)[:, None]
     return (UnitRows(projected), l2_normalize(np.asarray(anchors, np.float32) @ basis),
             {"dims": int(dims), "squared_length_kept": round(kept, 4)})
 
