@@ -233,9 +233,25 @@ def table(root: Path) -> None:
               f"{r['finetune_s'] or ''} | {r['wall_s']} |")
 
 
+def choice_table(root: Path) -> None:
+    """Every ``choose`` row of ``root/choices.jsonl`` as a markdown table (held-out anchors first:
+    they choose; the label accuracies on the choice part's clean labels check the choice)."""
+    rows = [json.loads(line) for line in open(root / "choices.jsonl")]
+    print("| setting | size | epochs | lr | anchor weight | targets | held-out anchor NLL | anchor acc | best epochs "
+          "| argmax | confident learning | CL on the mean with the frozen heads | seconds |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|---:|")
+    for r in rows:
+        o, acc = r["options"], r["label_acc"]
+        mean = acc.get("confident learning on the mean with the frozen heads' softmax")
+        print(f"| {r['setting']} | {o.get('image_size')} | {o.get('epochs')} | {o.get('lr'):g} | "
+              f"{o.get('anchor_weight', 1.0):g} | {o.get('targets', 'frozen')} | {r['anchor_nll']:.4f} | "
+              f"{r['anchor_acc']:.3f} | {r['best_epochs']} | {acc['argmax']:.3f} | {acc['confident learning']:.3f} | "
+              f"{'' if mean is None else f'{mean:.3f}'} | {r['seconds']:.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("sets", "run", "variants", "choose", "table"))
+    parser.add_argument("command", choices=("sets", "run", "variants", "choose", "table", "choices"))
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--part", choices=("choice", "report", "full"), default="choice")
     parser.add_argument("--setting", choices=SETTINGS, default="pmd-0.7")
@@ -254,6 +270,8 @@ def main() -> None:
     elif args.command == "choose":  # after --: FinetuneConfig fields as key=value
         options = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.extra)}
         choose(args.root.resolve(), args.setting, options)
+    elif args.command == "choices":
+        choice_table(args.root)
     else:
         table(args.root)
 
