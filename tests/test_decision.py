@@ -56,3 +56,29 @@ def test_decision_round_trips_and_refuses_unknown_values():
         Decision("majority vote")
     with pytest.raises(InputError, match="unknown key"):
         Decision.from_dict({"decided_by": "posterior", "verdict": "ok"})
+
+
+def test_fallback_pred_probs_are_not_computed_when_too_little_evidence():
+    """A failed model check with too few given labels per class decides nothing, so the
+    confident-learning fallback's lazy pred_probs are never computed (at 10^4 x 1000 classes they
+    cost 130 s); with enough rows the same failure computes them once and confident learning decides."""
+    base = _problem()
+    calls = []
+
+    def lazy():
+        calls.append(1)
+        return base.pred_probs
+
+    # anchors that do not describe the images (noise): the model check fails
+    unrelated = np.random.default_rng(9).normal(size=base.anchor_features.shape).astype(np.float32)
+
+    def evidence():
+        return Evidence(base.labels, base.num_classes, base.anchor_labels, features=base.features,
+                        anchor_features=unrelated, pred_probs_fn=lazy)
+
+    short = refine(evidence(), "posterior", min_model_fit=0.9, min_rows_per_class=1000)
+    assert short.decision.model_check.startswith("failed")
+    assert short.decision.decided_by == "none" and short.decision.minimum_evidence.startswith("too little evidence")
+    assert calls == [] and not short.changed.any()
+    enough = refine(evidence(), "posterior", min_model_fit=0.9, min_rows_per_class=0)
+    assert enough.decision.decided_by == "confident-learning" and calls == [1]

@@ -517,7 +517,12 @@ class PosteriorRefiner(Refiner):
         fits = [space["model_fit"] for space in spaces if "model_fit" in space]
         decided_by = "posterior"
         with clock.stage("decision"):
-            fallback = not model_ok and o.on_model_check_failure == "confident-learning" and evidence.has_pred_probs
+            too_little = next((note for rows, _ in groups if (note := minimum_evidence(
+                labels if rows is None else labels[rows], c, min_rows=o.min_rows_per_class,
+                class_names=evidence.class_names))), None)
+            # the fallback's pred_probs are computed only when they can decide (not when too few rows)
+            fallback = not model_ok and o.on_model_check_failure == "confident-learning" \
+                and evidence.has_pred_probs and too_little is None
             if model_ok:
                 mask, threshold = choose_changes(post, labels, o.target_precision)
             elif fallback:
@@ -529,9 +534,6 @@ class PosteriorRefiner(Refiner):
             else:  # do no harm: the evidence does not describe these images
                 mask, threshold = np.zeros(len(labels), bool), 1.0
                 decided_by = "none"
-            too_little = next((note for rows, _ in groups if (note := minimum_evidence(
-                labels if rows is None else labels[rows], c, min_rows=o.min_rows_per_class,
-                class_names=evidence.class_names))), None)
             if too_little is not None:  # do no harm: T cannot be estimated from so few rows
                 mask, threshold, decided_by = np.zeros(len(labels), bool), 1.0, "none"
             best = post.argmax(axis=1)
