@@ -184,6 +184,12 @@ def test_pred_probs_count_only_as_a_separate_view():
     assert results["separate"].info["pred_probs_weight"] == SEPARATE_VIEW_WEIGHT == 3.0
     np.testing.assert_array_equal(results[None].scores, results["same"].scores)
     assert not np.array_equal(results["same"].scores, results["separate"].scores)
+    # the typed field says the same as the description key, and is what the facts record
+    typed = Evidence(given, 4, ya, features=x, anchor_features=a, pred_probs=probs, pred_probs_view="separate")
+    assert typed.description["pred_probs_view"] == "separate"
+    np.testing.assert_array_equal(refine(typed, "posterior", neighbors=5).scores, results["separate"].scores)
+    with pytest.raises(InputError, match="pred_probs_view must be one of same, separate, got 'other'"):
+        Evidence(given, 4, ya, features=x, anchor_features=a, pred_probs=probs, pred_probs_view="other")
 
 
 def test_evidence_builders_say_which_view_pred_probs_are():

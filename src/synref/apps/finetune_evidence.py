@@ -5,7 +5,7 @@ the refiner) runs first; its scores are the soft targets. Then a pretrained back
 fine-tuned k-fold (:func:`synref.train.finetune.crossfit_finetune`) on the images decoded at
 ``finetune_size``, with the anchors as clean samples and early stopping on held-out anchors, and
 the refiner runs again: same frozen features and anchors, plus the fine-tuned **out-of-fold
-softmax as a separate view** (``pred_probs``, ``description["pred_probs_view"] = "separate"``:
+softmax as a separate view** (``pred_probs``, ``pred_probs_view="separate"``:
 the posterior refiner reads it through the estimated noise with its separate-view weight). When
 the frozen pass's model check failed (the anchors do not describe the images in the frozen space:
 the posterior is not trusted and confident learning on the given labels and ``pred_probs``
@@ -190,7 +190,7 @@ def finetune_refinement(config: Any, dataset: LabeledImages, anchors: LabeledIma
     probs, view = view_probs(frozen, tuned.pred_probs)
     evidence = Evidence(dataset.labels, c, anchors.labels, features=features, anchor_features=anchor_features,
                         pred_probs=probs, class_names=dataset.class_names, seed=int(config.seed),
-                        description={"features": config.space, "pred_probs_view": "separate",
+                        pred_probs_view="separate", description={"features": config.space,
                                      "pred_probs_from": f"{ft.folds}-fold fine-tuned {ft.backbone}"})
     result = refine(evidence, refiner)
     refine_seconds = time.time() - t2

@@ -30,6 +30,10 @@ def _array(name: str, value: Any, ndim: int, shape: Dict[int, int], what: str) -
     return arr
 
 
+#: :attr:`Evidence.pred_probs_view`: from a model over the same features, or another view of the image.
+PRED_PROBS_VIEWS = ("same", "separate")
+
+
 @dataclass
 class Evidence:
     """Everything a refiner may look at, for N samples and C classes (M anchors, D dims, K folds).
@@ -54,11 +58,13 @@ class Evidence:
             labels it was trained on; refiners keep scoring the given labels of the first
             evidence.
         seed: seeds any random choice a refiner makes (e.g. the anchor calibration split).
+        pred_probs_view: how ``pred_probs`` relate to ``features`` (refiners weigh them by it):
+            ``"same"`` when they come from a model over the same features (a linear head on them,
+            or the network whose penultimate layer they are), ``"separate"`` when from another
+            view of the image (a network on the pixels next to a frozen encoder's features). None:
+            ``description["pred_probs_view"]`` when given there, else ``"same"``.
         description: JSON-able facts about how the evidence was made (head, space, ...), copied
-            into the refinement result's ``info``. ``pred_probs_view``: ``"same"`` when
-            ``pred_probs`` come from a model over the same features (a linear head on them, or
-            the network whose penultimate layer they are), ``"separate"`` when from another view
-            of the image (a network on the pixels next to a frozen encoder's features).
+            into the refinement result's ``info`` (``pred_probs_view`` included).
 
     Shapes are checked on construction (a one-line InputError naming the field).
     """
@@ -75,6 +81,7 @@ class Evidence:
     refit: Optional[Refit] = None
     seed: int = 0
     description: Dict[str, Any] = field(default_factory=dict)
+    pred_probs_view: Optional[str] = None
 
     def __post_init__(self) -> None:
         try:
@@ -120,6 +127,12 @@ class Evidence:
         if self.refit is not None and not callable(self.refit):
             raise InputError("evidence.refit must be a callable (labels, round) -> Evidence")
         self.seed = int(self.seed)
+        view = self.pred_probs_view if self.pred_probs_view is not None else \
+            self.description.get("pred_probs_view", "same")
+        if view not in PRED_PROBS_VIEWS:
+            raise InputError(f"evidence.pred_probs_view must be one of {', '.join(PRED_PROBS_VIEWS)}, got {view!r}")
+        self.pred_probs_view = view
+        self.description = {**self.description, "pred_probs_view": view}
 
     def resolve_pred_probs(self) -> Optional[np.ndarray]:
         """The (N, C) ``pred_probs``, computed by ``pred_probs_fn`` on the first call (then kept);

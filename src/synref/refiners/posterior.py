@@ -107,7 +107,7 @@ class PosteriorOptions(RefinerOptions):
             ``exact`` or ``ivf``.
         pred_probs_weight: weight of the evidence's ``pred_probs`` read as a soft noisy label;
             None (default): :data:`SEPARATE_VIEW_WEIGHT` (3) when they are a separate view of the image
-            (``evidence.description["pred_probs_view"] == "separate"``), else 0 (a head over the
+            (``evidence.pred_probs_view == "separate"``), else 0 (a head over the
             same features would count the image twice).
         self_training_rounds: self-training rounds (0: the anchor-only prior).
         folds: cross-fitting folds of the self-training heads.
@@ -482,7 +482,7 @@ class PosteriorRefiner(Refiner):
                       for k in range(int(evidence.anchor_features.shape[0]))]
         weight = o.pred_probs_weight
         if weight is None:
-            weight = SEPARATE_VIEW_WEIGHT if evidence.description.get("pred_probs_view") == "separate" else 0.0
+            weight = SEPARATE_VIEW_WEIGHT if evidence.pred_probs_view == "separate" else 0.0
         # pred_probs are computed (when the evidence computes them on demand) only where they are read
         all_probs = evidence.resolve_pred_probs() if weight > 0 else None
         post = np.zeros((len(labels), c), np.float32)
