@@ -154,12 +154,12 @@ def _judge(frozen: Dict[str, Any], probs: np.ndarray, feats: Optional[np.ndarray
     for weight in (1.0, 3.0):
         evidence = Evidence(labels, c, anchors.labels, features=space["features"],
                             anchor_features=space["anchor_features"], pred_probs=probs, seed=seed,
-                            description={"pred_probs_view": "separate"})
+                            pred_probs_view="separate")
         result = refine(evidence, type(refiner)(dataclasses.replace(refiner.options, pred_probs_weight=weight)))
         rows[f"separate view w{weight:g} ({result.decision.decided_by})"] = acc(result.refined_labels)
     if feats is not None:
         evidence = Evidence(labels, c, anchors.labels, features=feats, anchor_features=anchor_feats,
-                            pred_probs=probs, fold_ids=fold_of, seed=seed, description={"pred_probs_view": "same"})
+                            pred_probs=probs, fold_ids=fold_of, seed=seed, pred_probs_view="same")
         result = refine(evidence, refiner)
         rows[f"fine-tuned space ({result.decision.decided_by})"] = acc(result.refined_labels)
     return rows

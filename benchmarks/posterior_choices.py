@@ -75,7 +75,7 @@ def main() -> None:
                 noisy, _ = NOISE_MODELS.get(kind)(noisy, rate, num_classes=10, seed=seed, probs=clean_probs)
             pred_probs = cross_fit_linear(x, noisy, num_classes=10, folds=4, seed=0)
             evidence = Evidence(noisy, 10, anchor_labels, features=x, anchor_features=a, pred_probs=pred_probs,
-                                description={"pred_probs_view": "same"})
+                                pred_probs_view="same")
             given_cells.append(f"{np.mean(noisy == y):.3f}")
             for i, opts in enumerate(variants):
                 refined = refine(evidence, "posterior", **opts).refined_labels

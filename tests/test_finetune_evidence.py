@@ -160,3 +160,17 @@ def test_view_probs_mean_the_two_views_only_when_confident_learning_decided():
     targets, source = soft_targets(frozen("none"), 2)
     np.testing.assert_array_equal(targets, np.eye(2)[labels])
     assert source == "given labels"
+
+
+def test_finetune_flip_must_be_a_bool_in_a_config_built_directly():
+    """A RefineRunConfig built in Python (no JSON type check on the way) with a non-bool
+    finetune_flip is refused in one line naming the option."""
+    from synref.apps.finetune_evidence import check_evidence_options
+    from synref.apps.refine_run import RefineRunConfig
+    from synref.errors import InputError
+
+    config = RefineRunConfig(data="digits", generator="glyph")
+    check_evidence_options(config)  # the defaults pass
+    config.finetune_flip = "yes"
+    with pytest.raises(InputError, match='refine config: option finetune_flip must be true or false, got "yes"'):
+        check_evidence_options(config)

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..data import LabeledImages, decode_images
 from ..distributed import broadcast_object, process_group
+from ..config import check_value_type
 from ..errors import InputError
 from ..evidence import Evidence
 from ..hashing import digest, images_hash
@@ -73,8 +74,7 @@ def check_evidence_options(config: Any) -> None:
         value = float(getattr(config, name))
         if not (value > 0 if strict else value >= 0) or not np.isfinite(value):
             raise InputError(f"--{name.replace('_', '-')} must be {'> 0' if strict else '>= 0'}, got {value}")
-    if not isinstance(config.finetune_flip, bool):
-        raise InputError(f"finetune_flip must be true or false, got {config.finetune_flip!r}")
+    check_value_type(config.config_name, "finetune_flip", config.finetune_flip, bool)
     if tuning != "finetune":
         return
     if config.evidence_mode != "pretrained":

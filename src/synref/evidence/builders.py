@@ -94,7 +94,7 @@ def linear_head_evidence(features: np.ndarray, labels: np.ndarray, anchor_featur
     (:func:`~synref.train.cross_fit_linear`, fold split ``seed + round``), computed when a
     refiner first reads it (:meth:`Evidence.resolve_pred_probs`); ``refit`` fits the heads again
     on new labels."""
-    desc = {"head": "linear", "pred_probs_view": "same", **(description or {})}
+    desc = {"head": "linear", **(description or {})}  # pred_probs_view: "same", Evidence's default
 
     def fit(train_labels: np.ndarray, round_: int) -> Evidence:
         def pred_probs() -> np.ndarray:  # computed on first use: the posterior refiner rarely reads them
@@ -205,4 +205,4 @@ def classifier_evidence(classifier: Union[ImageClassifier, str], images: np.ndar
         anchor_features = extract_features(model, anchor_images)
     return Evidence(labels, num_classes, anchor_labels, features=features, anchor_features=anchor_features,
                     pred_probs=pred_probs, class_names=class_names, seed=seed,
-                    description={"head": "classifier (in-sample)", "pred_probs_view": "same"})
+                    description={"head": "classifier (in-sample)"})  # pred_probs_view: "same", the default

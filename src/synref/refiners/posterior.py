@@ -225,11 +225,14 @@ def head_rows(x: UnitRows, anchors: np.ndarray, num_classes: int, folds: int, di
         return x, anchors, None
     _, basis = pca_basis(x, int(dims), seed, cache=pca_cache)                          # (D, dims)
     projected = np.empty((n, int(dims)), np.float32)
+    squared: List[np.ndarray] = []  # the first 20,000 rows' squared projected length: the share kept
     for start, stop, block in x.blocks():
-        projected[start:stop] = block @ basis
-    kept = float(np.mean(np.sum(projected[:min(n, 20_000)] ** 2, axis=1)))  # unit rows: the share of their length kept
-    for rows in row_chunks(n, int(dims)):  # unit rows once, not scaled again in every pass of the heads
-        projected[rows] /= np.maximum(row_norms(projected[rows]), 1e-12)[:, None]
+        rows = block @ basis
+        if start < 20_000:
+            squared.append(np.sum(rows[:20_000 - start] ** 2, axis=1))
+        # unit rows once, here, not scaled again in every pass of the heads
+        projected[start:stop] = rows / np.maximum(row_norms(rows), 1e-12)[:, None]
+    kept = float(np.mean(np.concatenate(squared)))
     return (UnitRows(projected), l2_normalize(np.asarray(anchors, np.float32) @ basis),
             {"dims": int(dims), "squared_length_kept": round(kept, 4)})
 

@@ -211,7 +211,7 @@ def lbfgs_minimize(evaluate: Callable[[torch.Tensor], Tuple[float, torch.Tensor]
             curvature = change.dot(moved)
             if curvature > 1e-10:
                 if len(dirs) == history_size:
-                    dirs.pop(0), steps.pop(0), rho.pop(0)
+                    del dirs[0], steps[0], rho[0]
                 dirs.append(change)
                 steps.append(moved)
                 rho.append(1.0 / curvature)
