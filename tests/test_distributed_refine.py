@@ -43,19 +43,19 @@ def _launch(args, out: Path, tmp_path: Path, processes: int) -> subprocess.Compl
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
 
 
-@pytest.mark.parametrize("graph", ["exact", "ivf"])
+@pytest.mark.parametrize("graph", ["exact", "ivf", "hnsw"])
 def test_two_processes_refine_like_one(tmp_path, graph):
     """Every stage after the features (anchor head, prior, kNN queries, purity, posterior,
     self-training heads with all-reduced L-BFGS gradients) is shared between two processes; only
     process 0 writes. Measured: the refined labels are identical (0 of 1,500 differ) and the
     posterior agrees to 1e-4 (the all-reduce sums in another order); the ivf graph uses one index
-    whose cells process 0 trained."""
+    whose cells process 0 trained, the hnsw graph one index whose efSearch process 0 calibrated."""
     pytest.importorskip("faiss")
     files, truth, given = _problem(tmp_path)
     args = ["refine", "--features", str(files["f"]), "--labels", str(files["l"]), "--anchor-features",
             str(files["a"]), "--anchor-labels", str(files["al"]), "--quiet"]
-    if graph == "ivf":
-        args += ["--neighbor-graph", "ivf"]
+    if graph != "exact":
+        args += ["--neighbor-graph", graph]
     one, two = tmp_path / "one", tmp_path / "two"
     proc = _launch(args, one, tmp_path, 1)
     assert proc.returncode == 0, proc.stderr
@@ -65,6 +65,9 @@ def test_two_processes_refine_like_one(tmp_path, graph):
     s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
     assert s1["evidence"]["processes"] == 1 and s2["evidence"]["processes"] == 2
     assert s1["neighbor_graph"]["method"] == s2["neighbor_graph"]["method"] == graph
+    if graph == "hnsw":
+        assert s1["neighbor_graph"]["calibration"] == s2["neighbor_graph"]["calibration"]
+        assert s1["neighbor_graph"]["ef_search"] == s2["neighbor_graph"]["ef_search"]
     import pandas as pd
     r1, r2 = (pd.read_csv(d / "refined_labels.csv") for d in (one, two))
     differ = int(np.sum(r1["suggested_label"].to_numpy() != r2["suggested_label"].to_numpy()))

@@ -59,6 +59,24 @@ def test_approximate_graphs_measure_their_recall(method):
     assert graph.recall >= 0.9 and abs(graph.recall - measured) < 0.05, (graph.recall, measured)
 
 
+def test_hnsw_ef_search_is_calibrated_to_the_target_recall():
+    """efSearch rises from 32 in steps until the sampled recall reaches the target; the first that
+    reaches it is kept, and the graph's own (separately sampled) recall agrees; a given efSearch
+    is used as is."""
+    pytest.importorskip("faiss")
+    x = np.random.default_rng(0).normal(size=(4000, 48)).astype(np.float32)  # no structure: a hard graph
+    easy = knn_graph(x, 10, method="hnsw", m=6, target_recall=0.5, recall_queries=500).describe()
+    assert easy["ef_search"] == 32 and list(easy["calibration"]["recall_by_ef_search"]) == ["32"]
+    hard = knn_graph(x, 10, method="hnsw", m=6, target_recall=0.9, recall_queries=500)
+    info = hard.describe()
+    tried = {int(ef): r for ef, r in info["calibration"]["recall_by_ef_search"].items()}
+    assert info["calibration"]["reached"] and info["ef_search"] == max(tried) > 32
+    assert tried[info["ef_search"]] >= 0.9 and all(r < 0.9 for ef, r in tried.items() if ef < info["ef_search"])
+    assert hard.recall > 0.87 and hard.recall > easy["recall"] + 0.1
+    fixed = knn_graph(x, 10, method="hnsw", m=6, ef_search=48, recall_queries=0).describe()
+    assert fixed["ef_search"] == 48 and "calibration" not in fixed
+
+
 def test_auto_graph_is_exact_below_the_threshold(monkeypatch):
     import synref.neighbors as nb
     x, _ = _clustered(600, 16, 4)

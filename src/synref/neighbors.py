@@ -38,7 +38,7 @@ from .errors import InputError
 from .progress import progress as progress_bar
 
 __all__ = ["NeighborGraph", "knn_graph", "exact_knn", "ann_knn", "graph_recall", "KNN_METHODS", "EXACT_MAX_ROWS",
-           "ivf_settings", "APPROXIMATE_METHOD", "HNSW_DEFAULTS", "pca_basis"]
+           "ivf_settings", "APPROXIMATE_METHOD", "HNSW_DEFAULTS", "pca_basis", "TARGET_RECALL"]
 
 KNN_METHODS = ("auto", "exact", "hnsw", "ivf")
 #: ``auto`` builds the exact graph up to this many rows and the approximate one above (docs/scale.md).
@@ -53,6 +53,14 @@ EXACT_BLOCK = 2048
 #: rows. Chosen by recall@10 against the exact graph and time (docs/scale.md): 0.983 on real
 #: CIFAR-10 Lite0 features (10,000 rows), 0.975 on the scale benchmark's 50,000 synthetic rows.
 HNSW_DEFAULTS: Dict[str, Any] = {"dims": 128, "rerank": 3, "m": 32, "ef_construction": 40, "storage": "flat"}
+#: efSearch is not fixed: after the build, :func:`ann_knn` searches ``CALIBRATION_QUERIES`` sampled
+#: rows (drawn separately from those :func:`graph_recall` reports) with efSearch 32, 48, 64, ... (steps of
+#: ``EF_SEARCH_STEP``, at most ``EF_SEARCH_MAX``) and keeps the first whose recall@k against the
+#: exact neighbours of those rows reaches ``TARGET_RECALL`` (docs/scale.md).
+TARGET_RECALL = 0.95
+CALIBRATION_QUERIES = 256
+EF_SEARCH_STEP = 16
+EF_SEARCH_MAX = 128
 
 
 @dataclass
@@ -165,15 +173,17 @@ def ann_knn(x: Union[UnitRows, np.ndarray], k: int, *, span: Optional[slice] = N
             index: str = "hnsw", dims: Optional[int] = HNSW_DEFAULTS["dims"], rerank: int = HNSW_DEFAULTS["rerank"],
             nlist: Optional[int] = None, nprobe: Optional[int] = None, train_rows: Optional[int] = None, m: int = HNSW_DEFAULTS["m"],
             ef_construction: int = HNSW_DEFAULTS["ef_construction"], ef_search: Optional[int] = None,
-            storage: str = HNSW_DEFAULTS["storage"], pca_cache: Optional[Dict[Any, Any]] = None
-            ) -> Tuple[np.ndarray, Dict[str, Any]]:
+            storage: str = HNSW_DEFAULTS["storage"], pca_cache: Optional[Dict[Any, Any]] = None,
+            target_recall: float = TARGET_RECALL) -> Tuple[np.ndarray, Dict[str, Any]]:
     """Approximate (q, k) neighbours of the rows ``span`` (default all) of ``x``; returns (indices,
     settings). One faiss index over all rows (``hnsw``: a graph, ``ivf``: k-means cells), on the
     rows projected to their ``dims`` leading principal components (None: no projection), is
     built in process 0 and shared; each query takes its ``rerank * k`` nearest candidates from
     it and keeps the k most cosine-similar by the full rows (an exact re-ranking; ``rerank=0``:
     the index's own k nearest, no full row is read again). The defaults (:data:`HNSW_DEFAULTS`) were
-    chosen by measured recall and time (docs/scale.md). ``pca_cache``: see :func:`pca_basis`."""
+    chosen by measured recall and time (docs/scale.md); HNSW's ``ef_search`` (None: calibrated)
+    is the smallest efSearch whose recall@k on sampled rows reaches ``target_recall`` (see
+    :data:`TARGET_RECALL`; recorded under ``calibration``). ``pca_cache``: see :func:`pca_basis`."""
     from .optional import require
 
     faiss = require("faiss", "the approximate neighbour graph (faiss-cpu)")
@@ -193,6 +203,8 @@ def ann_knn(x: Union[UnitRows, np.ndarray], k: int, *, span: Optional[slice] = N
     elif index == "hnsw":
         settings.update({"m": int(m), "ef_construction": int(ef_construction),
                          "ef_search": int(ef_search or max(candidates + 1, 32))})
+        if not 0.0 < float(target_recall) <= 1.0:
+            raise InputError(f"target_recall must be in (0, 1], got {target_recall!r}")
     else:
         raise InputError(f"unknown approximate index {index!r}; choose hnsw or ivf")
     rank, _ = process_group()
@@ -230,13 +242,20 @@ def ann_knn(x: Union[UnitRows, np.ndarray], k: int, *, span: Optional[slice] = N
         del train
         for _, _, block in progress_bar(rows.blocks(), desc="neighbour index", unit="block", enabled=None if n > 100_000 else False):
             built.add(project(block))
-        blob = (projection, built)
         clock["build"] = time.perf_counter() - t0
+        if index == "hnsw" and ef_search is None:
+            t1 = time.perf_counter()
+            settings["ef_search"], settings["calibration"] = _calibrate_ef_search(
+                rows, built, project, k, candidates, rerank, settings["ef_search"], float(target_recall), seed)
+            clock["calibration"] = time.perf_counter() - t1
+        blob = (projection, built, settings.get("ef_search"), settings.get("calibration"))
     if process_group()[1] > 1:  # one index, built once, sent to the other processes
-        blob = broadcast_object(None if blob is None else (blob[0], faiss.serialize_index(blob[1])))
-        blob = (blob[0], faiss.deserialize_index(blob[1]))
-    projection, built = blob
+        blob = broadcast_object(None if blob is None else (blob[0], faiss.serialize_index(blob[1]), *blob[2:]))
+        blob = (blob[0], faiss.deserialize_index(blob[1]), *blob[2:])
+    projection, built, chosen_ef, calibration = blob
     if index == "hnsw":
+        if calibration is not None:
+            settings.update(ef_search=chosen_ef, calibration=calibration)
         built.hnsw.efSearch = settings["ef_search"]
     else:
         built.nprobe = settings["nprobe"]
@@ -251,15 +270,44 @@ def ann_knn(x: Union[UnitRows, np.ndarray], k: int, *, span: Optional[slice] = N
         query = block if projection is None else (block - projection[0]) @ projection[1]
         _, found = built.search(np.ascontiguousarray(query, dtype=np.float32), candidates + 1)
         t2 = time.perf_counter()
-        own = np.arange(start, stop)
-        if rerank:
-            out[start - span.start:stop - span.start] = _rerank(rows, block, found, own, k)
-        else:
-            out[start - span.start:stop - span.start] = _drop_self(rows, found, own, k)
+        out[start - span.start:stop - span.start] = _neighbours_of(rows, block, found, np.arange(start, stop), k, rerank)
         clock["search"] += t2 - t1
         clock["rerank"] += time.perf_counter() - t2
     settings["stage_seconds"] = {key: round(v, 2) for key, v in clock.items()}
     return out, settings
+
+
+def _neighbours_of(rows: UnitRows, block: np.ndarray, found: np.ndarray, own: np.ndarray, k: int,
+                   rerank: int) -> np.ndarray:
+    """(B, k): the neighbours of the queries ``own`` (B,) (their rows ``block`` (B, D)) from the
+    index's candidates ``found`` (B, k'): re-ranked by the full rows, or the index's own k."""
+    return _rerank(rows, block, found, own, k) if rerank else _drop_self(rows, found, own, k)
+
+
+def _calibrate_ef_search(rows: UnitRows, built: Any, project: Any, k: int, candidates: int, rerank: int,
+                         start_ef: int, target: float, seed: int) -> Tuple[int, Dict[str, Any]]:
+    """(efSearch, what was measured): the smallest efSearch from ``start_ef`` up (steps of
+    :data:`EF_SEARCH_STEP`, at most :data:`EF_SEARCH_MAX`) whose recall@k on
+    :data:`CALIBRATION_QUERIES` sampled rows (drawn separately from :func:`graph_recall`'s) reaches
+    ``target``; the largest tried when none does."""
+    n = len(rows)
+    pick = np.sort(np.random.default_rng([int(seed), 1]).choice(n, min(CALIBRATION_QUERIES, n), replace=False))
+    exact = exact_knn(rows, k, queries=pick)
+    block = rows.take(pick)
+    query = np.ascontiguousarray(project(block), dtype=np.float32)
+    tried: Dict[str, float] = {}
+    ef = int(start_ef)
+    while True:
+        built.hnsw.efSearch = ef
+        _, found = built.search(query, candidates + 1)
+        got = _neighbours_of(rows, block, found, pick, k, rerank)
+        recall = float(sum(len(np.intersect1d(g, e)) for g, e in zip(got, exact)) / max(exact.size, 1))
+        tried[str(ef)] = round(recall, 4)
+        if recall >= target or ef >= max(EF_SEARCH_MAX, int(start_ef)):
+            break
+        ef = min(ef + EF_SEARCH_STEP, max(EF_SEARCH_MAX, int(start_ef)))
+    return ef, {"target_recall": target, "queries": len(pick), "recall_by_ef_search": tried,
+                "reached": recall >= target}
 
 
 def _drop_self(rows: UnitRows, found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
