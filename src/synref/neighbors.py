@@ -54,12 +54,12 @@ EXACT_BLOCK = 2048
 #: CIFAR-10 Lite0 features (10,000 rows), 0.975 on the scale benchmark's 50,000 synthetic rows.
 HNSW_DEFAULTS: Dict[str, Any] = {"dims": 128, "rerank": 3, "m": 32, "ef_construction": 40, "storage": "flat"}
 #: efSearch is not fixed: after the build, :func:`ann_knn` searches ``CALIBRATION_QUERIES`` sampled
-#: rows (drawn separately from those :func:`graph_recall` reports) with efSearch 32, 48, 64, ... (steps of
+#: rows (drawn separately from those :func:`graph_recall` reports) with efSearch 32, 40, 48, ... (steps of
 #: ``EF_SEARCH_STEP``, at most ``EF_SEARCH_MAX``) and keeps the first whose recall@k against the
 #: exact neighbours of those rows reaches ``TARGET_RECALL`` (docs/scale.md).
 TARGET_RECALL = 0.95
 CALIBRATION_QUERIES = 256
-EF_SEARCH_STEP = 16
+EF_SEARCH_STEP = 8
 EF_SEARCH_MAX = 128
 
 
