@@ -233,3 +233,54 @@ def test_cli_review(folder, capsys):
         assert main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("synref: error: ") and needle in err[0]
+
+
+def test_parsed_columns_read_what_the_row_iterator_reads(folder, monkeypatch):
+    """The fast path (pandas' parser) and the row iterator give the same Results, empty scores,
+    padded numbers and yes/no spellings included; a value the fast path refuses falls back to the
+    iterator, which names the row."""
+    import synref.apps.results_folder as rf
+
+    out = folder["out"]
+    lines = (out / "refined_labels.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    at = {name: header.index(name) for name in ("best_score", "changed")}
+    cells = lines[3].split(",")
+    cells[at["best_score"]], cells[at["changed"]] = "", " Yes"
+    lines[3] = ",".join(cells)
+    (out / "refined_labels.csv").write_text("\n".join(lines) + "\n")
+    assert rf._parsed_columns(out / "refined_labels.csv") is not None
+    fast = read_results(out)
+    monkeypatch.setattr(rf, "_parsed_columns", lambda path: None)
+    slow = read_results(out)
+    for name in ("given", "suggested", "best_score", "given_score", "changed", "items", "proposal", "p", "kind"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name), err_msg=name)
+    assert np.isnan(fast.best_score).any() and fast.changed.sum() == slow.changed.sum()
+    monkeypatch.undo()
+    cells[at["changed"]] = "maybe"
+    lines[3] = ",".join(cells)
+    (out / "refined_labels.csv").write_text("\n".join(lines) + "\n")
+    assert rf._parsed_columns(out / "refined_labels.csv") is None
+    with pytest.raises(InputError, match=r"refined_labels.csv row 3: bad value"):
+        read_results(out)
+
+
+def test_row_strings_are_the_rows_ids_and_paths(folder):
+    """The review's ids and paths, read in chunks by pandas, are the row iterator's, in the order
+    asked for (file order or not), blank ids falling back to the index."""
+    from synref.apps.results_folder import iter_rows, row_strings
+
+    out = folder["out"]
+    truth = {row["index"]: (row["id"], row["path"]) for row in iter_rows(out)}
+    assert any(path for _, path in truth.values())
+    rows = np.array([17, 3, 59, 0])
+    ids, paths = row_strings(out, rows)
+    assert list(zip(ids, paths)) == [truth[int(r)] for r in rows]
+    lines = (out / "refined_labels.csv").read_text().splitlines()
+    at = lines[0].split(",").index("id")
+    cells = lines[4].split(",")
+    cells[at] = ""
+    lines[4] = ",".join(cells)
+    (out / "refined_labels.csv").write_text("\n".join(lines) + "\n")
+    index = int(cells[lines[0].split(",").index("index")])
+    assert row_strings(out, np.array([index]))[0] == [str(index)]

@@ -6,9 +6,10 @@ small N and approximate (a faiss HNSW index) above :data:`EXACT_MAX_ROWS`.
 
 - **exact**: query blocks against database blocks of fixed size (a (B, B) similarity block at a
   time: compute-bound sgemm, memory flat in N), a running top-k per query. N^2 D work.
-- **hnsw** (what ``auto`` uses above :data:`EXACT_MAX_ROWS`): faiss ``IndexHNSWSQ``, a navigable
-  small-world graph over the rows stored at 8 bits per dimension (N D bytes: a quarter of the
-  features), about ``N log N`` distance evaluations to build and to query.
+- **hnsw** (what ``auto`` uses above :data:`EXACT_MAX_ROWS`): faiss ``IndexHNSWFlat`` (or
+  ``IndexHNSWSQ``, 8 bits per dimension), a navigable small-world graph, about ``N log N``
+  distance evaluations to build and to query; its efSearch is calibrated after the build to
+  reach :data:`TARGET_RECALL` on sampled rows.
 - **ivf**: faiss ``IndexIVFScalarQuantizer``: k-means cells, each query scans its ``nprobe``
   nearest cells.
 

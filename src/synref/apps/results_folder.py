@@ -16,7 +16,7 @@ import math
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from ..errors import InputError, one_line
 from ..io import npy_problem, read_json_object
 from .report import iter_csv_rows
 
-__all__ = ["Results", "read_results", "iter_rows", "CHANGED", "FLAGGED"]
+__all__ = ["Results", "read_results", "iter_rows", "row_strings", "CHANGED", "FLAGGED"]
 
 PathLike = Union[str, Path]
 #: ``Results.kind`` of a review item.
@@ -116,6 +116,58 @@ def iter_rows(out_dir: PathLike) -> Iterator[Dict[str, Any]]:
             raise InputError(f"{path} row {number}: bad value ({one_line(exc)})") from None
 
 
+_COLUMN_TYPES = {"index": np.int64, "given_label": np.int64, "suggested_label": np.int64, "best_score": np.float64,
+                 "given_score": np.float64, "changed": str}
+
+
+def _parsed_columns(path: Path) -> Optional[Dict[str, np.ndarray]]:
+    """The typed columns of ``refined_labels.csv`` read by pandas' C parser (10^6 rows in about a
+    second, the row iterator takes 10 s); None when a column is missing or a value does not parse
+    exactly as :func:`iter_rows` reads it (then the caller iterates the rows, which names the row)."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, usecols=list(_COLUMN_TYPES), dtype=_COLUMN_TYPES, keep_default_na=False,
+                            na_values={"best_score": [""], "given_score": [""]}, engine="c")
+    except (ValueError, TypeError, OverflowError, pd.errors.ParserError):
+        return None
+    changed = frame["changed"].str.strip().str.lower()
+    if not changed.isin(_YES | _NO).all():
+        return None
+    cols = {key: frame[key].to_numpy() for key in ("index", "given_label", "suggested_label", "best_score",
+                                                   "given_score")}
+    cols["changed"] = changed.isin(_YES).to_numpy()
+    return cols
+
+
+def row_strings(out_dir: PathLike, rows: np.ndarray) -> Tuple[List[str], List[str]]:
+    """(ids, paths) of the rows with CSV ``index`` ``rows`` (K,) (in that order), read from
+    ``OUT/refined_labels.csv`` in chunks of 200,000 rows by pandas' parser (no Python object per
+    row of the file; the row iterator when pandas refuses the file, which names a bad row)."""
+    import pandas as pd
+
+    path = Path(out_dir) / "refined_labels.csv"
+    where = {int(r): k for k, r in enumerate(rows)}
+    ids, paths = [""] * len(rows), [""] * len(rows)
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+        usecols = ["index"] + [name for name in ("id", "path") if name in header]
+        for chunk in pd.read_csv(path, usecols=usecols, dtype=str, keep_default_na=False, chunksize=200_000):
+            index = chunk["index"].str.strip().astype(np.int64).to_numpy()
+            for at in np.flatnonzero(np.isin(index, rows)):
+                k = where[int(index[at])]
+                ids[k] = str(chunk["id"].iat[at]) if "id" in chunk and chunk["id"].iat[at] else str(index[at])
+                paths[k] = str(chunk["path"].iat[at]) if "path" in chunk else ""
+        return ids, paths
+    except (ValueError, TypeError, OverflowError, KeyError, pd.errors.ParserError):
+        pass
+    for row in iter_rows(path.parent):
+        k = where.get(row["index"])
+        if k is not None:
+            ids[k], paths[k] = row["id"], row["path"]
+    return ids, paths
+
+
 def _class_names(summary: Dict[str, Any], out: Path) -> List[str]:
     names = summary.get("class_names")
     if not isinstance(names, list) or not names:
@@ -143,12 +195,15 @@ def read_results(out_dir: PathLike) -> Results:
     summary = read_json_object(out / "summary.json", "summary")
     names = _class_names(summary, out)
     c = len(names)
-    # typed buffers (8 bytes a value, not a Python object): 10^6 rows take 48 MB
-    cols: Dict[str, array] = {"index": array("q"), "given_label": array("q"), "suggested_label": array("q"),
-                              "best_score": array("d"), "given_score": array("d"), "changed": array("b")}
-    for row in iter_rows(out):
-        for key, values in cols.items():
-            values.append(row[key])
+    cols = _parsed_columns(out / "refined_labels.csv")
+    if cols is None:  # a value pandas' parser does not take: the row iterator names it (or accepts it)
+        # typed buffers (8 bytes a value, not a Python object): 10^6 rows take 48 MB
+        buffers: Dict[str, array] = {"index": array("q"), "given_label": array("q"), "suggested_label": array("q"),
+                                     "best_score": array("d"), "given_score": array("d"), "changed": array("b")}
+        for row in iter_rows(out):
+            for key, values in buffers.items():
+                values.append(row[key])
+        cols = {key: np.frombuffer(values, dtype=np.dtype(values.typecode)) for key, values in buffers.items()}
     index = np.asarray(cols["index"], dtype=np.int64)
     n = len(index)
     if n == 0:
@@ -161,7 +216,7 @@ def read_results(out_dir: PathLike) -> Results:
     order = np.argsort(index, kind="stable")
 
     def column(key: str, dtype: Any) -> np.ndarray:
-        return np.frombuffer(cols[key], dtype=np.dtype(cols[key].typecode)).astype(dtype)[order]
+        return np.asarray(cols[key]).astype(dtype)[order]
 
     given, suggested = column("given_label", np.int64), column("suggested_label", np.int64)
     for what, labels in (("given_label", given), ("suggested_label", suggested)):

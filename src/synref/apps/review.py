@@ -44,7 +44,7 @@ from ..io import atomic_path, check_output_file, remove_stale_temp_files, write_
 from ..progress import progress as progress_bar
 from ..validation import check_count
 from .report import sample_images
-from .results_folder import CHANGED, Results, iter_rows, read_results
+from .results_folder import CHANGED, Results, read_results, row_strings
 from .review_assets import REVIEW_CSS, REVIEW_JS
 
 __all__ = ["write_review", "review_data", "render_review", "tile_budget", "TILE_BYTES", "SHEET_SIDE",
@@ -207,17 +207,6 @@ def _order(results: Results, max_items: int) -> np.ndarray:
     return order
 
 
-def _strings(results: Results, rows: np.ndarray) -> Tuple[List[str], List[str]]:
-    """(ids, paths) of ``rows`` (in that order), streamed from refined_labels.csv."""
-    where = {int(r): k for k, r in enumerate(rows)}
-    ids, paths = [""] * len(rows), [""] * len(rows)
-    for row in iter_rows(results.out):
-        k = where.get(row["index"])
-        if k is not None:
-            ids[k], paths[k] = row["id"], row["path"]
-    return ids, paths
-
-
 def _image_loader(results: Results, rows: np.ndarray, paths: List[str], px: int,
                   image_of: Optional[ImageOf]) -> Callable[[int], Optional[Any]]:
     """``k -> tile`` of item ``k``: from ``image_of`` (API), the file / dataset row in its path, or
@@ -279,7 +268,7 @@ def review_data(results: Results, *, folder: Path, thumb_px: int = DEFAULT_THUMB
     flagged), ``thumb`` (tile number or -1)."""
     order = _order(results, max_items)
     rows = results.items[order]
-    ids, paths = _strings(results, rows)
+    ids, paths = row_strings(results.out, rows)
     folder.mkdir(parents=True, exist_ok=True)
     per_sheet = SHEET_SIDE * SHEET_SIDE
     load = _image_loader(results, rows, paths, thumb_px, image_of)
