@@ -194,6 +194,23 @@ def test_given_embeddings_refine_like_any_space(tmp_path, capsys):
     np.testing.assert_array_equal(refine(ev).refined_labels, rows["suggested_label"].to_numpy())
 
 
+def test_neighbor_recall_reaches_the_hnsw_calibration(tmp_path, capsys):
+    """--neighbor-recall is the calibration's target (recorded in summary.json and config.json);
+    a refiner without a neighbour graph refuses it in one line."""
+    pytest.importorskip("faiss")
+    p, _, _ = _files(tmp_path)
+    args = ["refine", "--features", str(p["f"]), "--labels", str(p["l"]), "--anchor-features", str(p["a"]),
+            "--anchor-labels", str(p["al"]), "--neighbor-graph", "hnsw", "--quiet"]
+    code, io = _run(args + ["--neighbor-recall", "0.6", "--out", str(tmp_path / "out")], capsys)
+    assert code == 0, io.err
+    graph = json.loads((tmp_path / "out" / "summary.json").read_text())["neighbor_graph"]
+    assert graph["method"] == "hnsw" and graph["calibration"]["target_recall"] == 0.6
+    assert "0.6" in (tmp_path / "out" / "config.json").read_text()
+    args.remove("--neighbor-graph"), args.remove("hnsw")
+    code, io = _run(args + ["--refiner", "paper", "--neighbor-recall", "0.6", "--out", str(tmp_path / "o2")], capsys)
+    assert code == 2 and "--neighbor-recall" in io.err and len(io.err.strip().splitlines()) == 1, io.err
+
+
 @pytest.mark.parametrize("drop, extra, needle", [
     ("al", [], "--features needs --anchor-labels"),
     (None, ["--anchors", "x"], "--anchors does not apply with --features"),

@@ -575,6 +575,10 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
                         "efSearch raised until the recall@k on sampled rows reaches 0.95), ivf (a faiss IVF index) "
                         "or auto (default: exact up to 20,000 rows, hnsw above); the approximate graph's recall is "
                         "measured and recorded in summary.json")
+    p.add_argument("--neighbor-recall", type=_unit_float("--neighbor-recall"), default=0.95,
+                   help="posterior refiner, hnsw graph: the recall@k on sampled rows its efSearch is raised to "
+                        "(default 0.95; lower is faster: at 10^6 synthetic rows efSearch 32 reached 0.90 and the refinement "
+                        "took 460 s, the 0.95 target chose efSearch 88-96 and took 631-726 s; docs/scale.md)")
     p.add_argument("--alpha", type=_unit_float("--alpha"), default=0.5, help="score-rule refiners (paper, crossfit): weight of anchor similarity (default 0.5)")
     p.add_argument("--threshold", type=_unit_float("--threshold"), default=0.6, help="score-rule refiners: relabel threshold (default 0.6)")
     p.add_argument("--no-calibrate", action="store_true", help="use raw cosine similarity (the paper) instead of "

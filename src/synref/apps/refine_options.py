@@ -57,7 +57,8 @@ RULES: Dict[str, Rule] = {
                                     "--generate --generator diffusers"),
     "generator_options.root": (lambda c: c.generator == "folder", _generator, "--generate --generator folder"),
     **{option: _refiner_rule(option) for option in ("alpha", "threshold", "calibrate", "target_precision",
-                                                     "on_model_check_failure", "neighbor_graph")},
+                                                     "on_model_check_failure", "neighbor_graph",
+                                                     "neighbor_recall")},
     **{option: (lambda c: c.evidence.tuning == "finetune", lambda c: f"with --evidence {c.evidence.tuning}",
                 "--evidence finetune (the fine-tuned backbone)")
        for option in ("finetune_epochs", "finetune_size", "finetune_lr", "anchor_weight", "finetune_flip")},

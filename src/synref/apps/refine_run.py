@@ -79,11 +79,11 @@ EVIDENCE_MODES = ("pretrained", "train", "classifier", "features")
 FLAT_OPTIONS: Dict[str, Any] = {
     "train": bool, "model": str, "epochs": int, "folds": int, "encoder": Optional[str], "clip_model": str,
     "rounds": int, "alpha": float, "threshold": float, "calibrate": bool, "target_precision": Optional[float],
-    "on_model_check_failure": str, "neighbor_graph": str,
+    "on_model_check_failure": str, "neighbor_graph": str, "neighbor_recall": float,
 }
 #: the flat options that are the refiner's options.
 REFINER_OPTIONS = ("rounds", "alpha", "threshold", "calibrate", "target_precision", "on_model_check_failure",
-                   "neighbor_graph")
+                   "neighbor_graph", "neighbor_recall")
 #: the refinement rounds of ``synref refine`` when none is given (a refiner with rounds).
 DEFAULT_ROUNDS = 1
 

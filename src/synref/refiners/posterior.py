@@ -54,7 +54,7 @@ from ..arrays import UnitRows, l2_normalize, row_chunks, row_norms
 from ..distributed import all_gather_rows, all_reduce_sum, broadcast_object, process_group, row_share
 from ..errors import InputError
 from ..evidence import Evidence
-from ..neighbors import KNN_METHODS, exact_knn, knn_graph, pca_basis
+from ..neighbors import KNN_METHODS, TARGET_RECALL, exact_knn, knn_graph, pca_basis
 from ..progress import progress as progress_bar
 from ..stages import StageClock
 from ..train.linear import HeadProblem, fit_heads_lbfgs, held_out_logits
@@ -104,8 +104,10 @@ class PosteriorOptions(RefinerOptions):
         neighbors: k of the kNN graph over the real features (0: no neighbour term).
         neighbor_weight: weight of the neighbours' mean label log-likelihood.
         neighbor_graph: how the kNN graph is built (:func:`synref.neighbors.knn_graph`): ``auto``
-            (exact up to :data:`~synref.neighbors.EXACT_MAX_ROWS` rows, a faiss IVF index above),
-            ``exact`` or ``ivf``.
+            (exact up to :data:`~synref.neighbors.EXACT_MAX_ROWS` rows, a faiss HNSW graph above),
+            ``exact``, ``hnsw`` or ``ivf``.
+        neighbor_recall: the HNSW graph's efSearch is raised until its recall@k on sampled rows
+            reaches this (:data:`~synref.neighbors.TARGET_RECALL`, 0.95); lower is faster.
         pred_probs_weight: weight of the evidence's ``pred_probs`` read as a soft noisy label;
             None (default): :data:`SEPARATE_VIEW_WEIGHT` (3) when they are a separate view of the image
             (``evidence.pred_probs_view == "separate"``), else 0 (a head over the
@@ -153,6 +155,7 @@ class PosteriorOptions(RefinerOptions):
     neighbors: int = 10
     neighbor_weight: float = 1.0
     neighbor_graph: str = "auto"
+    neighbor_recall: float = TARGET_RECALL
     pred_probs_weight: Optional[float] = None
     self_training_rounds: int = 2
     folds: int = 4
@@ -185,6 +188,8 @@ class PosteriorOptions(RefinerOptions):
             raise InputError(f"{self.config_name}: min_model_fit must be in [0, 1], got {self.min_model_fit}")
         if self.target_precision is not None and not 0.0 < float(self.target_precision) <= 1.0:
             raise InputError(f"target precision must be in (0, 1], got {self.target_precision}")
+        if not 0.0 < float(self.neighbor_recall) <= 1.0:
+            raise InputError(f"{self.config_name}: neighbor_recall must be in (0, 1], got {self.neighbor_recall}")
         if self.neighbor_graph not in KNN_METHODS:
             raise InputError(f"{self.config_name}: neighbor_graph must be one of {', '.join(KNN_METHODS)}, "
                              f"got {self.neighbor_graph!r}")
@@ -598,7 +603,7 @@ class PosteriorRefiner(Refiner):
             with clock.stage("neighbours"):
                 if graph is None:
                     built = knn_graph(x, o.neighbors, method=o.neighbor_graph, span=share, seed=seed,
-                                      pca_cache=pca_cache)
+                                      pca_cache=pca_cache, target_recall=float(o.neighbor_recall))
                     graph_info = built.describe()
                     graph = all_gather_rows(built.indices, n)
                 purity = neighbor_purity(prior, graph[share], rows=share)
