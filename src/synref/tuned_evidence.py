@@ -139,7 +139,8 @@ def finetune_config(options: FinetuneOptions, *, folds: int, seed: int, device: 
 def describe_finetune(config: FinetuneConfig) -> str:
     """One line: what the fine-tuning of ``config`` adds (summaries, results notes)."""
     flips = "" if config.hflip else ", no mirrored images"
-    return (f"{config.folds}-fold fine-tuned {config.backbone} at {config.image_size} px, {config.epochs} epochs, "
+    epochs = f"{config.epochs} epoch{'' if config.epochs == 1 else 's'}"
+    return (f"{config.folds}-fold fine-tuned {config.backbone} at {config.image_size} px, {epochs}, "
             f"lr {config.lr:g}, anchor weight {config.anchor_weight:g}{flips} ({ROLE})")
 
 
