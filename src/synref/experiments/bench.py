@@ -36,8 +36,8 @@ from ..config import ConfigMixin
 from ..device import default_device
 from ..errors import InputError
 from ..io import absolute_path, check_output_dir
-from ..validation import check_split_seed
 from ..tuned_evidence import finetune_options
+from ..validation import check_split_seed
 from .methods import create_method, parse_methods
 from .protocol import Protocol, protocol_for, with_finetune_evidence, with_refine_encoder
 from .recipes import (DATASETS, GIVEN, NOISE_SETTINGS, is_user_dataset, noise_files as find_noise_files,

@@ -34,8 +34,8 @@ from ..evidence import Evidence
 from ..optional import require
 from ..pipeline import RefinerSpec, fold_schedule
 from ..refiners import DEFAULT_ALPHA, DEFAULT_THRESHOLD
-from .methods import COMPARE_COLUMNS, correction_row, create_method
 from ..tuned_evidence import finetune_options
+from .methods import COMPARE_COLUMNS, correction_row, create_method
 from .protocol import Protocol, protocol_for, with_finetune_evidence, with_refine_encoder
 from .recipes import cpu_cifar_schedule
 from .runner import Experiment
