@@ -60,17 +60,10 @@ def test_the_refiner_reads_the_fine_tuned_softmax(folder, finetune_run, tmp_path
     """The second refinement gets the kept out-of-fold softmax as a separate view (weight 3);
     a re-run of the config loads the kept fine-tuning (no training) and writes the same labels."""
     from synref.apps import finetune_evidence
-    from synref.refiners import posterior
     from synref.train import finetune
+    from tiny_finetune import posterior_evidence
 
-    seen = []
-    real = posterior.PosteriorRefiner.refine
-
-    def spy(self, evidence, **kwargs):
-        seen.append(evidence)
-        return real(self, evidence, **kwargs)
-
-    monkeypatch.setattr(posterior.PosteriorRefiner, "refine", spy)
+    seen = posterior_evidence(monkeypatch)
     monkeypatch.setattr(finetune, "_fit_fold", lambda *a, **k: pytest.fail("the kept fine-tuning must be reused"))
     again = tmp_path / "again"
     # the same cache: copy the kept result (a re-run into the same --out would replace the folder's results)

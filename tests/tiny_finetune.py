@@ -4,10 +4,11 @@ small image problem it can learn.
 
     from tiny_finetune import register_tiny_backbone, blob_problem
     register_tiny_backbone()          # FinetuneConfig(backbone="tiny-test") now builds it
+    seen = posterior_evidence(monkeypatch)   # every Evidence the posterior refiner reads from now on
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, List, Tuple
 
 import numpy as np
 import torch
@@ -60,3 +61,19 @@ def blob_problem(n: int = 48, m_per_class: int = 8, c: int = 3, size: int = 32,
     labels = np.arange(n) % c
     anchor_labels = np.repeat(np.arange(c), m_per_class)
     return blob_images(labels, size, seed), labels, blob_images(anchor_labels, size, seed + 1), anchor_labels
+
+
+def posterior_evidence(monkeypatch: Any) -> List[Any]:
+    """The :class:`~synref.evidence.Evidence` of every posterior refinement from now on, in order
+    (``monkeypatch``: pytest's fixture; the refinements run as before)."""
+    from synref.refiners import posterior
+
+    seen: List[Any] = []
+    real = posterior.PosteriorRefiner.refine
+
+    def spy(self: Any, evidence: Any, **kwargs: Any) -> Any:
+        seen.append(evidence)
+        return real(self, evidence, **kwargs)
+
+    monkeypatch.setattr(posterior.PosteriorRefiner, "refine", spy)
+    return seen

@@ -601,14 +601,18 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.only_given()
 
 
-def _add_finetune_options(p: argparse.ArgumentParser) -> None:
-    from .apps.finetune_evidence import EVIDENCE_CHOICES, FINETUNE_DEFAULTS as d
+def _add_finetune_options(p: argparse.ArgumentParser, what: str = "pretrained evidence") -> None:
+    """The ``--evidence`` / ``--finetune-*`` group (``what``: the evidence it tunes, as the command
+    says it)."""
+    from .pipeline import TUNINGS
+    from .tuned_evidence import FINETUNE_DEFAULTS as d
 
     g = p.add_argument_group("fine-tuned evidence (docs/finetune.md)")
-    g.add_argument("--evidence", choices=EVIDENCE_CHOICES, default="frozen",
-                   help="pretrained evidence: frozen (default: the frozen encoder alone) or finetune (then a k-fold "
+    g.add_argument("--evidence", choices=TUNINGS, default="frozen",
+                   help=f"{what}: frozen (default: the frozen encoder alone) or finetune (then a k-fold "
                         "fine-tuned EfficientNet-Lite0, trained on the frozen pass's posterior and the anchors, adds "
-                        "its out-of-fold softmax; a GPU is advised beyond a few thousand images)")
+                        "its out-of-fold softmax as a separate view; the --folds and --seed of the run; a GPU is "
+                        "advised beyond a few thousand images)")
     g.add_argument("--finetune-epochs", type=int, default=d["finetune_epochs"],
                    help=f"--evidence finetune: epochs per fold, the best by held-out anchors kept "
                         f"(default {d['finetune_epochs']})")
@@ -687,6 +691,18 @@ def _refine_values(given: Dict[str, Any], flags: Dict[str, str]) -> Tuple[Dict[s
     return values, set_flags
 
 
+def _finetune_values(given: Dict[str, Any]) -> Dict[str, Any]:
+    """The fine-tuned evidence options a user set (``--finetune-*``, ``--anchor-weight``,
+    ``--no-finetune-flip``) as :class:`~synref.tuned_evidence.FinetuneOptions` fields."""
+    from .tuned_evidence import FINETUNE_FLAGS
+
+    values = {_REFINE_FIELDS.get(dest, dest): value for dest, value in given.items()
+              if _REFINE_FIELDS.get(dest, dest) in FINETUNE_FLAGS}
+    if "finetune_flip" in values:  # --no-finetune-flip
+        values["finetune_flip"] = not values["finetune_flip"]
+    return values
+
+
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="synref next to cleanlab on the same out-of-sample pred_probs")
     p.add_argument("--dataset", choices=DATASETS, default="digits",
@@ -706,6 +722,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder", default=None, choices=FEATURE_EXTRACTORS.choices(),
                    help="the refinement's frozen feature space (default: digits a SimCLR encoder, CIFAR "
                         "efficientnet-lite-ensemble), e.g. hf:ID_OR_FOLDER (any transformers vision backbone)")
+    _add_finetune_options(p, "CIFAR: the evidence every row reads (the cpu protocol's pretrained evidence)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_compare, parser=p)
     p.only_given()
@@ -723,9 +740,10 @@ def _run_compare(args: argparse.Namespace) -> int:
         if not args.data or not args.noise_file:
             raise InputError(f"--dataset {args.dataset} needs --data (official python layout) and --noise-file")
         title = (f"{args.dataset}, first {args.subset} training images, labels {Path(args.noise_file).name}, "
-                 f"real-anchor stand-in")
+                 f"real-anchor stand-in" + (", fine-tuned evidence" if args.evidence == "finetune" else ""))
     rows = run_compare(args.dataset, noise=args.noise, seed=args.seed, data=args.data, noise_file=args.noise_file,
-                       subset=args.subset, epochs=args.epochs, out=args.out, encoder=args.encoder)
+                       subset=args.subset, epochs=args.epochs, out=args.out, encoder=args.encoder,
+                       evidence=args.evidence, finetune=_finetune_values(given))
     print(format_compare_table(rows, title=title))
     return 0
 
@@ -776,6 +794,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder", default=None, choices=FEATURE_EXTRACTORS.choices(),
                    help="the refinement's frozen feature space (default: the protocol's; pretrained: "
                         f"{DEFAULT_ENCODER}), e.g. hf:ID_OR_FOLDER (any transformers vision backbone)")
+    _add_finetune_options(p, "protocols cpu and pretrained: the evidence the correction rows and the + ours rows' "
+                             "refinement read (the protocol is then named <protocol>-finetune[-<hex of the options>])")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", required=True, type=Path, help="results folder (resumed when it exists)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -804,7 +824,7 @@ def _run_bench(args: argparse.Namespace) -> int:
                   noise=args.noise, seeds=seeds, noise_files=args.noise_file, anchors=args.anchors,
                   device=args.device, clip_model=args.clip_model, split=args.split, labels=args.labels,
                   clean_labels=args.clean_labels, test_split=args.test_split or None, encoder=args.encoder,
-                  given=flags)
+                  evidence=args.evidence, finetune=_finetune_values(given), given=flags)
     print((args.out / "results.md").read_text())
     print(f"results: {args.out / 'results.csv'}, {args.out / 'results.md'}")
     return 0

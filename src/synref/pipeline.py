@@ -42,7 +42,7 @@ __all__ = ["EvidenceSpec", "RefinerSpec", "build_evidence", "build_refiner", "en
 EVIDENCE_SOURCES = ("crossfit", "classifier")
 #: how a frozen encoder's evidence is used: ``frozen`` (as it is) or ``finetune`` (then a
 #: cross-fitted fine-tuned backbone's softmax joins as a separate view:
-#: :mod:`synref.apps.finetune_evidence`, ``synref refine --evidence finetune``).
+#: :mod:`synref.tuned_evidence`, ``--evidence finetune`` of refine, bench and compare).
 TUNINGS = ("frozen", "finetune")
 #: the encoder name of embeddings brought by the user (no encoder runs).
 GIVEN_ENCODER = "given"

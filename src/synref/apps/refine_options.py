@@ -15,6 +15,7 @@ from ..config import unknown_options
 from ..errors import InputError
 from ..pipeline import refiners_using
 from ..refiners import refiner_used_options
+from ..tuned_evidence import FINETUNE_APPLIES, FINETUNE_FLAGS
 from .refine_run import FLAT_OPTIONS, RefineRunConfig
 
 __all__ = ["refine_config", "check_options_apply", "option_applies"]
@@ -60,8 +61,7 @@ RULES: Dict[str, Rule] = {
                                                      "on_model_check_failure", "neighbor_graph",
                                                      "neighbor_recall")},
     **{option: (lambda c: c.evidence.tuning == "finetune", lambda c: f"with --evidence {c.evidence.tuning}",
-                "--evidence finetune (the fine-tuned backbone)")
-       for option in ("finetune_epochs", "finetune_size", "finetune_lr", "anchor_weight", "finetune_flip")},
+                FINETUNE_APPLIES) for option in FINETUNE_FLAGS},
 }
 
 

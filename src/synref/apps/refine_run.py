@@ -193,7 +193,7 @@ class RefineRunConfig(ConfigMixin):
         finetune_epochs, finetune_size, finetune_lr, anchor_weight, finetune_flip: with
             ``evidence.tuning`` ``finetune`` (``--evidence finetune``: the pretrained evidence plus a
             cross-fitted fine-tuned backbone's softmax as a separate view,
-            :mod:`synref.apps.finetune_evidence`; ``finetune_flip``: mirrored training images, off
+            :mod:`synref.tuned_evidence`; ``finetune_flip``: mirrored training images, off
             for digits or text).
 
     ``from_dict`` also reads the flat layout of older ``config.json`` files (:func:`nest_options`).

@@ -5,6 +5,12 @@ Methods (rows): ``standard``, ``ours``, ``plc``, ``plc+ours``, ``lra-<encoder>``
 ``lra-<encoder>+ours`` (:mod:`synref.experiments.methods`). Noise settings (columns):
 ``pmd-0.35``, ``pmd-0.7``, ``pmd-0.35+u-0.3``, ``pmd-0.35+u-0.6``, ``pmd-0.35+a-0.3``, or label
 files. Protocols: :mod:`synref.experiments.protocol` (``paper``, ``cpu``, ``digits``).
+``evidence="finetune"`` (``--evidence finetune``, the protocols with pretrained evidence: ``cpu``
+and ``pretrained``): the shared evidence of each noise setting and seed is the fine-tuned one
+(:mod:`synref.tuned_evidence`: the frozen pass, then a k-fold fine-tuned backbone's out-of-fold
+softmax as a separate view), read by every correction row and by the refinement of the
+``+ ours`` rows; the protocol is named ``<protocol>-finetune[-<options' hex>]`` and its
+fine-tuning kept under ``OUT/work/`` with the other shared steps.
 
 A user's own data (``dataset`` = an image folder or a CSV manifest): protocol ``pretrained``, the
 correction methods (``given``, ``cleanlab``, ``refine-<refiner>``) on pretrained evidence (the
@@ -24,21 +30,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..config import ConfigMixin
 from ..device import default_device
 from ..errors import InputError
 from ..io import absolute_path, check_output_dir
+from ..tuned_evidence import finetune_options
 from ..validation import check_split_seed
 from .methods import create_method, parse_methods
-from .protocol import Protocol, protocol_for, with_refine_encoder
+from .protocol import Protocol, protocol_for, with_finetune_evidence, with_refine_encoder
 from .recipes import (DATASETS, GIVEN, NOISE_SETTINGS, is_user_dataset, noise_files as find_noise_files,
                       user_dataset_name)
 from .results import read_cells
 from .runner import Experiment, parse_noise_settings
 
-__all__ = ["BenchConfig", "bench_config", "run_bench", "check_bench_options", "BENCH_OPTION_RULES"]
+__all__ = ["BenchConfig", "bench_config", "bench_protocol", "run_bench", "check_bench_options", "BENCH_OPTION_RULES"]
 
 
 @dataclass
@@ -132,6 +139,9 @@ BENCH_OPTION_RULES: Dict[str, Tuple[Callable[[str, Sequence[str], Protocol], boo
              "data is --dataset)"),
     "clip_model": ((lambda dataset, methods, protocol: protocol.evidence.encoder == "clip" or
                     any(m.startswith("lra-clip") for m in methods)), "the lra-clip rows and --encoder clip"),
+    "evidence": ((lambda dataset, methods, protocol: protocol.evidence.tuning != "finetune" or any(
+        create_method(m).kind == "correct" or create_method(m).refined for m in methods)),
+        "the rows that read the refinement's evidence (the correction rows, ours and the + ours rows)"),
 }
 
 
@@ -150,8 +160,22 @@ def _set_options(given: Optional[Dict[str, str]], **values: Any) -> Dict[str, st
     """``given``, or (a library call) the options whose value differs from the command's default."""
     if given is not None:
         return given
-    defaults = {"split": "train", "test_split": "test"}
+    defaults = {"split": "train", "test_split": "test", "evidence": "frozen"}
     return {k: "--" + k.replace("_", "-") for k, v in values.items() if v is not None and v != defaults.get(k)}
+
+
+def bench_protocol(protocol: str, dataset: str, overrides: Optional[Callable[[Protocol], None]] = None, *,
+                   encoder: Optional[str] = None, evidence: str = "frozen",
+                   finetune: Optional[Mapping[str, Any]] = None) -> Protocol:
+    """The named protocol for ``dataset`` (a built-in name or a user dataset's name), edited by
+    ``overrides``, in the frozen space ``encoder`` (None: the protocol's) and, with ``evidence``
+    ``finetune``, with fine-tuned evidence of the options ``finetune`` (field -> value of
+    :class:`~synref.tuned_evidence.FinetuneOptions`; refused without it)."""
+    proto = protocol_for(protocol, dataset, overrides)
+    if encoder is not None:
+        proto = with_refine_encoder(proto, encoder)
+    options = finetune_options(evidence, finetune or {})
+    return proto if options is None else with_finetune_evidence(proto, options)
 
 
 def bench_config(*, dataset: str = "digits", protocol: str = "digits", data: Optional[str] = None,
@@ -160,21 +184,23 @@ def bench_config(*, dataset: str = "digits", protocol: str = "digits", data: Opt
                  clip_model: Optional[str] = None,
                  protocol_overrides: Optional[Callable[[Protocol], None]] = None, split: str = "train",
                  labels: Optional[str] = None, clean_labels: Optional[str] = None,
-                 test_split: Optional[str] = "test", encoder: Optional[str] = None,
+                 test_split: Optional[str] = "test", encoder: Optional[str] = None, evidence: str = "frozen",
+                 finetune: Optional[Mapping[str, Any]] = None,
                  given: Optional[Dict[str, str]] = None) -> BenchConfig:
     """The :class:`BenchConfig` of command-line style arguments: the named protocol (edited by
-    ``protocol_overrides``; ``encoder``: the refinement's frozen space, e.g. ``hf:ID_OR_FOLDER``),
-    methods in table order, the noise settings (the paper's five unless only label files are
-    given, then theirs; ``given`` on the user's data) and the label files found. An option that
-    this run would not use is refused (:func:`check_bench_options`; ``given``: the options the
-    user set -> their flags, default those with a value other than the command's default)."""
+    ``protocol_overrides``; ``encoder``: the refinement's frozen space, e.g. ``hf:ID_OR_FOLDER``;
+    ``evidence`` ``finetune`` with the ``finetune`` options: fine-tuned evidence, see
+    :func:`bench_protocol`), methods in table order, the noise settings (the paper's five unless
+    only label files are given, then theirs; ``given`` on the user's data) and the label files
+    found. An option that this run would not use is refused (:func:`check_bench_options`;
+    ``given``: the options the user set -> their flags, default those with a value other than the
+    command's default)."""
     given = _set_options(given, data=data, labels=labels, clean_labels=clean_labels, split=split,
-                         test_split=test_split, clip_model=clip_model)
+                         test_split=test_split, clip_model=clip_model, evidence=evidence)
     if is_user_dataset(dataset):
         check_user_dataset(dataset)
-        proto = protocol_for(protocol, user_dataset_name(dataset), protocol_overrides)
-        if encoder is not None:
-            proto = with_refine_encoder(proto, encoder)
+        proto = bench_protocol(protocol, user_dataset_name(dataset), protocol_overrides, encoder=encoder,
+                               evidence=evidence, finetune=finetune)
         check_bench_options(dataset, user_methods(methods), proto, given)
         settings = parse_noise_settings(noise, (GIVEN,))
         seeds = [int(s) for s in seeds]
@@ -182,9 +208,8 @@ def bench_config(*, dataset: str = "digits", protocol: str = "digits", data: Opt
                            noise=tuple(settings), noise_files=tuple(str(f) for f in noise_files),
                            seeds=tuple(seeds), anchors=anchors, device=device, clip_model=clip_model, split=split,
                            labels=labels, clean_labels=clean_labels, test_split=test_split)
-    proto = protocol_for(protocol, dataset, protocol_overrides)
-    if encoder is not None:
-        proto = with_refine_encoder(proto, encoder)
+    proto = bench_protocol(protocol, dataset, protocol_overrides, encoder=encoder, evidence=evidence,
+                           finetune=finetune)
     method_list = parse_methods(methods, proto.encoders)
     check_bench_options(dataset, method_list, proto, given)
     settings = parse_noise_settings(noise, NOISE_SETTINGS) if (noise is not None or not noise_files) else []

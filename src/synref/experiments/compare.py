@@ -14,7 +14,8 @@ Every method gets the *same* out-of-sample evidence (k-fold cross-fitting, clean
 (:data:`COMPARE_METHODS`: ``given``, ``argmax``, ``prototype``, ``cleanlab``, ``refine-paper``,
 ``refine-crossfit``, ``refine-posterior``) under a protocol (digits: the demo's data and
 evidence; CIFAR: the cpu protocol's data and pretrained evidence: frozen
-``efficientnet-lite-ensemble`` features and a cross-fitted linear head).
+``efficientnet-lite-ensemble`` features and a cross-fitted linear head; with ``--evidence
+finetune`` every row reads the fine-tuned evidence instead, :mod:`synref.tuned_evidence`).
 :func:`correction_rows` (:func:`compare_with_cleanlab`, :func:`compare_crossfit_spaces`) runs the
 same correctors on evidence given as arrays.
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -33,8 +34,9 @@ from ..evidence import Evidence
 from ..optional import require
 from ..pipeline import RefinerSpec, fold_schedule
 from ..refiners import DEFAULT_ALPHA, DEFAULT_THRESHOLD
+from ..tuned_evidence import finetune_options
 from .methods import COMPARE_COLUMNS, correction_row, create_method
-from .protocol import Protocol, protocol_for, with_refine_encoder
+from .protocol import Protocol, protocol_for, with_finetune_evidence, with_refine_encoder
 from .recipes import cpu_cifar_schedule
 from .runner import Experiment
 
@@ -150,14 +152,19 @@ def check_compare_options(dataset: str, given: Dict[str, str]) -> None:
 
 
 def compare_protocol(dataset: str, *, subset: int = 10000, epochs: Optional[int] = None,
-                     anchors_per_class: int = 100, encoder: Optional[str] = None) -> Protocol:
+                     anchors_per_class: int = 100, encoder: Optional[str] = None, evidence: str = "frozen",
+                     finetune: Optional[Mapping[str, Any]] = None) -> Protocol:
     """The protocol of ``synref compare``: digits = the demo's (SimCLR space, a cross-fitted small
     CNN, the clean validation split picking each fold's epoch; ``epochs``: the fold networks'
     epochs, default the protocol's); CIFAR = the cpu protocol's data (first ``subset`` images,
     real-anchor stand-in) and its pretrained evidence (the frozen encoder's features, a
     cross-fitted linear head: no network is trained, ``epochs`` does not apply). ``encoder``
     (``--encoder``, e.g. ``hf:ID_OR_FOLDER``) replaces the refinement's space; the protocol's name
-    then carries it."""
+    then carries it. ``evidence`` ``finetune`` (CIFAR: pretrained evidence) with the ``finetune``
+    options (:class:`~synref.tuned_evidence.FinetuneOptions` fields; refused without it): every
+    row reads the fine-tuned evidence (:func:`~synref.experiments.protocol.with_finetune_evidence`:
+    the name carries it too)."""
+    options = finetune_options(evidence, finetune or {})
     if dataset == "digits":
         protocol = dataclasses.replace(protocol_for("digits", "digits"), anchors_per_class=anchors_per_class)
         if epochs is not None:
@@ -170,13 +177,16 @@ def compare_protocol(dataset: str, *, subset: int = 10000, epochs: Optional[int]
             raise InputError(f"--subset must be in [8, 45000], got {subset}")
         protocol = dataclasses.replace(protocol_for("cpu", dataset), train_size=subset,
                                        standard=cpu_cifar_schedule(15, 0.05), anchors_per_class=anchors_per_class)
-    return protocol if encoder is None else with_refine_encoder(protocol, encoder, rename=True)
+    if encoder is not None:
+        protocol = with_refine_encoder(protocol, encoder, rename=True)
+    return protocol if options is None else with_finetune_evidence(protocol, options)
 
 
 def run_compare(dataset: str = "digits", *, noise: str = "pmd-0.7", seed: int = 0, data: Optional[str] = None,
                 noise_file: Optional[str] = None, subset: int = 10000, epochs: Optional[int] = None,
                 protocol: Optional[Protocol] = None, out: Optional[PathLike] = None,
-                encoder: Optional[str] = None) -> List[Dict[str, Any]]:
+                encoder: Optional[str] = None, evidence: str = "frozen",
+                finetune: Optional[Mapping[str, Any]] = None) -> List[Dict[str, Any]]:
     """The comparison table's rows (:data:`COMPARE_METHODS`) on ``dataset`` with noise ``noise``
     (digits: generated as in the demo) or the label file ``noise_file`` (CIFAR: the community
     file of the first 45,000 training images). Fails before any training without cleanlab.
@@ -184,15 +194,17 @@ def run_compare(dataset: str = "digits", *, noise: str = "pmd-0.7", seed: int = 
     ``out``: a folder that keeps the shared steps (encoder features, noisy labels, models) under
     ``out/work/`` and each finished row under ``out/cells/`` (``out/results.md`` gathers them), so
     a re-run resumes and other noise settings reuse the features; None keeps nothing.
-    ``encoder``: the refinement's frozen space (:func:`compare_protocol`)."""
+    ``encoder``: the refinement's frozen space; ``evidence`` ``finetune`` and the ``finetune``
+    options: fine-tuned evidence (:func:`compare_protocol`)."""
     from pathlib import Path
 
     from .runner import parse_noise_settings
 
     require("cleanlab.filter", "comparing with cleanlab")
-    if protocol is not None and encoder is not None:
-        raise InputError("give a protocol or an encoder, not both")
-    protocol = protocol or compare_protocol(dataset, subset=subset, epochs=epochs, encoder=encoder)
+    if protocol is not None and (encoder is not None or evidence != "frozen" or finetune):
+        raise InputError("give a protocol or an encoder / evidence, not both")
+    protocol = protocol or compare_protocol(dataset, subset=subset, epochs=epochs, encoder=encoder,
+                                            evidence=evidence, finetune=finetune)
     files: Dict[str, Any] = {}
     if noise_file is not None:
         setting = f"file:{Path(noise_file).stem}"

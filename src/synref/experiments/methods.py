@@ -78,6 +78,8 @@ def _finish(row: Dict[str, Any], res: Any, test_acc: float, t0: float, run: "Noi
     row["test_acc"] = float(test_acc)
     row["seconds"] = round(time.time() - t0, 2)
     row["refine_seconds"] = round(float(run.refine_seconds or 0.0), 2) if refined else None
+    if refined and run.refine_info.get("evidence"):  # the refined labels came from fine-tuned evidence
+        row["evidence"] = run.refine_info["evidence"]
     return row
 
 
@@ -236,7 +238,8 @@ def _correction_cell(runner: "Runner", run: "NoiseRun", name: str, row: Dict[str
             "seed": run.seed, "noise_rate": run.noise_rate, "anchors": runner.data.anchor_source,
             **{k: v for k, v in row.items() if k != "method"}, "title": row["method"],
             "label_acc": row["label_acc_after_correction"], "test_acc": test_acc,
-            "evidence_seconds": None if run.evidence_seconds is None else round(run.evidence_seconds, 2)}
+            "evidence_seconds": None if run.evidence_seconds is None else round(run.evidence_seconds, 2),
+            **({"evidence": run.evidence_info} if run.evidence_info else {})}
 
 
 def _correction(name: str, title: str, correct: Corrector, refiner: Optional[str] = None) -> Method:

@@ -22,11 +22,12 @@ from ..pipeline import EvidenceSpec, RefinerSpec, describe_evidence
 from ..refiners import DEFAULT_REFINER, REFINERS, refiner_used_options
 from ..registry import Registry
 from ..train import LRAConfig, PLCConfig, SSLConfig, TrainConfig
+from ..tuned_evidence import FinetuneOptions, describe_finetune, finetune_config
 from ..validation import check_unit_interval
 from .recipes import DATASETS, cpu_cifar_schedule, digits_standard, digits_synref_finetune, is_user_dataset
 
 __all__ = ["Protocol", "PROTOCOLS", "REFINE_RECIPES", "PAPER_EVIDENCE", "protocol_for", "protocol_names",
-           "with_refine_encoder", "FLAT_PROTOCOL_OPTIONS"]
+           "with_refine_encoder", "with_finetune_evidence", "FLAT_PROTOCOL_OPTIONS"]
 
 #: how a protocol gets its refined labels: ``paper`` = the paper's rule on the Standard model's
 #: own (in-sample) features and softmax; ``synref`` = cross-fitted evidence + a refiner.
@@ -100,6 +101,9 @@ class Protocol(ConfigMixin):
             generated PMD noise (None: :func:`~synref.experiments.recipes.eta_schedule`).
             pmd_type: PMD type I / II / III of generated noise.
         anchors_per_class: stand-in anchors (CIFAR) or glyph anchors (digits) per class.
+        finetune_evidence: with ``evidence.tuning`` ``finetune`` (``--evidence finetune``), the
+            options of the fine-tuned view (:class:`~synref.tuned_evidence.FinetuneOptions`; the
+            folds are the evidence's, the seed the cell's); None for frozen evidence.
 
     ``from_dict`` also reads the flat layout of older records (``refine``, ``refine_encoder``,
     ``refine_head``, ``alpha``, ...).
@@ -127,6 +131,7 @@ class Protocol(ConfigMixin):
     eta: Optional[TrainConfig] = None
     pmd_type: int = 1
     anchors_per_class: int = 100
+    finetune_evidence: Optional[FinetuneOptions] = None
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Protocol":
@@ -152,6 +157,26 @@ class Protocol(ConfigMixin):
             raise InputError(f"--anchors-per-class must be at least 1, got {self.anchors_per_class}")
         check_unit_interval("val_fraction", self.val_fraction)
         check_unit_interval("test_fraction", self.test_fraction)
+        self._check_tuning()
+
+    def _check_tuning(self) -> None:
+        """Fine-tuned evidence follows a frozen pass of pretrained evidence (a frozen encoder and
+        cross-fitted linear heads) and feeds the posterior refiner; its options go with it only."""
+        e = self.evidence
+        if e.tuning != "finetune":
+            if self.finetune_evidence is not None:
+                raise InputError(f"{self.config_name}: finetune_evidence applies with evidence tuning finetune "
+                                 f"(--evidence finetune), not {e.tuning}")
+            return
+        if not (e.source == "crossfit" and e.head == "linear" and e.frozen_encoder):
+            raise InputError(f"--evidence finetune fine-tunes after a frozen encoder's pass (pretrained evidence: "
+                             f"bench's cpu and pretrained protocols, compare on CIFAR); protocol {self.name} refines on "
+                             f"{describe_evidence(self.evidence_spec())}")
+        if self.refiner.name != "posterior":
+            raise InputError(f"--evidence finetune feeds the posterior refiner (the fine-tuned softmax as a separate "
+                             f"view); protocol {self.name} refines with refiner {self.refiner.name}")
+        if self.finetune_evidence is None:
+            self.finetune_evidence = FinetuneOptions()
 
     # -- refinement ---------------------------------------------------------------------
     @property
@@ -167,13 +192,22 @@ class Protocol(ConfigMixin):
         return dataclasses.replace(e, train=e.train or self.standard, ssl=e.ssl or self.ssl,
                                    encoder_size=e.encoder_size or self.encoder_size)
 
+    def describe_evidence(self) -> str:
+        """One line: the evidence of the refinement and of the correction rows (the fine-tuned
+        view included)."""
+        text = describe_evidence(self.evidence_spec())
+        if self.finetune_evidence is not None:
+            config = finetune_config(self.finetune_evidence, folds=self.evidence.folds, seed=0)
+            text += f", then {describe_finetune(config)}"
+        return text
+
     def describe_refinement(self) -> str:
         """One line: how this protocol refines the labels."""
         if self.refine == "paper":
             return ("the paper's rule: Standard model's softmax + cosine to the anchor prototypes in its penultimate "
                     f"features, alpha {self.refiner.value('alpha'):g}, threshold {self.refiner.value('threshold'):g}, "
                     "one pass")
-        text = f"synref {self.refiner.name} refiner on {describe_evidence(self.evidence_spec())}"
+        text = f"synref {self.refiner.name} refiner on {self.describe_evidence()}"
         if "rounds" in refiner_used_options(self.refiner.name):
             text += (f", alpha {self.refiner.value('alpha'):g}, threshold {self.refiner.value('threshold'):g}, "
                      f"{self.refiner.value('rounds')} rounds (round r trains on round r-1's labels, re-scores the "
@@ -268,6 +302,22 @@ def with_refine_encoder(protocol: Protocol, encoder: str, *, rename: bool = Fals
     if rename:
         base, value = FEATURE_EXTRACTORS.split(name)
         changed.name = f"{protocol.name}-{base}" + ("" if value is None else f"-{digest(name, length=8)}")
+    return changed
+
+
+def with_finetune_evidence(protocol: Protocol, options: FinetuneOptions) -> Protocol:
+    """``protocol`` with fine-tuned evidence (``--evidence finetune`` and its ``options``): the
+    frozen pass of its pretrained evidence, then the cross-fitted fine-tuning
+    (:mod:`synref.tuned_evidence`). The protocol's name gains ``-finetune`` (and, for options other
+    than the defaults, 8 hex digits of them: ``cpu-finetune-1a2b3c4d``), so the cells and shared
+    steps it caches under that name are never mistaken for frozen ones or other options'; one
+    ``--out`` can hold a frozen and a fine-tuned grid side by side. A protocol without pretrained
+    evidence is refused in one line."""
+    changed = dataclasses.replace(protocol, evidence=dataclasses.replace(protocol.evidence, tuning="finetune"),
+                                  finetune_evidence=options)
+    values = dataclasses.asdict(options)
+    suffix = "" if values == dataclasses.asdict(FinetuneOptions()) else f"-{digest(values, length=8)}"
+    changed.name = f"{protocol.name}-finetune{suffix}"
     return changed
 
 

@@ -27,9 +27,10 @@ from ..io import check_output_dir, remove_stale_temp_files, write_json, write_np
 from ..models import load_classifier, save_classifier
 from ..noise import format_noise_spec, parse_noise_spec
 from ..progress import progress as progress_bar
-from ..pipeline import build_evidence, build_refiner, describe_evidence
+from ..pipeline import build_evidence, build_refiner
 from ..refiners import RefinementResult, refine
 from ..train import TrainConfig, checkpoint_folder, clear_checkpoints
+from ..tuned_evidence import finetune_config, finetuned_evidence
 from .methods import create_method
 from .protocol import Protocol
 from .recipes import (GIVEN, NOISE_SETTINGS, ExperimentData, load_experiment_data, load_user_data,
@@ -79,6 +80,9 @@ class NoiseRun:
         self._evidence: Optional[Evidence] = None
         #: wall time (s) of building the evidence (and its pred_probs, once asked for) in this process
         self.evidence_seconds: Optional[float] = None
+        #: fine-tuned evidence: ``{"tuning": "finetune", "finetune": facts}`` (what every row that
+        #: reads the evidence records); empty for frozen evidence
+        self.evidence_info: Dict[str, Any] = {}
         self._refined: Optional[np.ndarray] = None
         self.refine_info: Dict[str, Any] = {}
         self.refine_seconds: Optional[float] = None
@@ -149,7 +153,7 @@ class NoiseRun:
         """The out-of-sample evidence of the protocol's refinement (round 0; in memory)."""
         if self._evidence is None:
             t0 = time.perf_counter()
-            self._evidence = self.runner.evidence(self)
+            self._evidence, self.evidence_info = self.runner.evidence(self)
             self.evidence_seconds = time.perf_counter() - t0
         return self._evidence
 
@@ -237,19 +241,32 @@ class Runner:
                     write_json(timing, {"encoder": encoder, "seed": seed, "sets": sorted(missing), "seconds": seconds})
         return {name: memo[name] for name in sets if name in memo}
 
-    def evidence(self, run: NoiseRun) -> Evidence:
+    def evidence(self, run: NoiseRun) -> Tuple[Evidence, Dict[str, Any]]:
         """Round-0 evidence of ``run``'s noisy labels (:func:`~synref.pipeline.build_evidence` of
         the protocol's evidence: the Standard model's own for the paper's recipe, else
-        cross-fitted; a frozen encoder's features come from this runner's cache)."""
+        cross-fitted; a frozen encoder's features come from this runner's cache) and, for
+        fine-tuned evidence, its facts (else ``{}``).
+
+        Fine-tuned evidence (``evidence.tuning`` ``finetune``): the protocol's refiner runs on the
+        frozen evidence, then :func:`~synref.tuned_evidence.finetuned_evidence` fine-tunes over
+        it (kept in the noise run's folder: a re-run loads it, other options train anew)."""
         p, d = self.protocol, self.data
         spec = p.evidence_spec()
         fixed = None
         if spec.source == "crossfit" and spec.frozen_encoder:
             feats = self.features(spec.encoder, run.seed, sets=("train", "anchors"))
             fixed = (feats["train"], feats["anchors"])
-        return build_evidence(spec, d.train, d.anchors, seed=run.seed, labels=run.noisy(), features=fixed,
-                              classifier=run.standard_model() if spec.source == "classifier" else None, val=d.val,
-                              device=self.device)
+        evidence = build_evidence(spec, d.train, d.anchors, seed=run.seed, labels=run.noisy(), features=fixed,
+                                  classifier=run.standard_model() if spec.source == "classifier" else None,
+                                  val=d.val, device=self.device)
+        if spec.tuning != "finetune":
+            return evidence, {}
+        assert fixed is not None and p.finetune_evidence is not None  # Protocol checks both
+        frozen = refine(evidence, build_refiner(p.refiner))
+        config = finetune_config(p.finetune_evidence, folds=spec.folds, seed=run.seed, device=self.device)
+        tuned, facts = finetuned_evidence(frozen, d.train, d.anchors, fixed[0], fixed[1], config, run.dir,
+                                          space=spec.encoder, what=f"--dataset {self.dataset}")
+        return tuned, {"tuning": "finetune", "finetune": facts["finetune"]}
 
     def probe_accuracy(self, labels: np.ndarray, seed: int) -> Optional[float]:
         """Test accuracy of a linear head fitted on the training features with ``labels``: how
@@ -274,6 +291,8 @@ class Runner:
                                           true_labels=self.data.train.labels)
         info: Dict[str, Any] = {"rule": p.refine, "refiner": p.refiner.name,
                                 "decision": result.decision.to_dict()}
+        if run.evidence_info:
+            info["evidence"] = run.evidence_info
         if result.decision.rule is not None:
             info.update(alpha=result.alpha, threshold=result.threshold)
         if p.refine == "synref":
@@ -308,7 +327,7 @@ def _check_protocol_record(out: Path, dataset: str, protocol: Protocol, anchors:
                            data_note: Optional[Dict[str, Any]] = None, *,
                            inputs: Optional[Dict[str, Any]] = None) -> None:
     """Record the protocol in ``out/bench-<dataset>-<protocol>.json``; refuse a different one there.
-    ``inputs``: content keys of the inputs (``data``: a user dataset's files and label files;
+    ``inputs``: content keys of the inputs (``data_key``: a user dataset's files and label files;
     ``noise_files``: setting -> sha256 of its label file); a cell computed from other content is
     never reported again."""
     path = out / f"bench-{dataset}-{protocol.name}.json"
@@ -330,7 +349,7 @@ def _check_protocol_record(out: Path, dataset: str, protocol: Protocol, anchors:
             record["noise_files"] = {**old["noise_files"], **record["noise_files"]}
         if changed:
             what = {"protocol": "protocol", "anchors_option": "--anchors", "dataset": "dataset",
-                    "data": "data or label files (their content)", "noise_files": "--noise-file content"}
+                    "data_key": "data or label files (their content)", "noise_files": "--noise-file content"}
             raise InputError(f"--out {out} holds a {dataset} / {protocol.name} bench run with a different "
                              f"{' and '.join(what[k] for k in changed)}; use another --out (or delete "
                              f"{path.name} and {out / 'cells'})")
@@ -347,7 +366,7 @@ def _data_note(d: ExperimentData, p: Protocol, methods: Sequence[str]) -> Dict[s
                             "data": f"{len(d.train)} train (noisy) / {len(d.val)} val (clean) / {len(d.test)} test"
                                     + (f", model {p.model}" if trains else "")}
     if any(m.kind == "correct" for m in built):
-        note["evidence"] = f"every correction row reads the same evidence: {describe_evidence(p.evidence_spec())}"
+        note["evidence"] = f"every correction row reads the same evidence: {p.describe_evidence()}"
     if any(m.refined for m in built):
         note["refinement"] = p.describe_refinement()
     lra = sorted({m[4:].replace("+ours", "") for m in methods if m.startswith("lra-")})
@@ -414,7 +433,7 @@ class Experiment:
         keys: Dict[str, Any] = {"noise_files": {setting: sha256_file(path)
                                                 for setting, path in sorted(self.noise_files.items())}}
         if self.user_data is not None:
-            keys["data"] = self.data(seed).key
+            keys["data_key"] = self.data(seed).key  # ("data" is the table note's line)
         return keys
 
     def cell_done(self, method: str, noise: str, seed: int) -> bool:
