@@ -277,3 +277,28 @@ def test_temper_keeps_the_argmax_and_sharpens_or_flattens():
     assert (flat.argmax(1) == post.argmax(1)).all() and (sharp.argmax(1) == post.argmax(1)).all()
     assert (flat.max(1) < post.max(1)).all() and (sharp.max(1) > post.max(1)).all()
     np.testing.assert_allclose(flat.sum(1), 1.0, atol=1e-6)
+
+
+def test_self_training_is_skipped_when_its_posterior_cannot_decide():
+    """The model check reads only the anchor-only prior, so it is made before self-training:
+    when it fails (or too few given labels per class let nothing change) the rounds, whose
+    posterior would decide nothing, are not run; the decision is the same as with them."""
+    from synref.arrays import UnitRows, l2_normalize
+    from synref.refiners.posterior import PosteriorRefiner
+    ev, _ = _gap_problem(0.1)
+    res = refine(ev, "posterior")
+    assert res.decision.decided_by == "confident-learning"
+    assert res.info["self_training_skipped"].startswith("the model check failed")
+    assert [r["round"] for r in res.info["rounds"]] == [0]
+    # every round run anyway (the old behaviour): the same labels change
+    full = PosteriorRefiner(PosteriorOptions())
+    x, a = UnitRows(ev.features), l2_normalize(ev.anchor_features)
+    post, _, stats, _ = full._posterior(x, a, ev.labels, ev.anchor_labels, 4, pred_probs=None,
+                                        pred_probs_weight=0.0, seed=ev.seed, true_labels=None)
+    assert [r["round"] for r in stats["rounds"]] == [0, 1, 2] and stats["model_fit"] == res.info["model_fit"]
+    # a passing check self-trains as before
+    x2, y2, a2, ya2 = _problem(n=400, seed=3)
+    good = refine(Evidence(y2, 4, ya2, features=x2, anchor_features=a2), "posterior")
+    assert "self_training_skipped" not in good.info and len(good.info["rounds"]) == 3
+    short = refine(ev, "posterior", min_rows_per_class=1000)
+    assert short.info["self_training_skipped"].startswith("too few given labels")

@@ -496,6 +496,10 @@ class PosteriorRefiner(Refiner):
         all_probs = evidence.resolve_pred_probs() if weight > 0 else None
         post = np.zeros((len(labels), c), np.float32)
         spaces: List[Dict[str, Any]] = []
+        # too few given labels per class: no label changes whatever the posterior says
+        too_little = next((note for rows, _ in groups if (note := minimum_evidence(
+            labels if rows is None else labels[rows], c, min_rows=o.min_rows_per_class,
+            class_names=evidence.class_names))), None)
         for rows, anchor_features in groups:
             if rows is not None and rows.size == 0:
                 continue
@@ -507,7 +511,8 @@ class PosteriorRefiner(Refiner):
             post_rows, transition, stats, graph = self._posterior(
                 x, a, group_labels, evidence.anchor_labels, c, pred_probs=pred_probs,
                 pred_probs_weight=float(weight), seed=seed, clock=clock,
-                true_labels=None if truth is None else (truth if rows is None else truth[rows]))
+                true_labels=None if truth is None else (truth if rows is None else truth[rows]),
+                self_training="never" if too_little is not None else "if-model-fits")
             # calibrate only a space whose model check passes (a failing one is not used)
             if o.target_precision is not None and o.calibrate_precision and self._model_fits([stats]):
                 with clock.stage("calibration"):
@@ -526,9 +531,6 @@ class PosteriorRefiner(Refiner):
         fits = [space["model_fit"] for space in spaces if "model_fit" in space]
         decided_by = "posterior"
         with clock.stage("decision"):
-            too_little = next((note for rows, _ in groups if (note := minimum_evidence(
-                labels if rows is None else labels[rows], c, min_rows=o.min_rows_per_class,
-                class_names=evidence.class_names))), None)
             # the fallback's pred_probs are computed only when they can decide (not when too few rows)
             fallback = not model_ok and o.on_model_check_failure == "confident-learning" \
                 and evidence.has_pred_probs and too_little is None
@@ -574,12 +576,16 @@ class PosteriorRefiner(Refiner):
     def _posterior(self, x: UnitRows, a: np.ndarray, labels: np.ndarray, anchor_labels: np.ndarray, c: int, *,
                    pred_probs: Optional[np.ndarray], pred_probs_weight: float, seed: int,
                    true_labels: Optional[np.ndarray], clock: Optional[StageClock] = None,
-                   graph: Optional[np.ndarray] = None
+                   graph: Optional[np.ndarray] = None, self_training: str = "always"
                    ) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any], Optional[np.ndarray]]:
         """The (N, C) posterior of the true class of the rows ``x`` (N, D) given their ``labels``
         (N,), from anchors ``a`` (M, D, unit rows) in the same space; the estimated (C, C)
         transition matrix; its facts (penalty, T, neighbour purity, graph, per-round
         temperatures); and the (N, k) neighbour graph (``graph``: reuse this one).
+
+        ``self_training``: ``always`` runs the options' rounds; ``if-model-fits`` skips them when
+        the model check (made on the anchor-only prior, before any round) fails, since the
+        posterior then decides nothing; ``never`` skips them (the anchor-only posterior).
 
         Every pass over ``x`` streams row blocks; under a process group each process works on
         its share of the rows and every process returns all N rows."""
@@ -629,15 +635,25 @@ class PosteriorRefiner(Refiner):
         rounds: List[Dict[str, Any]] = []
         self._log(rounds, 0, post_share, labels[share], None if true_labels is None else true_labels[share],
                   temperature)
+        # the model check reads only the anchor-only prior, T and the graph: it is known here
+        agreement = None if graph is None else \
+            neighbor_label_agreement(prior, labels, transition, graph[share], purity, rows=share)
+        num_rounds = int(o.self_training_rounds)
+        skipped = None
+        if num_rounds and self_training == "never":
+            num_rounds, skipped = 0, "too few given labels per class: no label can change"
+        elif num_rounds and self_training == "if-model-fits" and agreement is not None \
+                and not self._model_fits([agreement]):
+            num_rounds, skipped = 0, "the model check failed: the posterior does not decide"
         anchor_targets = np.asarray(anchor_labels, np.int64)
         x_heads, a_heads, head_space = (x, a, None)
-        if o.self_training_rounds > 0:
+        if num_rounds > 0:
             with clock.stage("self-training"):
                 x_heads, a_heads, head_space = head_rows(x, a, c, int(o.folds), o.head_dims, seed, pca_cache)
         fold = _folds(n, o.folds, seed)
         anchor_fold = _folds(len(a), o.folds, seed + 1)
-        for r in progress_bar(range(1, o.self_training_rounds + 1), desc="posterior rounds", unit="round",
-                              enabled=None if o.self_training_rounds > 1 else False):
+        for r in progress_bar(range(1, num_rounds + 1), desc="posterior rounds", unit="round",
+                              enabled=None if num_rounds > 1 else False):
             with clock.stage("self-training"):
                 # every fold's head in one pass per step: head k trains on the rows and anchors of the
                 # other folds (soft targets: the posterior; anchors: their class)
@@ -659,8 +675,10 @@ class PosteriorRefiner(Refiner):
             stats["neighbor_graph"] = graph_info
         if head_space is not None:
             stats["head_space"] = head_space
-        if graph is not None:
-            stats.update(neighbor_label_agreement(prior, labels, transition, graph[share], purity, rows=share))
+        if skipped is not None:
+            stats["self_training_skipped"] = skipped
+        if agreement is not None:
+            stats.update(agreement)
         return post, transition, stats, graph
 
     def _model_fits(self, spaces: List[Dict[str, Any]]) -> bool:
