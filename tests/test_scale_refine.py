@@ -329,3 +329,53 @@ def test_graph_and_heads_projections_share_one_eigendecomposition(monkeypatch):
     result = refine(ev, "posterior", neighbor_graph="hnsw", min_rows_per_class=0, self_training_rounds=1)
     assert result.info["neighbor_graph"]["method"] == "hnsw" and result.info["head_space"]["dims"] == 24
     assert len(calls) == 1
+
+
+def test_many_anchors_and_classes_fit_the_anchor_head_on_principal_components(monkeypatch):
+    """Above ANCHOR_HEAD_WORK multiply-adds per pass the anchor head and its prior read the
+    heads' projected rows (recorded as anchor_head_space), self-training reuses them, and the
+    wrong labels are fixed about as well as on the full rows."""
+    import synref.refiners.posterior as posterior
+    c, d = 40, 96
+    x, y = _clustered(2400, d, c, seed=3, spread=0.5)
+    ya = np.repeat(np.arange(c), 5)
+    a = (np.random.default_rng(3).normal(size=(c, d))[ya]
+         + 0.5 * np.random.default_rng(4).normal(size=(len(ya), d))).astype(np.float32)
+    given = y.copy()
+    given[::4] = (given[::4] + 3) % c
+    ev = Evidence(given, c, ya, features=x, anchor_features=a)
+    full = refine(ev, "posterior", self_training_rounds=1, min_rows_per_class=0)
+    assert "anchor_head_space" not in full.info
+    monkeypatch.setattr(posterior, "ANCHOR_HEAD_WORK", 1000)
+    monkeypatch.setattr(posterior, "HEAD_PROJECTIONS", ((1000, 48),))
+    projected = refine(ev, "posterior", self_training_rounds=1, min_rows_per_class=0)
+    assert projected.info["anchor_head_space"]["dims"] == 48 and projected.info["head_space"]["dims"] == 48
+    acc_full, acc_proj = np.mean(full.refined_labels == y), np.mean(projected.refined_labels == y)
+    assert acc_proj > np.mean(given == y) + 0.15 and abs(acc_full - acc_proj) < 0.03, (acc_full, acc_proj)
+    # head_dims=0 asks for the full rows everywhere
+    explicit = refine(ev, "posterior", self_training_rounds=1, min_rows_per_class=0, head_dims=0)
+    assert "anchor_head_space" not in explicit.info
+    np.testing.assert_array_equal(explicit.refined_labels, full.refined_labels)
+
+
+def test_cross_fit_linear_on_many_rows_and_classes_reads_principal_components_by_lbfgs(monkeypatch):
+    """Above CROSS_FIT_LARGE_WORK the cross-fitted pred_probs come from L-BFGS heads on the
+    leading principal components (no Adam step): still out-of-sample probabilities that
+    recover the clean class about as often as the full heads."""
+    from synref.train import linear
+    c, d = 20, 64
+    x, y = _clustered(1600, d, c, seed=5, spread=0.6)
+    given = y.copy()
+    given[::5] = (given[::5] + 1) % c
+    full = linear.cross_fit_linear(x, given, num_classes=c, folds=4, seed=0)
+    monkeypatch.setattr(linear, "CROSS_FIT_LARGE_WORK", 1000)
+    monkeypatch.setattr(linear, "CROSS_FIT_LARGE_DIMS", 24)
+    monkeypatch.setattr(linear, "fit_heads_adam", lambda *a, **k: pytest.fail("Adam ran on the large path"))
+    seen = []
+    real = linear.principal_rows
+    monkeypatch.setattr(linear, "principal_rows", lambda *a, **k: seen.append(a[1]) or real(*a, **k))
+    large = linear.cross_fit_linear(x, given, num_classes=c, folds=4, seed=0)
+    assert seen == [24] and large.shape == (1600, c) and large.dtype == np.float32
+    np.testing.assert_allclose(large.sum(axis=1), 1.0, atol=1e-4)
+    acc_full, acc_large = np.mean(full.argmax(1) == y), np.mean(large.argmax(1) == y)
+    assert acc_large > np.mean(given == y) and acc_large > acc_full - 0.03, (acc_full, acc_large)

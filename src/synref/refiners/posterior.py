@@ -50,14 +50,14 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from ..arrays import UnitRows, l2_normalize, row_chunks, row_norms
+from ..arrays import UnitRows, l2_normalize, row_chunks
 from ..distributed import all_gather_rows, all_reduce_sum, broadcast_object, process_group, row_share
 from ..errors import InputError
 from ..evidence import Evidence
-from ..neighbors import KNN_METHODS, TARGET_RECALL, exact_knn, knn_graph, pca_basis
+from ..neighbors import KNN_METHODS, TARGET_RECALL, exact_knn, knn_graph
 from ..progress import progress as progress_bar
 from ..stages import StageClock
-from ..train.linear import HeadProblem, fit_heads_lbfgs, held_out_logits
+from ..train.linear import HeadProblem, fit_heads_lbfgs, held_out_logits, principal_rows
 from .base import REFINERS, Refiner, RefinerOptions
 from .confident import FALLBACK_FILTER, confident_learning_correction
 from .minimum_evidence import MIN_ROWS_PER_CLASS, minimum_evidence
@@ -93,6 +93,12 @@ ANCHOR_HEAD_STEPS = 60
 #: docs/scale.md); 256 above 2^38 (e.g. 10^5 rows x 1000 classes, where 50 passes of the full
 #: heads would take 25 min on 2 cores).
 HEAD_PROJECTIONS = ((1 << 38, 256), (1 << 31, 512))
+#: the anchor-only head (and the prior it gives) reads the self-training heads' projected rows
+#: (:data:`HEAD_PROJECTIONS`, at least 512 components) when one pass of its two half-heads over
+#: the full anchors costs more than this many multiply-adds (M x 2 x C x D): 10,000 anchors x
+#: 1000 classes x 1280 dims (2.6 x 10^10) is projected, 5,000 anchors x 100 classes (1.3 x 10^9)
+#: and every 10-class set stay on the full rows.
+ANCHOR_HEAD_WORK = 1 << 33
 
 
 @dataclass
@@ -222,25 +228,19 @@ def head_rows(x: UnitRows, anchors: np.ndarray, num_classes: int, folds: int, di
     both projected on the ``dims`` leading principal components of ``x`` (see
     :attr:`PosteriorOptions.head_dims`) as (N, dims) / (M, dims) unit rows, with the facts of
     the projection (None when not projected). The projection is the same in every process;
-    ``pca_cache``: the eigendecomposition the neighbour graph already made (:func:`pca_basis`)."""
-    n, d = len(x), x.dim
+    ``pca_cache``: the eigendecomposition the neighbour graph already made (:func:`~synref.neighbors.pca_basis`)."""
     if dims is None:
-        work = n * folds * num_classes * d
-        dims = next((size for limit, size in HEAD_PROJECTIONS if work > limit), 0)
-    if not dims or dims >= d:
+        dims = head_projection_dims(len(x), folds, num_classes, x.dim)
+    if not dims or dims >= x.dim:
         return x, anchors, None
-    _, basis = pca_basis(x, int(dims), seed, cache=pca_cache)                          # (D, dims)
-    projected = np.empty((n, int(dims)), np.float32)
-    squared: List[np.ndarray] = []  # the first 20,000 rows' squared projected length: the share kept
-    for start, stop, block in x.blocks():
-        rows = block @ basis
-        if start < 20_000:
-            squared.append(np.sum(rows[:20_000 - start] ** 2, axis=1))
-        # unit rows once, here, not scaled again in every pass of the heads
-        projected[start:stop] = rows / np.maximum(row_norms(rows), 1e-12)[:, None]
-    kept = float(np.mean(np.concatenate(squared)))
-    return (UnitRows(projected), l2_normalize(np.asarray(anchors, np.float32) @ basis),
-            {"dims": int(dims), "squared_length_kept": round(kept, 4)})
+    projected, basis, facts = principal_rows(x, int(dims), seed, pca_cache=pca_cache)
+    return projected, l2_normalize(np.asarray(anchors, np.float32) @ basis), facts
+
+
+def head_projection_dims(n: int, folds: int, num_classes: int, dim: int) -> int:
+    """The principal components the self-training heads read by :data:`HEAD_PROJECTIONS` (0: the full rows)."""
+    work = n * folds * num_classes * dim
+    return next((size for limit, size in HEAD_PROJECTIONS if work > limit), 0)
 
 
 def _folds(n: int, k: int, seed: int) -> np.ndarray:
@@ -594,13 +594,18 @@ class PosteriorRefiner(Refiner):
         n = len(x)
         share = row_share(n, *process_group())
         pca_cache: Dict[Any, Any] = {}  # one eigendecomposition for the graph's and the heads' projections
+        x_heads, a_heads, head_space = (x, a, None)
         with clock.stage("anchor head"):
+            if len(a) * 2 * c * x.dim > ANCHOR_HEAD_WORK and o.head_dims != 0:
+                # many anchors x classes: the anchor head and its prior read the heads' projected rows
+                dims = o.head_dims or head_projection_dims(n, int(o.folds), c, x.dim) or 512
+                x_heads, a_heads, head_space = head_rows(x, a, c, int(o.folds), dims, seed, pca_cache)
             head, temperature, penalty, confusion = broadcast_object(
-                anchor_head(a, anchor_labels, c, penalty=o.penalty, seed=seed))
+                anchor_head(a_heads, anchor_labels, c, penalty=o.penalty, seed=seed))
         w_head = torch.as_tensor(head[0].T.copy())
         b_head = torch.as_tensor(head[1])
         with clock.stage("prior"):
-            prior_share = held_out_logits(x, w_head, b_head, num_classes=c, scale=LOGIT_SCALE, span=share,
+            prior_share = held_out_logits(x_heads, w_head, b_head, num_classes=c, scale=LOGIT_SCALE, span=share,
                                           transform=lambda z, t=temperature: torch.softmax(z / t, dim=1))
             prior = all_gather_rows(prior_share, n)
             transition = transition_matrix(prior, labels, c, confusion=confusion if o.deconvolve else None)
@@ -646,8 +651,8 @@ class PosteriorRefiner(Refiner):
                 and not self._model_fits([agreement]):
             num_rounds, skipped = 0, "the model check failed: the posterior does not decide"
         anchor_targets = np.asarray(anchor_labels, np.int64)
-        x_heads, a_heads, head_space = (x, a, None)
-        if num_rounds > 0:
+        anchor_head_space = head_space
+        if num_rounds > 0 and head_space is None:
             with clock.stage("self-training"):
                 x_heads, a_heads, head_space = head_rows(x, a, c, int(o.folds), o.head_dims, seed, pca_cache)
         fold = _folds(n, o.folds, seed)
@@ -675,6 +680,8 @@ class PosteriorRefiner(Refiner):
             stats["neighbor_graph"] = graph_info
         if head_space is not None:
             stats["head_space"] = head_space
+        if anchor_head_space is not None:
+            stats["anchor_head_space"] = anchor_head_space
         if skipped is not None:
             stats["self_training_skipped"] = skipped
         if agreement is not None:
