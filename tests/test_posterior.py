@@ -302,3 +302,22 @@ def test_self_training_is_skipped_when_its_posterior_cannot_decide():
     assert "self_training_skipped" not in good.info and len(good.info["rounds"]) == 3
     short = refine(ev, "posterior", min_rows_per_class=1000)
     assert short.info["self_training_skipped"].startswith("too few given labels")
+
+
+def test_fit_temperature_finds_the_grid_minimum_of_the_likelihood():
+    """The binary search over the grid returns what scoring all 41 temperatures returns."""
+    from synref.refiners.posterior import TEMPERATURE_GRID, fit_temperature
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(150):
+        n, c = int(rng.integers(5, 200)), int(rng.integers(2, 30))
+        z = (rng.normal(size=(n, c)) * rng.uniform(0.1, 20)).astype(np.float32)
+        y = rng.integers(0, c, n)
+        z[np.arange(n), y] += rng.uniform(0, 8)
+        scaled = [z.astype(np.float64) / t for t in TEMPERATURE_GRID]
+        brute = [float(np.mean(s.max(1) + np.log(np.exp(s - s.max(1, keepdims=True)).sum(1)) - s[np.arange(n), y]))
+                 for s in scaled]  # mean -log softmax(z / t)[y], every temperature
+        best = TEMPERATURE_GRID[int(np.argmin(brute))]
+        assert fit_temperature(z, y) == best
+        seen.add(best)
+    assert len(seen) > 5  # the cases reach many grid points, ends included

@@ -140,7 +140,7 @@ BENCH_OPTION_RULES: Dict[str, Tuple[Callable[[str, Sequence[str], Protocol], boo
     "clip_model": ((lambda dataset, methods, protocol: protocol.evidence.encoder == "clip" or
                     any(m.startswith("lra-clip") for m in methods)), "the lra-clip rows and --encoder clip"),
     "evidence": ((lambda dataset, methods, protocol: protocol.evidence.tuning != "finetune" or any(
-        create_method(m).kind == "correct" or create_method(m).refined for m in methods)),
+        method.kind == "correct" or method.refined for method in map(create_method, methods))),
         "the rows that read the refinement's evidence (the correction rows, ours and the + ours rows)"),
 }
 

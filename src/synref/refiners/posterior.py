@@ -269,10 +269,31 @@ def _logits(x: np.ndarray, head: Tuple[np.ndarray, np.ndarray]) -> np.ndarray:
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature of ``softmax(logits / t)`` with the least negative log-likelihood of ``labels``."""
-    rows = np.arange(len(labels))
-    nll = [float(-np.log(_softmax(logits / t)[rows, labels] + _EPS).mean()) for t in TEMPERATURE_GRID]
-    return TEMPERATURE_GRID[int(np.argmin(nll))]
+    """The temperature of ``softmax(logits / t)`` (logits (n, C)) on :data:`TEMPERATURE_GRID` with
+    the least negative log-likelihood of ``labels`` (n,). The likelihood ``mean(logsumexp(z / t)
+    - z_y / t)`` is convex in 1 / t, so along the grid its differences only grow: a binary search
+    for the first grid step that does not lower it finds the grid's first minimum with about 12
+    evaluations instead of 41 (each is an exp over the (n, C) logits)."""
+    z = np.asarray(logits, np.float32)
+    shifted = z - z.max(axis=1, keepdims=True)                     # float32 exp, float64 sums
+    picked = shifted[np.arange(len(labels)), np.asarray(labels, np.int64)].astype(np.float64)
+    cache: Dict[int, float] = {}
+
+    def nll(i: int) -> float:
+        if i not in cache:
+            t = TEMPERATURE_GRID[i]
+            sums = np.exp(shifted * np.float32(1.0 / t)).sum(axis=1, dtype=np.float64)
+            cache[i] = float(np.mean(np.log(sums) - picked / t))
+        return cache[i]
+
+    lo, hi = 0, len(TEMPERATURE_GRID) - 1                         # the answer is in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if nll(mid + 1) >= nll(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return TEMPERATURE_GRID[lo]
 
 
 def _anchor_halves(anchor_labels: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
