@@ -379,3 +379,20 @@ def test_cross_fit_linear_on_many_rows_and_classes_reads_principal_components_by
     np.testing.assert_allclose(large.sum(axis=1), 1.0, atol=1e-4)
     acc_full, acc_large = np.mean(full.argmax(1) == y), np.mean(large.argmax(1) == y)
     assert acc_large > np.mean(given == y) and acc_large > acc_full - 0.03, (acc_full, acc_large)
+
+
+def test_hnsw_index_takes_every_row_when_added_in_chunks(monkeypatch):
+    """The projected rows are gathered into adds of ADD_ROWS rows (the last one partial): every
+    row is in the graph and the neighbours match the exact ones."""
+    from synref import arrays, neighbors
+    monkeypatch.setattr(arrays, "BLOCK_ELEMENTS", 32 * 24)   # feature blocks of 24 rows
+    monkeypatch.setattr(neighbors, "ADD_ROWS", 100)          # adds of 120 rows, the last of 20
+    x, _ = _clustered(500, 32, 5, seed=7)
+    built = knn_graph(x, 5, method="hnsw")
+    exact = exact_knn(x, 5)
+    assert built.indices.shape == (500, 5) and built.indices.min() >= 0
+    # the last, partial add is in the graph: the tail rows are found where they are exact neighbours
+    expected = [(i, j) for i in range(500) for j in exact[i] if j >= 480]
+    assert len(expected) > 20 and np.mean([j in built.indices[i] for i, j in expected]) > 0.9
+    recall = np.mean([len(np.intersect1d(a, b)) / 5 for a, b in zip(built.indices, exact)])
+    assert recall > 0.95, recall

@@ -33,7 +33,10 @@ the new label is right says so, with every piece of evidence in the role it can 
 6. **Model check.** When the given labels of neighbours agree far more often than the model
    predicts, the anchors do not describe these images; the posterior is then not trusted and,
    by default, confident learning on the given labels and ``pred_probs`` alone decides
-   (``on_model_check_failure``: ``confident-learning``, or ``keep`` to change nothing).
+   (``on_model_check_failure``: ``confident-learning``, or ``keep`` to change nothing). The
+   check reads only the anchor-only prior, T and the graph, so it is made before self-training,
+   whose rounds are skipped when it fails (or when too few given labels per class let nothing
+   change): their posterior would decide nothing.
 
 Evidence whose features live in per-fold spaces (``fold_ids``: k-fold classifiers) is refined
 fold by fold: each fold's held-out samples with the anchors in that fold's space.
@@ -152,7 +155,8 @@ class PosteriorOptions(RefinerOptions):
             space T is estimated in), nothing changes (:mod:`~synref.refiners.minimum_evidence`).
         head_dims: the self-training heads read the rows projected on this many leading
             principal components (0: the full rows; None: chosen by the work of one pass of the full
-            heads, :data:`HEAD_PROJECTIONS`).
+            heads, :data:`HEAD_PROJECTIONS`); so does the anchor head above
+            :data:`ANCHOR_HEAD_WORK` (unless 0).
         seed: anchor halves and folds (None: ``evidence.seed``).
     """
 
