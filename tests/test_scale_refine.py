@@ -275,11 +275,9 @@ def test_many_classes_work_in_blocks():
     assert np.mean(result.refined_labels == y) > np.mean(given == y) + 0.1
 
 
-def test_self_training_heads_on_principal_components_when_the_full_heads_cost_too_much(monkeypatch):
-    """Many classes x many rows: the self-training heads read the rows projected on their leading
-    principal components (recorded in the facts), and still fix the wrong labels about as well
-    as the full heads; below the work threshold the heads read the full rows."""
-    import synref.refiners.posterior as posterior
+def _many_class_problem():
+    """40 classes x 2,400 rows (96-d), 5 anchors per class, every fourth label wrong:
+    (evidence, true labels, given labels)."""
     c, d = 40, 96
     x, y = _clustered(2400, d, c, seed=3, spread=0.5)
     ya = np.repeat(np.arange(c), 5)
@@ -287,7 +285,15 @@ def test_self_training_heads_on_principal_components_when_the_full_heads_cost_to
          + 0.5 * np.random.default_rng(4).normal(size=(len(ya), d))).astype(np.float32)
     given = y.copy()
     given[::4] = (given[::4] + 3) % c
-    ev = Evidence(given, c, ya, features=x, anchor_features=a)
+    return Evidence(given, c, ya, features=x, anchor_features=a), y, given
+
+
+def test_self_training_heads_on_principal_components_when_the_full_heads_cost_too_much(monkeypatch):
+    """Many classes x many rows: the self-training heads read the rows projected on their leading
+    principal components (recorded in the facts), and still fix the wrong labels about as well
+    as the full heads; below the work threshold the heads read the full rows."""
+    import synref.refiners.posterior as posterior
+    ev, y, given = _many_class_problem()
     full = refine(ev, "posterior", self_training_rounds=1, min_rows_per_class=0)
     assert '"head_space"' not in json.dumps(full.info, default=str)
     monkeypatch.setattr(posterior, "HEAD_PROJECTIONS", ((10 ** 9, 16), (1000, 48)))  # any run is "too costly" now
@@ -336,14 +342,7 @@ def test_many_anchors_and_classes_fit_the_anchor_head_on_principal_components(mo
     heads' projected rows (recorded as anchor_head_space), self-training reuses them, and the
     wrong labels are fixed about as well as on the full rows."""
     import synref.refiners.posterior as posterior
-    c, d = 40, 96
-    x, y = _clustered(2400, d, c, seed=3, spread=0.5)
-    ya = np.repeat(np.arange(c), 5)
-    a = (np.random.default_rng(3).normal(size=(c, d))[ya]
-         + 0.5 * np.random.default_rng(4).normal(size=(len(ya), d))).astype(np.float32)
-    given = y.copy()
-    given[::4] = (given[::4] + 3) % c
-    ev = Evidence(given, c, ya, features=x, anchor_features=a)
+    ev, y, given = _many_class_problem()
     full = refine(ev, "posterior", self_training_rounds=1, min_rows_per_class=0)
     assert "anchor_head_space" not in full.info
     monkeypatch.setattr(posterior, "ANCHOR_HEAD_WORK", 1000)
