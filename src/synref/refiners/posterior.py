@@ -97,8 +97,9 @@ ANCHOR_HEAD_STEPS = 60
 #: heads would take 25 min on 2 cores).
 HEAD_PROJECTIONS = ((1 << 38, 256), (1 << 31, 512))
 #: the anchor-only head (and the prior it gives) reads the self-training heads' projected rows
-#: (:data:`HEAD_PROJECTIONS`, at least 512 components) when one pass of its two half-heads over
-#: the full anchors costs more than this many multiply-adds (M x 2 x C x D): 10,000 anchors x
+#: (``head_dims`` or :data:`HEAD_PROJECTIONS`; 512 components where those keep the full rows)
+#: when one pass of its two half-heads over the full anchors costs more than this many
+#: multiply-adds (M x 2 x C x D): 10,000 anchors x
 #: 1000 classes x 1280 dims (2.6 x 10^10) is projected, 5,000 anchors x 100 classes (1.3 x 10^9)
 #: and every 10-class set stay on the full rows.
 ANCHOR_HEAD_WORK = 1 << 33
